@@ -1,0 +1,567 @@
+//! The per-challenge state machine. Pure: no I/O, no clock, no randomness. Time, one-time
+//! code hashes and random numbers come in with the events; what must happen next goes out
+//! as [`Command`]s that the engine carries out. The first valid decision wins.
+
+use super::model::{ChallengeSpec, Channel, OutcomeKind};
+use super::otp::{OtpHash, MAX_OTP_ATTEMPTS, OTP_VALIDITY_MS};
+use super::signature;
+
+/// What a provider said about one push, after its own retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushResult {
+    Delivered,
+    /// The device token is gone (unregistered, bad token): never retry it.
+    TokenGone,
+    /// Failed for good for this challenge (permanent error, or retries ran out).
+    Failed,
+}
+
+/// The state of the push to one device, as `GET /v1/challenges/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushState {
+    /// Sent to the provider, no answer yet.
+    Sending,
+    Delivered,
+    TokenInvalid,
+    Failed,
+    /// No provider is configured for this device's platform.
+    Unavailable,
+    /// Never sent: the challenge was over before it could be.
+    NotSent,
+}
+
+impl PushState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushState::Sending => "sending",
+            PushState::Delivered => "delivered",
+            PushState::TokenInvalid => "token_invalid",
+            PushState::Failed => "failed",
+            PushState::Unavailable => "unavailable",
+            PushState::NotSent => "not_sent",
+        }
+    }
+    /// The push may still reach (or has reached) the device.
+    fn alive(self) -> bool {
+        matches!(self, PushState::Sending | PushState::Delivered)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSlot {
+    pub push: PushState,
+    pub withdrawn: bool,
+}
+
+/// SMS fallback progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsState {
+    /// Not asked for yet.
+    Idle,
+    /// [`Command::SendSms`] was emitted; waiting for the engine to issue a code.
+    Requested,
+    /// A code is issued and on its way through the gateway.
+    Sending,
+    Sent,
+    Failed,
+    /// The engine refused to send (abuse limit, gateway not configured).
+    Refused,
+}
+
+impl SmsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmsState::Idle => "idle",
+            SmsState::Requested | SmsState::Sending => "sending",
+            SmsState::Sent => "sent",
+            SmsState::Failed => "failed",
+            SmsState::Refused => "refused",
+        }
+    }
+}
+
+/// The number the user must pick on the device (number matching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberMatch {
+    pub number: u8,
+    pub choices: [u8; 3],
+}
+
+/// A settled challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub channel: Option<Channel>,
+    /// Index into the spec's devices of the deciding device.
+    pub device: Option<usize>,
+    pub reason: Option<&'static str>,
+    pub decided_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    PushResult {
+        device: usize,
+        result: PushResult,
+    },
+    Decision {
+        device_id: &'a str,
+        approve: bool,
+        signature: Option<&'a str>,
+        number: Option<u32>,
+    },
+    /// The keyed hash of the code the user typed.
+    OtpAttempt {
+        hash: OtpHash,
+    },
+    /// The user asks for an SMS ("I did not get the push").
+    SmsRequested,
+    /// The engine issued a new code (voiding the previous one) and is sending it.
+    SmsIssued {
+        hash: OtpHash,
+    },
+    /// The engine will not send an SMS (limit reached, no gateway).
+    SmsUnavailable,
+    SmsResult {
+        delivered: bool,
+    },
+    Cancel,
+    /// Time passed; expiry and fallback are checked against `now`.
+    Tick,
+}
+
+/// Work for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Push {
+        device: usize,
+    },
+    Withdraw {
+        device: usize,
+    },
+    /// Issue a code (answer with `SmsIssued` or `SmsUnavailable`) and send it.
+    SendSms,
+    /// Publish `device.token_invalid` for this device.
+    TokenInvalid {
+        device: usize,
+    },
+    /// Publish the outcome; ack the delivery once the broker confirms it.
+    PublishOutcome,
+}
+
+/// The answer to the event's sender (mapped to HTTP statuses by the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    None,
+    /// This event settled the challenge with this outcome.
+    Decided(OutcomeKind),
+    /// Already settled earlier.
+    AlreadyDone(OutcomeKind),
+    DeviceNotBound,
+    BadSignature,
+    /// Wrong number picked: the challenge is denied.
+    NumberMismatch,
+    WrongCode {
+        attempts_left: u8,
+    },
+    Locked,
+    NoCode,
+    CodeExpired,
+    NoSms,
+    /// An SMS was requested; the engine decides whether it goes out.
+    SmsQueued,
+}
+
+/// The output of one step.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub reply: Option<Reply>,
+    pub commands: Vec<Command>,
+}
+
+/// One challenge's whole state.
+#[derive(Debug)]
+pub struct Challenge {
+    pub spec: ChallengeSpec,
+    pub devices: Vec<DeviceSlot>,
+    pub sms: SmsState,
+    pub sms_sent: u8,
+    otp: Option<(OtpHash, i64)>,
+    pub otp_failures: u8,
+    pub fallback_at_ms: Option<i64>,
+    pub dispatched_at_ms: i64,
+    pub number: Option<NumberMatch>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Challenge {
+    /// Starts a challenge at `now`. `reachable[i]` says whether a provider exists for
+    /// device `i`; `default_fallback_s` resolves an `sms` without its own delay.
+    pub fn start(
+        spec: ChallengeSpec,
+        now: i64,
+        reachable: &[bool],
+        default_fallback_s: u64,
+        number: Option<NumberMatch>,
+    ) -> (Challenge, Vec<Command>) {
+        let devices = (0..spec.devices.len())
+            .map(|i| DeviceSlot {
+                push: if reachable.get(i).copied().unwrap_or(false) {
+                    PushState::Sending
+                } else {
+                    PushState::Unavailable
+                },
+                withdrawn: false,
+            })
+            .collect();
+        let fallback_at_ms = spec.sms.as_ref().map(|s| {
+            let secs = if s.fallback_after_seconds == u64::MAX {
+                default_fallback_s
+            } else {
+                s.fallback_after_seconds
+            };
+            now + (secs.min(24 * 3600) as i64) * 1000
+        });
+        let number = if spec.number_match { number } else { None };
+        let mut c = Challenge {
+            spec,
+            devices,
+            sms: SmsState::Idle,
+            sms_sent: 0,
+            otp: None,
+            otp_failures: 0,
+            fallback_at_ms,
+            dispatched_at_ms: now,
+            number,
+            outcome: None,
+        };
+        let mut cmds = Vec::new();
+        if now >= c.spec.expires_at_ms() {
+            c.devices
+                .iter_mut()
+                .for_each(|d| d.push = PushState::NotSent);
+            c.finish(
+                now,
+                OutcomeKind::Expired,
+                None,
+                None,
+                Some("ttl_elapsed"),
+                &mut cmds,
+            );
+            return (c, cmds);
+        }
+        for (i, d) in c.devices.iter().enumerate() {
+            if d.push == PushState::Sending {
+                cmds.push(Command::Push { device: i });
+            }
+        }
+        c.check_fallback(now, &mut cmds);
+        c.check_reachable(now, &mut cmds);
+        (c, cmds)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// When the engine should next send `Tick`, if ever.
+    pub fn next_deadline(&self) -> Option<i64> {
+        if self.is_done() {
+            return None;
+        }
+        let exp = self.spec.expires_at_ms();
+        match self.fallback_at_ms {
+            Some(f) if self.sms == SmsState::Idle && f < exp => Some(f),
+            _ => Some(exp),
+        }
+    }
+
+    /// The outcome's deciding device id, if any.
+    pub fn decided_device_id(&self) -> Option<&str> {
+        let i = self.outcome.as_ref()?.device?;
+        Some(&self.spec.devices[i].device_id)
+    }
+
+    /// Feeds one event at time `now`.
+    pub fn handle(&mut self, now: i64, event: Event<'_>) -> Step {
+        let mut step = Step::default();
+        let cmds = &mut step.commands;
+        // Expiry comes first: nothing is accepted at or after the deadline.
+        if !self.is_done() && now >= self.spec.expires_at_ms() {
+            self.finish(
+                now,
+                OutcomeKind::Expired,
+                None,
+                None,
+                Some("ttl_elapsed"),
+                cmds,
+            );
+        }
+        let reply = match event {
+            Event::Tick => {
+                if !self.is_done() {
+                    self.check_fallback(now, cmds);
+                }
+                Reply::None
+            }
+            Event::PushResult { device, result } => {
+                self.on_push_result(now, device, result, cmds);
+                Reply::None
+            }
+            Event::Decision {
+                device_id,
+                approve,
+                signature: sig,
+                number,
+            } => self.on_decision(now, device_id, approve, sig, number, cmds),
+            Event::OtpAttempt { hash } => self.on_otp(now, hash, cmds),
+            Event::SmsRequested => {
+                if let Some(done) = self.done_reply() {
+                    done
+                } else if self.spec.sms.is_none() {
+                    Reply::NoSms
+                } else {
+                    self.sms = SmsState::Requested;
+                    cmds.push(Command::SendSms);
+                    Reply::SmsQueued
+                }
+            }
+            Event::SmsIssued { hash } => {
+                if !self.is_done() && self.spec.sms.is_some() {
+                    let until = (now + OTP_VALIDITY_MS).min(self.spec.expires_at_ms());
+                    self.otp = Some((hash, until));
+                    self.sms = SmsState::Sending;
+                    self.sms_sent = self.sms_sent.saturating_add(1);
+                }
+                Reply::None
+            }
+            Event::SmsUnavailable => {
+                if !self.is_done() && self.sms == SmsState::Requested {
+                    self.sms = if self.sms_sent > 0 {
+                        SmsState::Sent
+                    } else {
+                        SmsState::Refused
+                    };
+                    self.check_reachable(now, cmds);
+                }
+                Reply::None
+            }
+            Event::SmsResult { delivered } => {
+                if !self.is_done() && self.sms == SmsState::Sending {
+                    self.sms = if delivered {
+                        SmsState::Sent
+                    } else {
+                        SmsState::Failed
+                    };
+                    if !delivered {
+                        self.otp = None;
+                    }
+                    self.check_reachable(now, cmds);
+                }
+                Reply::None
+            }
+            Event::Cancel => match self.done_reply() {
+                Some(r) => r,
+                None => {
+                    self.finish(now, OutcomeKind::Cancelled, None, None, None, cmds);
+                    Reply::Decided(OutcomeKind::Cancelled)
+                }
+            },
+        };
+        step.reply = Some(reply);
+        step
+    }
+
+    fn done_reply(&self) -> Option<Reply> {
+        self.outcome.as_ref().map(|o| Reply::AlreadyDone(o.kind))
+    }
+
+    fn on_push_result(&mut self, now: i64, i: usize, result: PushResult, cmds: &mut Vec<Command>) {
+        let Some(slot) = self.devices.get_mut(i) else {
+            return;
+        };
+        if slot.push != PushState::Sending {
+            return;
+        }
+        slot.push = match result {
+            PushResult::Delivered => PushState::Delivered,
+            PushResult::TokenGone => PushState::TokenInvalid,
+            PushResult::Failed => PushState::Failed,
+        };
+        if result == PushResult::TokenGone {
+            cmds.push(Command::TokenInvalid { device: i });
+        }
+        if !self.is_done() {
+            self.check_reachable(now, cmds);
+        }
+    }
+
+    fn on_decision(
+        &mut self,
+        now: i64,
+        device_id: &str,
+        approve: bool,
+        sig: Option<&str>,
+        number: Option<u32>,
+        cmds: &mut Vec<Command>,
+    ) -> Reply {
+        if let Some(r) = self.done_reply() {
+            return r;
+        }
+        let Some(i) = self
+            .spec
+            .devices
+            .iter()
+            .position(|d| &*d.device_id == device_id)
+        else {
+            return Reply::DeviceNotBound;
+        };
+        let decision = if approve { "approve" } else { "deny" };
+        if let Some(key) = &self.spec.devices[i].public_key {
+            let msg = signature::signed_message(
+                &self.spec.challenge_id,
+                decision,
+                &self.spec.tx_digest(),
+            );
+            if !sig.is_some_and(|s| signature::verify(key, &msg, s)) {
+                return Reply::BadSignature;
+            }
+        }
+        if approve {
+            if let Some(nm) = self.number {
+                if number != Some(nm.number as u32) {
+                    let (ch, dev) = (Some(Channel::Push), Some(i));
+                    self.finish(
+                        now,
+                        OutcomeKind::Denied,
+                        ch,
+                        dev,
+                        Some("number_mismatch"),
+                        cmds,
+                    );
+                    return Reply::NumberMismatch;
+                }
+            }
+        }
+        let kind = if approve {
+            OutcomeKind::Approved
+        } else {
+            OutcomeKind::Denied
+        };
+        self.finish(now, kind, Some(Channel::Push), Some(i), None, cmds);
+        Reply::Decided(kind)
+    }
+
+    fn on_otp(&mut self, now: i64, hash: OtpHash, cmds: &mut Vec<Command>) -> Reply {
+        if let Some(o) = &self.outcome {
+            return if o.kind == OutcomeKind::OtpLocked {
+                Reply::Locked
+            } else {
+                Reply::AlreadyDone(o.kind)
+            };
+        }
+        let Some((expected, until)) = self.otp else {
+            return Reply::NoCode;
+        };
+        if now >= until {
+            self.otp = None;
+            return Reply::CodeExpired;
+        }
+        if expected.matches(&hash) {
+            self.otp = None;
+            self.finish(
+                now,
+                OutcomeKind::Approved,
+                Some(Channel::Sms),
+                None,
+                None,
+                cmds,
+            );
+            return Reply::Decided(OutcomeKind::Approved);
+        }
+        self.otp_failures = self.otp_failures.saturating_add(1);
+        if self.otp_failures >= MAX_OTP_ATTEMPTS {
+            self.otp = None;
+            let reason = Some("too_many_wrong_codes");
+            self.finish(
+                now,
+                OutcomeKind::OtpLocked,
+                Some(Channel::Sms),
+                None,
+                reason,
+                cmds,
+            );
+            return Reply::Locked;
+        }
+        Reply::WrongCode {
+            attempts_left: MAX_OTP_ATTEMPTS - self.otp_failures,
+        }
+    }
+
+    /// Sends the SMS once the fallback delay has passed without a decision.
+    fn check_fallback(&mut self, now: i64, cmds: &mut Vec<Command>) {
+        if self.sms == SmsState::Idle && self.fallback_at_ms.is_some_and(|f| now >= f) {
+            self.sms = SmsState::Requested;
+            cmds.push(Command::SendSms);
+        }
+    }
+
+    /// With no push alive: SMS at once if there is one to send, else `undeliverable`.
+    fn check_reachable(&mut self, now: i64, cmds: &mut Vec<Command>) {
+        if self.devices.iter().any(|d| d.push.alive()) {
+            return;
+        }
+        match self.sms {
+            SmsState::Idle if self.spec.sms.is_some() => {
+                self.sms = SmsState::Requested;
+                cmds.push(Command::SendSms);
+            }
+            SmsState::Requested | SmsState::Sending | SmsState::Sent => {}
+            _ => {
+                let reason = if self.spec.sms.is_some() {
+                    "sms_failed"
+                } else {
+                    "no_reachable_device"
+                };
+                self.finish(
+                    now,
+                    OutcomeKind::Undeliverable,
+                    None,
+                    None,
+                    Some(reason),
+                    cmds,
+                );
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        now: i64,
+        kind: OutcomeKind,
+        channel: Option<Channel>,
+        device: Option<usize>,
+        reason: Option<&'static str>,
+        cmds: &mut Vec<Command>,
+    ) {
+        debug_assert!(self.outcome.is_none());
+        self.outcome = Some(Outcome {
+            kind,
+            channel,
+            device,
+            reason,
+            decided_at_ms: now,
+        });
+        self.otp = None;
+        for (i, d) in self.devices.iter_mut().enumerate() {
+            if Some(i) != device && d.push.alive() && !d.withdrawn {
+                d.withdrawn = true;
+                cmds.push(Command::Withdraw { device: i });
+            }
+        }
+        cmds.push(Command::PublishOutcome);
+    }
+}
+
+#[cfg(test)]
+mod tests;

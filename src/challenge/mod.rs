@@ -1,0 +1,8 @@
+//! The domain, free of I/O: the challenge model and its validation, the per-challenge
+//! state machine, one-time-code hashing and the device-signature check. Nothing in here
+//! reads the clock or touches the network.
+
+pub mod machine;
+pub mod model;
+pub mod otp;
+pub mod signature;

@@ -1,0 +1,637 @@
+//! The challenge message of CONTRACT §3, its validation into a [`ChallengeSpec`], and the
+//! small domain types (kind, platform, outcome) shared by the rest of the daemon.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Largest accepted challenge body (CONTRACT §3).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_DEVICES: usize = 10;
+pub const MIN_TTL_SECONDS: u64 = 10;
+pub const MAX_TTL_SECONDS: u64 = 900;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Login,
+    Payment,
+    DeviceBinding,
+    CredentialRecovery,
+    Other,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Login,
+        Kind::Payment,
+        Kind::DeviceBinding,
+        Kind::CredentialRecovery,
+        Kind::Other,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Login => "login",
+            Kind::Payment => "payment",
+            Kind::DeviceBinding => "device_binding",
+            Kind::CredentialRecovery => "credential_recovery",
+            Kind::Other => "other",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    Apns,
+    Fcm,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Apns => "apns",
+            Platform::Fcm => "fcm",
+        }
+    }
+}
+
+/// The final result of a challenge (CONTRACT §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+    Rejected,
+    RateLimited,
+    Undeliverable,
+    OtpLocked,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 8] = [
+        OutcomeKind::Approved,
+        OutcomeKind::Denied,
+        OutcomeKind::Expired,
+        OutcomeKind::Cancelled,
+        OutcomeKind::Rejected,
+        OutcomeKind::RateLimited,
+        OutcomeKind::Undeliverable,
+        OutcomeKind::OtpLocked,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Approved => "approved",
+            OutcomeKind::Denied => "denied",
+            OutcomeKind::Expired => "expired",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Rejected => "rejected",
+            OutcomeKind::RateLimited => "rate_limited",
+            OutcomeKind::Undeliverable => "undeliverable",
+            OutcomeKind::OtpLocked => "otp_locked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Push,
+    Sms,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Push => "push",
+            Channel::Sms => "sms",
+        }
+    }
+}
+
+/// The transaction a payment challenge is bound to (dynamic linking).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub amount: String,
+    pub currency: String,
+    pub payee: String,
+}
+
+impl Transaction {
+    /// Lowercase hex SHA-256 of `{amount}|{currency}|{payee}` (CONTRACT §5).
+    pub fn digest_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.amount.as_bytes());
+        h.update(b"|");
+        h.update(self.currency.as_bytes());
+        h.update(b"|");
+        h.update(self.payee.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// A validated, bound device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_id: Box<str>,
+    pub platform: Platform,
+    pub token: Box<str>,
+    pub name: Option<Box<str>>,
+    pub public_key: Option<p256::ecdsa::VerifyingKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmsSpec {
+    pub phone: Box<str>,
+    pub fallback_after_seconds: u64,
+}
+
+/// A challenge that passed every rule of CONTRACT §3.
+#[derive(Debug, Clone)]
+pub struct ChallengeSpec {
+    pub challenge_id: Box<str>,
+    pub user_id: Box<str>,
+    pub kind: Kind,
+    pub created_at_ms: i64,
+    pub ttl_seconds: u64,
+    pub locale: Box<str>,
+    pub transaction: Option<Transaction>,
+    pub devices: Vec<Device>,
+    pub sms: Option<SmsSpec>,
+    pub number_match: bool,
+}
+
+impl ChallengeSpec {
+    pub fn expires_at_ms(&self) -> i64 {
+        self.created_at_ms + (self.ttl_seconds as i64) * 1000
+    }
+    pub fn tx_digest(&self) -> String {
+        self.transaction
+            .as_ref()
+            .map(Transaction::digest_hex)
+            .unwrap_or_default()
+    }
+}
+
+/// Why a message was refused. `code` is stable and machine-readable; the whole string
+/// goes into the `x-sca-reason` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub detail: String,
+    /// What could be read of the message, for the `rejected` outcome.
+    pub challenge_id: Option<String>,
+    pub user_id: Option<String>,
+    pub kind: Option<Kind>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawChallenge {
+    v: Option<serde_json::Value>,
+    challenge_id: Option<serde_json::Value>,
+    user_id: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+    created_at: Option<serde_json::Value>,
+    ttl_seconds: Option<serde_json::Value>,
+    locale: Option<serde_json::Value>,
+    transaction: Option<serde_json::Value>,
+    #[serde(default)]
+    devices: Option<serde_json::Value>,
+    sms: Option<serde_json::Value>,
+    number_match: Option<serde_json::Value>,
+}
+
+/// True for 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_challenge_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// True for an E.164 number: `+`, a non-zero digit, 7–15 digits in all.
+pub fn valid_e164(s: &str) -> bool {
+    let Some(d) = s.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
+fn valid_amount(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    !int.is_empty()
+        && int.len() <= 12
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.is_none_or(|f| (1..=3).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Parses and validates a challenge body. `now_ms` is only used to reject a `created_at`
+/// implausibly far in the future.
+pub fn parse_challenge(
+    body: &[u8],
+    now_ms: i64,
+    max_skew_ms: i64,
+) -> Result<ChallengeSpec, Rejection> {
+    let mut rej = Rejection {
+        code: "",
+        detail: String::new(),
+        challenge_id: None,
+        user_id: None,
+        kind: None,
+    };
+    macro_rules! fail {
+        ($code:expr, $($arg:tt)*) => {{
+            rej.code = $code;
+            rej.detail = format!($($arg)*);
+            return Err(rej);
+        }};
+    }
+    if body.len() > MAX_BODY_BYTES {
+        fail!(
+            "body_too_large",
+            "body is {} bytes, the limit is {}",
+            body.len(),
+            MAX_BODY_BYTES
+        );
+    }
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => fail!("invalid_json", "{e}"),
+    };
+    if !value.is_object() {
+        fail!("invalid_json", "body is not a JSON object");
+    }
+    let raw: RawChallenge = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => fail!("invalid_json", "{e}"),
+    };
+    // Read what identifies the challenge first so that a rejection can still carry it.
+    if let Some(serde_json::Value::String(id)) = &raw.challenge_id {
+        if valid_challenge_id(id) {
+            rej.challenge_id = Some(id.clone());
+        }
+    }
+    if let Some(serde_json::Value::String(u)) = &raw.user_id {
+        if !u.is_empty() && u.len() <= 128 {
+            rej.user_id = Some(u.clone());
+        }
+    }
+    if let Some(serde_json::Value::String(k)) = &raw.kind {
+        rej.kind = Kind::parse(k);
+    }
+
+    match &raw.v {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(v) => fail!("unsupported_version", "v must be 1, got {v}"),
+        None => fail!("missing_field", "v is required"),
+    }
+    let challenge_id = match &raw.challenge_id {
+        Some(serde_json::Value::String(s)) if valid_challenge_id(s) => s.clone(),
+        Some(_) => fail!(
+            "invalid_field",
+            "challenge_id must be 1-64 characters of [A-Za-z0-9_-]"
+        ),
+        None => fail!("missing_field", "challenge_id is required"),
+    };
+    let user_id = match &raw.user_id {
+        Some(serde_json::Value::String(s))
+            if !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control) =>
+        {
+            s.clone()
+        }
+        Some(_) => fail!(
+            "invalid_field",
+            "user_id must be a string of 1-128 printable characters"
+        ),
+        None => fail!("missing_field", "user_id is required"),
+    };
+    let kind = match &raw.kind {
+        Some(serde_json::Value::String(s)) => match Kind::parse(s) {
+            Some(k) => k,
+            None => fail!(
+                "invalid_field",
+                "kind must be login, payment, device_binding, credential_recovery or other"
+            ),
+        },
+        Some(_) => fail!("invalid_field", "kind must be a string"),
+        None => fail!("missing_field", "kind is required"),
+    };
+    let created_at_ms = match &raw.created_at {
+        Some(serde_json::Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t.timestamp_millis(),
+            Err(_) => fail!("invalid_field", "created_at must be an RFC 3339 timestamp"),
+        },
+        Some(_) => fail!("invalid_field", "created_at must be an RFC 3339 timestamp"),
+        None => now_ms,
+    };
+    if created_at_ms > now_ms + max_skew_ms {
+        fail!("invalid_field", "created_at is in the future");
+    }
+    let ttl_seconds = match &raw.ttl_seconds {
+        Some(v) => match v.as_u64() {
+            Some(t) if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&t) => t,
+            _ => fail!(
+                "invalid_field",
+                "ttl_seconds must be an integer {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS}, got {v}"
+            ),
+        },
+        None => fail!("missing_field", "ttl_seconds is required"),
+    };
+    let locale = match &raw.locale {
+        None | Some(serde_json::Value::Null) => "en".to_string(),
+        Some(serde_json::Value::String(s))
+            if !s.is_empty()
+                && s.len() <= 35
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            s.clone()
+        }
+        Some(_) => fail!(
+            "invalid_field",
+            "locale must be a language tag like it or en-GB"
+        ),
+    };
+    let transaction = match &raw.transaction {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match serde_json::from_value::<Transaction>(v.clone()) {
+            Ok(t) => {
+                if !valid_amount(&t.amount) {
+                    fail!(
+                        "invalid_field",
+                        "transaction.amount must be a decimal string like 125.40"
+                    );
+                }
+                if t.currency.len() != 3 || !t.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                    fail!(
+                        "invalid_field",
+                        "transaction.currency must be an ISO 4217 code like EUR"
+                    );
+                }
+                let payee_len = t.payee.chars().count();
+                if payee_len == 0 || payee_len > 140 || t.payee.chars().any(char::is_control) {
+                    fail!(
+                        "invalid_field",
+                        "transaction.payee must be 1-140 printable characters"
+                    );
+                }
+                Some(t)
+            }
+            Err(_) => fail!(
+                "invalid_field",
+                "transaction must be an object with string amount, currency and payee"
+            ),
+        },
+    };
+    if kind == Kind::Payment && transaction.is_none() {
+        fail!("missing_field", "transaction is required for kind payment");
+    }
+    let devices = match &raw.devices {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(list)) => {
+            if list.len() > MAX_DEVICES {
+                fail!(
+                    "too_many_devices",
+                    "{} devices, at most {MAX_DEVICES}",
+                    list.len()
+                );
+            }
+            let mut out: Vec<Device> = Vec::with_capacity(list.len());
+            for (i, d) in list.iter().enumerate() {
+                match parse_device(d) {
+                    Ok(dev) => {
+                        if out.iter().any(|o| o.device_id == dev.device_id) {
+                            fail!("invalid_field", "devices[{i}].device_id is a duplicate");
+                        }
+                        out.push(dev)
+                    }
+                    Err(msg) => fail!("invalid_field", "devices[{i}]: {msg}"),
+                }
+            }
+            out
+        }
+        Some(_) => fail!("invalid_field", "devices must be an array"),
+    };
+    let sms = match &raw.sms {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(o)) => {
+            let phone = match o.get("phone") {
+                Some(serde_json::Value::String(p)) if valid_e164(p) => p.clone(),
+                _ => fail!(
+                    "invalid_phone",
+                    "sms.phone must be an E.164 number like +393401234567"
+                ),
+            };
+            let fallback = match o.get("fallback_after_seconds") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => match v.as_u64() {
+                    Some(s) if s <= MAX_TTL_SECONDS => Some(s),
+                    _ => fail!(
+                        "invalid_field",
+                        "sms.fallback_after_seconds must be an integer 0..=900"
+                    ),
+                },
+            };
+            Some((phone, fallback))
+        }
+        Some(_) => fail!("invalid_field", "sms must be an object"),
+    };
+    let number_match = match &raw.number_match {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => fail!("invalid_field", "number_match must be a boolean"),
+    };
+    Ok(ChallengeSpec {
+        challenge_id: challenge_id.into(),
+        user_id: user_id.into(),
+        kind,
+        created_at_ms,
+        ttl_seconds,
+        locale: locale.into(),
+        transaction,
+        devices,
+        sms: sms.map(|(phone, fallback)| SmsSpec {
+            phone: phone.into(),
+            // u64::MAX marks "use the configured default"; the engine resolves it.
+            fallback_after_seconds: fallback.unwrap_or(u64::MAX),
+        }),
+        number_match,
+    })
+}
+
+fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
+    let o = v.as_object().ok_or("must be an object")?;
+    let s = |k: &str| o.get(k).and_then(|x| x.as_str());
+    let device_id = s("device_id").ok_or("device_id is required")?;
+    if device_id.is_empty() || device_id.len() > 64 || device_id.chars().any(char::is_control) {
+        return Err("device_id must be 1-64 printable characters".into());
+    }
+    let platform = match s("platform") {
+        Some("apns") => Platform::Apns,
+        Some("fcm") => Platform::Fcm,
+        _ => return Err("platform must be apns or fcm".into()),
+    };
+    let token = s("token").ok_or("token is required")?;
+    match platform {
+        Platform::Apns => {
+            if token.len() < 64
+                || token.len() > 200
+                || token.len() % 2 != 0
+                || !token.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err("APNs token must be hex, 64 characters or more".into());
+            }
+        }
+        Platform::Fcm => {
+            if token.is_empty()
+                || token.len() > 4096
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+            {
+                return Err("FCM token must be 1-4096 characters of [A-Za-z0-9-_:.]".into());
+            }
+        }
+    }
+    let name = match o.get("name") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(n)) if n.chars().count() <= 100 => Some(n.as_str().into()),
+        Some(_) => return Err("name must be a string of at most 100 characters".into()),
+    };
+    let public_key = match o.get("public_key") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) => {
+            Some(super::signature::parse_public_key(k).map_err(|e| format!("public_key: {e}"))?)
+        }
+        Some(_) => return Err("public_key must be a base64 string".into()),
+    };
+    Ok(Device {
+        device_id: device_id.into(),
+        platform,
+        token: token.into(),
+        name,
+        public_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> serde_json::Value {
+        serde_json::json!({
+            "v": 1, "challenge_id": "c-1", "user_id": "u1", "kind": "payment",
+            "created_at": "2026-11-23T19:40:00Z", "ttl_seconds": 120, "locale": "it",
+            "transaction": {"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"},
+            "devices": [
+                {"device_id": "d1", "platform": "apns", "token": "ab".repeat(32)},
+                {"device_id": "d2", "platform": "fcm", "token": "fcm:token_1"}
+            ],
+            "sms": {"phone": "+393401234567", "fallback_after_seconds": 30}
+        })
+    }
+
+    const NOW: i64 = 1_795_462_800_000; // 2026-11-23T19:40:00Z
+
+    fn parse(v: &serde_json::Value) -> Result<ChallengeSpec, Rejection> {
+        parse_challenge(v.to_string().as_bytes(), NOW, 60_000)
+    }
+
+    #[test]
+    fn accepts_the_contract_example() {
+        let s = parse(&sample()).unwrap();
+        assert_eq!(&*s.challenge_id, "c-1");
+        assert_eq!(s.devices.len(), 2);
+        assert_eq!(s.expires_at_ms(), NOW + 120_000);
+        assert_eq!(s.sms.unwrap().fallback_after_seconds, 30);
+    }
+
+    #[test]
+    fn rejects_each_rule_with_a_reason() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+            ("unsupported_version", Box::new(|v| v["v"] = 2.into())),
+            ("invalid_field", Box::new(|v| v["ttl_seconds"] = 5.into())),
+            ("invalid_field", Box::new(|v| v["ttl_seconds"] = 901.into())),
+            (
+                "invalid_field",
+                Box::new(|v| v["challenge_id"] = "a b".into()),
+            ),
+            ("invalid_field", Box::new(|v| v["kind"] = "wire".into())),
+            (
+                "missing_field",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("transaction");
+                }),
+            ),
+            (
+                "invalid_phone",
+                Box::new(|v| v["sms"]["phone"] = "3401234567".into()),
+            ),
+            (
+                "invalid_field",
+                Box::new(|v| v["devices"][0]["token"] = "xyz".into()),
+            ),
+            (
+                "invalid_field",
+                Box::new(|v| v["transaction"]["amount"] = "12,5".into()),
+            ),
+            (
+                "too_many_devices",
+                Box::new(|v| {
+                    let d = v["devices"][1].clone();
+                    v["devices"] = serde_json::Value::Array(
+                        (0..11)
+                            .map(|i| {
+                                let mut d = d.clone();
+                                d["device_id"] = format!("d{i}").into();
+                                d
+                            })
+                            .collect(),
+                    );
+                }),
+            ),
+        ];
+        for (code, mutate) in cases {
+            let mut v = sample();
+            mutate(&mut v);
+            let r = parse(&v).unwrap_err();
+            assert_eq!(r.code, code, "{r}");
+            assert_eq!(
+                r.challenge_id.as_deref(),
+                Some("c-1").filter(|_| v["challenge_id"] == "c-1")
+            );
+        }
+        let r = parse_challenge(b"not json", NOW, 0).unwrap_err();
+        assert_eq!(r.code, "invalid_json");
+        let r = parse_challenge(&vec![b' '; MAX_BODY_BYTES + 1], NOW, 0).unwrap_err();
+        assert_eq!(r.code, "body_too_large");
+    }
+
+    #[test]
+    fn e164() {
+        assert!(valid_e164("+393401234567"));
+        assert!(!valid_e164("+0393401234567"));
+        assert!(!valid_e164("393401234567"));
+        assert!(!valid_e164("+39340123456789012"));
+    }
+}

@@ -1,0 +1,94 @@
+//! Push delivery: the [`PushProvider`] trait the engine talks to, the message it hands
+//! over, the outcome classes every provider answer maps to, and the APNs and FCM
+//! transports. Only this module knows provider protocols.
+
+pub mod apns;
+pub mod fcm;
+
+use crate::challenge::machine::PushResult;
+use crate::challenge::model::{Kind, Platform};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed future borrowed from its provider.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What goes to one device.
+#[derive(Debug, Clone)]
+pub enum PushContent {
+    /// The challenge itself, with localized texts.
+    Challenge {
+        title: Arc<str>,
+        body: Arc<str>,
+        number_choices: Option<[u8; 3]>,
+    },
+    /// Take the challenge off the screen: decided elsewhere, cancelled or expired.
+    Withdraw,
+}
+
+/// One push to one device.
+#[derive(Debug, Clone)]
+pub struct PushMessage {
+    pub challenge_id: Arc<str>,
+    pub kind: Kind,
+    pub device_id: Box<str>,
+    pub token: Box<str>,
+    pub content: PushContent,
+    /// The challenge's expiry (Unix ms): APNs expiration, FCM ttl, and the retry horizon.
+    pub expires_at_ms: i64,
+}
+
+impl PushMessage {
+    pub fn is_withdraw(&self) -> bool {
+        matches!(self.content, PushContent::Withdraw)
+    }
+    /// Lifetime left at `now_ms`, never negative.
+    pub fn remaining(&self, now_ms: i64) -> Duration {
+        Duration::from_millis((self.expires_at_ms - now_ms).max(0) as u64)
+    }
+}
+
+/// A push transport. `send` resolves once the push is delivered, known to be impossible,
+/// or the challenge's life ran out while retrying; it never outlives `expires_at_ms`
+/// by more than one request timeout.
+pub trait PushProvider: Send + Sync + 'static {
+    fn platform(&self) -> Platform;
+    fn send(&self, msg: PushMessage) -> BoxFuture<'_, PushResult>;
+}
+
+/// How one provider answer is to be treated; classification functions are pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classification {
+    Delivered,
+    /// Transient: try again, after the given delay if the provider said so.
+    Retry {
+        after: Option<Duration>,
+    },
+    /// The token will never work again.
+    TokenGone,
+    /// This push cannot succeed; do not retry.
+    Permanent,
+}
+
+/// Masks a device token for logs and events: first 6 and last 4 characters.
+pub fn mask_token(token: &str) -> String {
+    if token.len() <= 12 {
+        return "*".repeat(token.len().min(8));
+    }
+    format!("{}…{}", &token[..6], &token[token.len() - 4..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_masked() {
+        let t = "ab".repeat(32);
+        let m = mask_token(&t);
+        assert!(m.starts_with("ababab") && m.len() < 16);
+        assert_eq!(mask_token("short"), "*****");
+    }
+}

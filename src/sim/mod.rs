@@ -1,0 +1,7 @@
+//! Simulators of APNs, FCM (with its OAuth2 token endpoint) and the SMS gateways. They
+//! speak the real protocols, record what they receive and can be scripted to fail; tests,
+//! benchmarks and the demo share them, and users can run them alone.
+
+pub mod apns;
+pub mod fcm;
+pub mod sms;

@@ -1,0 +1,118 @@
+//! Metric names in one place (CONTRACT §8), the Prometheus recorder, helpers that record
+//! the common measurements, and `tracing` set-up (text or JSON).
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const CHALLENGES_RECEIVED: &str = "sca_challenges_received_total";
+pub const CHALLENGES_REJECTED: &str = "sca_challenges_rejected_total";
+pub const OUTCOMES: &str = "sca_outcomes_total";
+pub const PUSH_REQUESTS: &str = "sca_push_requests_total";
+pub const PUSH_DURATION: &str = "sca_push_request_duration_seconds";
+pub const SMS: &str = "sca_sms_total";
+pub const OTP_VERIFICATIONS: &str = "sca_otp_verifications_total";
+pub const RATE_LIMITED: &str = "sca_rate_limited_total";
+pub const IN_FLIGHT: &str = "sca_challenges_in_flight";
+pub const DECISION_LATENCY: &str = "sca_decision_latency_seconds";
+pub const AMQP_CONNECTED: &str = "sca_amqp_connected";
+pub const AMQP_RECONNECTS: &str = "sca_amqp_reconnects_total";
+pub const AMQP_UNROUTABLE: &str = "sca_amqp_unroutable_total";
+pub const PUBLISH_FAILURES: &str = "sca_amqp_publish_failures_total";
+pub const HTTP_REQUESTS: &str = "sca_http_requests_total";
+pub const PROVIDER_TOKEN_RENEWALS: &str = "sca_provider_token_renewals_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 120.0, 300.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application):
+            // then our handle still renders what we record through it.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        CHALLENGES_RECEIVED,
+        "Challenges received from RabbitMQ, by kind."
+    );
+    describe_counter!(
+        CHALLENGES_REJECTED,
+        "Challenge messages dead-lettered, by reason code."
+    );
+    describe_counter!(
+        OUTCOMES,
+        "Outcomes published, by kind, outcome and channel."
+    );
+    describe_counter!(PUSH_REQUESTS, "Push requests sent, by provider and result.");
+    describe_histogram!(
+        PUSH_DURATION,
+        Unit::Seconds,
+        "Push request duration, by provider."
+    );
+    describe_counter!(SMS, "SMS sends, by result.");
+    describe_counter!(OTP_VERIFICATIONS, "One-time code checks, by result.");
+    describe_counter!(RATE_LIMITED, "Refusals by a rate or abuse limit, by limit.");
+    describe_gauge!(IN_FLIGHT, "Challenges held in memory and not yet decided.");
+    describe_histogram!(
+        DECISION_LATENCY,
+        Unit::Seconds,
+        "From dispatch to decision, by channel."
+    );
+    describe_gauge!(AMQP_CONNECTED, "1 while connected to RabbitMQ, else 0.");
+    describe_counter!(
+        AMQP_RECONNECTS,
+        "Connections to RabbitMQ opened after a loss."
+    );
+    describe_counter!(
+        AMQP_UNROUTABLE,
+        "Publishes returned as unroutable, by exchange."
+    );
+    describe_counter!(PUBLISH_FAILURES, "Publishes that failed and were retried.");
+    describe_counter!(HTTP_REQUESTS, "HTTP API requests, by route and status.");
+    describe_counter!(
+        PROVIDER_TOKEN_RENEWALS,
+        "Provider auth tokens minted, by provider."
+    );
+}
+
+/// Records one push request to a provider (`apns`/`fcm`) with its result label.
+pub fn record_push(provider: &'static str, result: &'static str, took: Duration) {
+    metrics::counter!(PUSH_REQUESTS, "provider" => provider, "result" => result).increment(1);
+    metrics::histogram!(PUSH_DURATION, "provider" => provider).record(took.as_secs_f64());
+}
+
+pub fn record_rate_limited(limit: &'static str) {
+    metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Sets up `tracing` once; later calls are no-ops.
+pub fn init_tracing(format: &str, level: &str) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = if format == "json" {
+        fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_current_span(false)
+            .try_init()
+    } else {
+        fmt().with_env_filter(filter).try_init()
+    };
+}

@@ -3,14 +3,23 @@
 //! Module map (see ARCHITECTURE.md):
 //! - [`config`]: typed configuration, TOML + `SCA_*` environment overrides.
 //! - [`challenge`]: the pure domain — model, validation, state machine, OTP, signatures.
-//! - [`texts`]: localized push and SMS texts.
+//! - [`engine`]: the in-memory table, timers, command execution.
+//! - [`amqp`]: RabbitMQ topology, consumers, ack batching, confirming publisher.
+//! - [`http`]: the HTTP API and the metrics endpoint.
 //! - [`push`], [`sms`]: the provider transports behind small traits.
+//! - [`limits`]: per-user challenge rate limit.
+//! - [`texts`]: localized push and SMS texts.
 //! - [`sim`]: APNs, FCM and SMS simulators.
-//! - [`retry`], [`telemetry`]: backoff timing; metrics and logs.
+//! - [`retry`], [`tls`], [`telemetry`]: backoff timing; TLS set-up; metrics and logs.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod challenge;
 pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod http;
+pub mod limits;
 pub mod push;
 pub mod retry;
 pub mod sim;
@@ -18,3 +27,7 @@ pub mod sms;
 pub mod telemetry;
 pub mod texts;
 pub mod tls;
+
+pub use config::Config;
+pub use daemon::{run, Daemon};
+pub use engine::Providers;

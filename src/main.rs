@@ -1,1 +1,118 @@
-fn main() {}
+//! The command line: `run`, `check-config`, `demo`, `simulate`. All logic is in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sca_dispatch::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sca-dispatch",
+    version,
+    about = "Strong customer authentication dispatcher"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        /// TOML configuration file (or SCA_CONFIG).
+        #[arg(long, env = "SCA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and exit (non-zero with the bad key on error).
+    CheckConfig {
+        #[arg(long, env = "SCA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a provider simulator alone.
+    Simulate {
+        #[command(subcommand)]
+        which: Sim,
+    },
+}
+
+#[derive(Subcommand)]
+enum Sim {
+    /// APNs (HTTP/2 over TLS, token auth).
+    Apns(SimArgs),
+    /// FCM HTTP v1 with its OAuth2 token endpoint.
+    Fcm(SimArgs),
+    /// SMS gateways (twilio and webhook shapes).
+    Sms(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Where to write the files to trust/use (CA, keys, service account).
+    #[arg(long, default_value = "sim")]
+    dir: PathBuf,
+}
+
+fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(config.as_deref())?)
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match load(config) {
+            Ok(c) => {
+                println!("configuration is valid ({})", c.provider_summary());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("invalid configuration: {e}");
+                std::process::exit(2);
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    std::process::exit(2);
+                }
+            };
+            sca_dispatch::telemetry::init_tracing(&cfg.log.format, &cfg.log.level);
+            rt.block_on(sca_dispatch::run(cfg, signal()))
+                .context("sca-dispatch failed")
+        }
+        Cmd::Simulate { which } => {
+            sca_dispatch::telemetry::init_tracing("text", "info");
+            rt.block_on(async move {
+                match which {
+                    Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
+                    Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,
+                    Sim::Sms(a) => sca_dispatch::sim::sms::run_standalone(a.addr, a.dir).await,
+                }
+            })
+        }
+    }
+}

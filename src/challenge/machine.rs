@@ -260,6 +260,25 @@ impl Challenge {
         (c, cmds)
     }
 
+    /// A challenge refused at intake (e.g. rate limited): settled at once, nothing sent.
+    pub fn refused(
+        spec: ChallengeSpec,
+        now: i64,
+        kind: OutcomeKind,
+        reason: &'static str,
+    ) -> (Challenge, Vec<Command>) {
+        let n = spec.devices.len();
+        let (mut c, _) = Challenge::start(spec, now, &vec![false; n], 0, None);
+        c.devices
+            .iter_mut()
+            .for_each(|d| d.push = PushState::NotSent);
+        c.sms = SmsState::Idle;
+        c.outcome = None;
+        let mut cmds = Vec::new();
+        c.finish(now, kind, None, None, Some(reason), &mut cmds);
+        (c, cmds)
+    }
+
     pub fn is_done(&self) -> bool {
         self.outcome.is_some()
     }

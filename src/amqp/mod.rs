@@ -1,0 +1,185 @@
+//! Everything RabbitMQ: the topology, the consumers, the ack batching, the confirming
+//! publisher, and the connection supervisor that reconnects with backoff and resumes by
+//! itself. This is the only module that knows lapin.
+
+pub mod acks;
+pub mod consumer;
+pub mod publisher;
+pub mod topology;
+
+use crate::config::AmqpConfig;
+use crate::engine::Engine;
+use crate::telemetry as t;
+use lapin::options::BasicCancelOptions;
+use lapin::{Connection, ConnectionProperties};
+use publisher::AmqpPublisher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Broker connection state, for `/readyz` and the gauge.
+#[derive(Default)]
+pub struct BrokerStatus {
+    connected: AtomicBool,
+}
+
+impl BrokerStatus {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+    fn set(&self, up: bool) {
+        self.connected.store(up, Ordering::SeqCst);
+        metrics::gauge!(t::AMQP_CONNECTED).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// The URL with its password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+async fn connect(url: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name("sca-dispatch".into());
+    Connection::connect(url, props).await
+}
+
+/// Resolves once the flag is true (or its sender is gone); holds no borrow after.
+pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Signals from the daemon to the supervisor.
+#[derive(Clone)]
+pub struct Signals {
+    /// True: stop consuming (cancel consumers), keep publishing.
+    pub stop_consuming: watch::Receiver<bool>,
+    /// True: close the connection now (undecided deliveries go back to the queue).
+    pub close: watch::Receiver<bool>,
+}
+
+/// Keeps a connection up until told to close: connect, declare, consume, and on any
+/// failure start again after a backoff that doubles up to `reconnect_max_ms`.
+pub async fn supervise(
+    cfg: AmqpConfig,
+    engine: Arc<Engine>,
+    publisher: Arc<AmqpPublisher>,
+    status: Arc<BrokerStatus>,
+    mut signals: Signals,
+) {
+    let mut backoff = Duration::from_millis(cfg.reconnect_initial_ms);
+    let max = Duration::from_millis(cfg.reconnect_max_ms);
+    let mut first = true;
+    status.set(false);
+    loop {
+        if *signals.close.borrow() {
+            return;
+        }
+        match session(&cfg, &engine, &publisher, &status, &mut signals, first).await {
+            Ok(()) => return,
+            Err(e) => {
+                publisher.set_channel(None);
+                status.set(false);
+                tracing::warn!(url = %redact_url(&cfg.url), "RabbitMQ connection lost or refused: {e}; retrying in {backoff:?}");
+            }
+        }
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = until_true(&mut signals.close) => return,
+        }
+        backoff = (backoff * 2).min(max);
+        if status.connected() {
+            backoff = Duration::from_millis(cfg.reconnect_initial_ms);
+        }
+    }
+}
+
+/// One connection's life. `Ok` when closed on request, `Err` when it failed.
+async fn session(
+    cfg: &AmqpConfig,
+    engine: &Arc<Engine>,
+    publisher: &Arc<AmqpPublisher>,
+    status: &Arc<BrokerStatus>,
+    signals: &mut Signals,
+    first: bool,
+) -> Result<(), String> {
+    let conn = connect(&cfg.url).await.map_err(|e| e.to_string())?;
+    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let tx = err_tx.clone();
+    conn.on_error(move |e| {
+        let _ = tx.send(e.to_string());
+    });
+    topology::declare(&conn, cfg)
+        .await
+        .map_err(|e| format!("declaring topology: {e}"))?;
+    let pub_ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    pub_ch
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    publisher.set_channel(Some(pub_ch));
+
+    let mut running = Vec::new();
+    let mut consumer_tasks = tokio::task::JoinSet::new();
+    if !*signals.stop_consuming.borrow() {
+        let host = std::process::id();
+        for i in 0..cfg.consumers {
+            let (r, c, acks) = consumer::open(
+                &conn,
+                &cfg.challenges_queue,
+                cfg.prefetch as u16,
+                format!("sca-dispatch-{host}-c{i}"),
+            )
+            .await
+            .map_err(|e| format!("consuming {}: {e}", cfg.challenges_queue))?;
+            running.push(r);
+            consumer_tasks.spawn(consumer::run_challenges(c, acks, engine.clone()));
+        }
+        let queue: &'static str = Box::leak(cfg.responses_queue.clone().into_boxed_str());
+        let (r, c, acks) = consumer::open(&conn, queue, 500, format!("sca-dispatch-{host}-r"))
+            .await
+            .map_err(|e| format!("consuming {queue}: {e}"))?;
+        running.push(r);
+        consumer_tasks.spawn(consumer::run_responses(c, acks, engine.clone(), queue));
+    }
+    status.set(true);
+    if !first {
+        metrics::counter!(t::AMQP_RECONNECTS).increment(1);
+    }
+    tracing::info!(url = %redact_url(&cfg.url), consumers = cfg.consumers, prefetch = cfg.prefetch, "connected to RabbitMQ");
+
+    let mut cancelled = *signals.stop_consuming.borrow();
+    loop {
+        tokio::select! {
+            Some(e) = err_rx.recv() => return Err(e),
+            Some(ended) = consumer_tasks.join_next(), if !cancelled => {
+                let why = ended.unwrap_or_else(|e| e.to_string());
+                return Err(why);
+            }
+            _ = until_true(&mut signals.stop_consuming), if !cancelled => {
+                cancelled = true;
+                for r in &running {
+                    let _ = r.channel.basic_cancel(&r.tag, BasicCancelOptions::default()).await;
+                }
+                tracing::info!("stopped consuming; finishing what is decided");
+            }
+            _ = until_true(&mut signals.close) => {
+                publisher.set_channel(None);
+                status.set(false);
+                let _ = conn.close(200, "sca-dispatch shutting down").await;
+                return Ok(());
+            }
+        }
+    }
+}

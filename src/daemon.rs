@@ -1,0 +1,232 @@
+//! Wiring and lifecycle: builds the providers, the engine and the servers from a
+//! validated [`Config`], binds the ports, runs until asked to stop, and shuts down in
+//! order — stop consuming, publish what is decided, leave the rest unacked — within the
+//! grace deadline.
+
+use crate::amqp::publisher::AmqpPublisher;
+use crate::amqp::{self, BrokerStatus, Signals};
+use crate::config::Config;
+use crate::engine::{Engine, Providers};
+use crate::http::api::{Api, Readiness};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {key} {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Provider(String),
+}
+
+/// Builds the configured transports; an unconfigured one is `None` and reported.
+pub fn providers_from_config(cfg: &Config) -> Result<Providers, StartError> {
+    let mut p = Providers::default();
+    if cfg.apns.is_configured() {
+        let a = crate::push::apns::ApnsProvider::new(&cfg.apns)
+            .map_err(|e| StartError::Provider(e.to_string()))?;
+        p.apns = Some(Arc::new(a));
+    }
+    if cfg.fcm.is_configured() {
+        let f = crate::push::fcm::FcmProvider::new(&cfg.fcm)
+            .map_err(|e| StartError::Provider(e.to_string()))?;
+        p.fcm = Some(Arc::new(f));
+    }
+    p.sms = crate::sms::gateway::from_config(&cfg.sms)
+        .map_err(|e| StartError::Provider(e.to_string()))?;
+    Ok(p)
+}
+
+struct Ready {
+    status: Arc<BrokerStatus>,
+    providers: Providers,
+}
+
+impl Readiness for Ready {
+    fn broker_connected(&self) -> bool {
+        self.status.connected()
+    }
+    fn providers(&self) -> serde_json::Value {
+        let s = |b: bool| if b { "configured" } else { "not_configured" };
+        serde_json::json!({
+            "apns": s(self.providers.apns.is_some()),
+            "fcm": s(self.providers.fcm.is_some()),
+            "sms": s(self.providers.sms.is_some()),
+        })
+    }
+    fn any_provider(&self) -> bool {
+        self.providers.apns.is_some()
+            || self.providers.fcm.is_some()
+            || self.providers.sms.is_some()
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    pub status: Arc<BrokerStatus>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Validated config in, everything bound and running out.
+    pub async fn start(cfg: Config, providers: Providers) -> Result<Daemon, StartError> {
+        let prom = crate::telemetry::prometheus();
+        let http_addr = cfg.http_addr();
+        let metrics_addr = cfg.metrics_addr();
+        let http_l = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "http.addr",
+                addr: http_addr,
+                source,
+            })?;
+        let metrics_l = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "metrics.addr",
+                addr: metrics_addr,
+                source,
+            })?;
+        let http_addr = http_l.local_addr().unwrap_or(http_addr);
+        let metrics_addr = metrics_l.local_addr().unwrap_or(metrics_addr);
+        tracing::info!(providers = %cfg.provider_summary(), "providers");
+        if providers.apns.is_none() {
+            tracing::warn!("APNs is not configured: iOS devices count as unreachable");
+        }
+        if providers.fcm.is_none() {
+            tracing::warn!("FCM is not configured: Android devices count as unreachable");
+        }
+        if providers.sms.is_none() {
+            tracing::warn!("no SMS gateway is configured: SMS fallback is off");
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (consume_tx, consume_rx) = watch::channel(false);
+        let (close_tx, close_rx) = watch::channel(false);
+        let (hard_tx, hard_rx) = watch::channel(false);
+        let status = Arc::new(BrokerStatus::default());
+        let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
+        let engine = Engine::new(&cfg, providers.clone(), publisher.clone());
+
+        let until = |rx: &watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let supervisor = tokio::spawn(amqp::supervise(
+            cfg.amqp.clone(),
+            engine.clone(),
+            publisher,
+            status.clone(),
+            Signals {
+                stop_consuming: consume_rx,
+                close: close_rx,
+            },
+        ));
+        let timers = tokio::spawn(engine.clone().run_timers(until(&close_tx.subscribe())));
+        tokio::spawn(engine.clone().run_pruner(
+            Duration::from_secs(cfg.limits.prune_interval_seconds),
+            until(&close_tx.subscribe()),
+        ));
+        let api = Arc::new(Api {
+            engine: engine.clone(),
+            tokens: cfg.http.tokens(),
+            max_body: cfg.http.max_body_bytes,
+            max_wait: Duration::from_secs(cfg.http.max_wait_seconds),
+            ready: Arc::new(Ready {
+                status: status.clone(),
+                providers,
+            }),
+        });
+        let http = tokio::spawn(crate::http::serve(
+            http_l,
+            cfg.http.max_connections,
+            move |req, _| api.clone().handle(req),
+            until(&close_tx.subscribe()),
+        ));
+        tokio::spawn(crate::http::serve(
+            metrics_l,
+            64,
+            move |req, _| {
+                let prom = prom.clone();
+                async move {
+                    if req.uri().path() == "/metrics" {
+                        hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(prom.render())))
+                            .unwrap_or_default()
+                    } else {
+                        crate::http::json_response(404, &serde_json::json!({"error": "not_found"}))
+                    }
+                }
+            },
+            until(&close_tx.subscribe()),
+        ));
+        tracing::info!(%http_addr, %metrics_addr, "sca-dispatch listening");
+
+        let grace = Duration::from_secs(cfg.shutdown.grace_seconds);
+        let eng = engine.clone();
+        let mut stop_wait = stop_rx;
+        let done = tokio::spawn(async move {
+            let _ = stop_wait.wait_for(|s| *s).await;
+            tracing::info!("shutting down: no new challenges");
+            let _ = consume_tx.send(true);
+            let left = eng.drain(grace).await;
+            if left > 0 {
+                tracing::warn!(unconfirmed = left, "grace period over with outcomes unconfirmed; their challenges will be redelivered");
+            }
+            let _ = hard_tx.send(true);
+            let _ = close_tx.send(true);
+            let _ = supervisor.await;
+            let _ = timers.await;
+            let _ = http.await;
+            tracing::info!(
+                pending = eng.pending(),
+                "stopped; undecided challenges return to the queue"
+            );
+        });
+        Ok(Daemon {
+            http_addr,
+            metrics_addr,
+            engine,
+            status,
+            stop: stop_tx,
+            done,
+        })
+    }
+
+    /// Asks the daemon to stop (as SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the daemon has stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Runs the daemon until `signal` resolves, then shuts down gracefully.
+pub async fn run(
+    cfg: Config,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let providers = providers_from_config(&cfg)?;
+    let d = Daemon::start(cfg, providers).await?;
+    signal.await;
+    d.shutdown();
+    d.wait().await;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Routes of the HTTP API: translates requests into engine operations and their answers
+//! into statuses and JSON. Holds no rules of its own beyond HTTP: auth, body limits,
+//! parsing.
+
+use super::{json_response, Body};
+use crate::engine::json::Answer;
+use crate::engine::requests::{DecisionBody, OtpBody};
+use crate::engine::{Engine, Op};
+use crate::telemetry as t;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Readiness inputs.
+pub trait Readiness: Send + Sync + 'static {
+    fn broker_connected(&self) -> bool;
+    fn providers(&self) -> serde_json::Value;
+    fn any_provider(&self) -> bool;
+}
+
+pub struct Api {
+    pub engine: Arc<Engine>,
+    pub tokens: Vec<String>,
+    pub max_body: usize,
+    pub max_wait: Duration,
+    pub ready: Arc<dyn Readiness>,
+}
+
+fn answer(a: Answer) -> Response<Body> {
+    json_response(a.status, &a.body)
+}
+
+fn err(status: u16, error: &str, message: &str) -> Response<Body> {
+    answer(Answer::error(status, error, message))
+}
+
+/// Constant-time comparison so a token cannot be guessed byte by byte from timings.
+fn token_ok(tokens: &[String], req: &Request<Incoming>) -> bool {
+    use subtle::ConstantTimeEq;
+    if tokens.is_empty() {
+        return true;
+    }
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    else {
+        return false;
+    };
+    let mut ok = false;
+    for t in tokens {
+        ok |= bool::from(t.as_bytes().ct_eq(given.trim().as_bytes()));
+    }
+    ok
+}
+
+impl Api {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (route, resp) = self.route(req, &method, &path).await;
+        metrics::counter!(t::HTTP_REQUESTS, "route" => route, "status" => resp.status().as_u16().to_string()).increment(1);
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        method: &Method,
+        path: &str,
+    ) -> (&'static str, Response<Body>) {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segs.as_slice()) {
+            (&Method::GET, ["healthz"]) => {
+                ("healthz", json_response(200, &json!({"status": "ok"})))
+            }
+            (&Method::GET, ["readyz"]) => ("readyz", self.readyz()),
+            (m, ["v1", "challenges", id, rest @ ..]) => {
+                let id = id.to_string();
+                match (m, rest) {
+                    (&Method::POST, ["decision"]) => ("decision", self.decision(req, &id).await),
+                    (&Method::POST, ["otp"]) => {
+                        ("otp", self.authed(req, |s, r| s.otp(r, id)).await)
+                    }
+                    (&Method::POST, ["sms"]) => (
+                        "sms",
+                        self.authed(req, |s, _| async move {
+                            answer(s.engine.operate_anywhere(&id, Op::Sms).await)
+                        })
+                        .await,
+                    ),
+                    (&Method::DELETE, []) => (
+                        "cancel",
+                        self.authed(req, |s, _| async move {
+                            answer(s.engine.operate_anywhere(&id, Op::Cancel).await)
+                        })
+                        .await,
+                    ),
+                    (&Method::GET, []) => ("get", self.authed(req, |s, r| s.get(r, id)).await),
+                    (_, ["decision"] | ["otp"] | ["sms"] | []) => (
+                        "other",
+                        err(405, "method_not_allowed", "method not allowed on this path"),
+                    ),
+                    _ => ("other", err(404, "not_found", "no such endpoint")),
+                }
+            }
+            _ => ("other", err(404, "not_found", "no such endpoint")),
+        }
+    }
+
+    async fn authed<'a, F, Fut>(&'a self, req: Request<Incoming>, f: F) -> Response<Body>
+    where
+        F: FnOnce(&'a Self, Request<Incoming>) -> Fut,
+        Fut: std::future::Future<Output = Response<Body>> + 'a,
+    {
+        if !token_ok(&self.tokens, &req) {
+            return err(401, "unauthorized", "missing or invalid bearer token");
+        }
+        f(self, req).await
+    }
+
+    fn readyz(&self) -> Response<Body> {
+        let broker = self.ready.broker_connected();
+        let ok = broker && self.ready.any_provider();
+        let body = json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "amqp": if broker { "connected" } else { "disconnected" },
+            "providers": self.ready.providers(),
+        });
+        json_response(if ok { 200 } else { 503 }, &body)
+    }
+
+    async fn body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+        let too_large = || {
+            err(
+                413,
+                "body_too_large",
+                &format!("request body over {} bytes", self.max_body),
+            )
+        };
+        if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
+            if len
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_some_and(|l| l > self.max_body)
+            {
+                return Err(too_large());
+            }
+        }
+        match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(_) => Err(err(400, "bad_request", "could not read the request body")),
+        }
+    }
+
+    async fn decision(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
+        let authed = token_ok(&self.tokens, &req);
+        let bytes = match self.body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let parsed: DecisionBody = match serde_json::from_slice(&bytes) {
+            Ok(p) => p,
+            Err(e) => return err(
+                422,
+                "invalid_body",
+                &format!(
+                    "expected {{\"device_id\", \"decision\", \"signature\"?, \"number\"?}}: {e}"
+                ),
+            ),
+        };
+        let op = match parsed.op() {
+            Ok(op) => op,
+            Err(e) => return err(422, "invalid_body", &e),
+        };
+        // Devices may call this endpoint directly: without a bearer token a decision is
+        // only taken from a device that signs its decisions.
+        if !authed && !self.engine.device_signs(id, &parsed.device_id) {
+            return err(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token (or device signature)",
+            );
+        }
+        answer(self.engine.operate_anywhere(id, op).await)
+    }
+
+    async fn otp(&self, req: Request<Incoming>, id: String) -> Response<Body> {
+        let bytes = match self.body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let parsed: OtpBody = match serde_json::from_slice(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                return err(
+                    422,
+                    "invalid_body",
+                    &format!("expected {{\"code\": \"123456\"}}: {e}"),
+                )
+            }
+        };
+        answer(
+            self.engine
+                .operate_anywhere(&id, Op::Otp { code: &parsed.code })
+                .await,
+        )
+    }
+
+    async fn get(&self, req: Request<Incoming>, id: String) -> Response<Body> {
+        let mut wait = None;
+        for pair in req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            if let Some(v) = pair.strip_prefix("wait=") {
+                match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s >= 0.0 => {
+                        wait = Some(Duration::from_secs_f64(s).min(self.max_wait));
+                    }
+                    _ => {
+                        return err(
+                            422,
+                            "invalid_query",
+                            "wait must be a number of seconds (max 30)",
+                        )
+                    }
+                }
+            }
+        }
+        let view = match wait {
+            Some(w) if !w.is_zero() => self.engine.view_when_decided(&id, w).await,
+            _ => self.engine.view(&id),
+        };
+        match view {
+            Some(v) => json_response(200, &v),
+            None => answer(Answer::not_found()),
+        }
+    }
+}

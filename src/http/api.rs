@@ -171,13 +171,15 @@ impl Api {
         };
         let parsed: DecisionBody = match serde_json::from_slice(&bytes) {
             Ok(p) => p,
-            Err(e) => return err(
-                422,
-                "invalid_body",
-                &format!(
+            Err(e) => {
+                return err(
+                    422,
+                    "invalid_body",
+                    &format!(
                     "expected {{\"device_id\", \"decision\", \"signature\"?, \"number\"?}}: {e}"
                 ),
-            ),
+                )
+            }
         };
         let op = match parsed.op() {
             Ok(op) => op,

@@ -706,6 +706,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../config/sca-dispatch.example.toml");
+        let c = Config::from_toml_with_env(text, "example", &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
     fn env_overrides_file() {
         let c = Config::from_toml_with_env(
             "[amqp]\nprefetch = 10\n",

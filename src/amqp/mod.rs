@@ -46,11 +46,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> lapin::Result<Connection> {
+async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name("sca-dispatch".into());
+        .with_connection_name(name.into());
     Connection::connect(url, props).await
 }
 
@@ -114,7 +114,13 @@ async fn session(
     signals: &mut Signals,
     first: bool,
 ) -> Result<(), String> {
-    let conn = connect(&cfg.url).await.map_err(|e| e.to_string())?;
+    // Shown in the management UI and `rabbitmqctl list_connections`.
+    let name = format!(
+        "sca-dispatch {} pid {}",
+        cfg.challenges_queue,
+        std::process::id()
+    );
+    let conn = connect(&cfg.url, &name).await.map_err(|e| e.to_string())?;
     let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let tx = err_tx.clone();
     conn.on_error(move |e| {

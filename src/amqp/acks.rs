@@ -67,8 +67,8 @@ pub(crate) async fn run_batcher(channel: Channel, mut rx: mpsc::UnboundedReceive
                         Err(_) => break,
                     }
                 }
-                if state.pending() >= FLUSH_AT {
-                    if state.flush(&channel).await.is_err() { return; }
+                if state.pending() >= FLUSH_AT && state.flush(&channel).await.is_err() {
+                    return;
                 }
             }
             _ = tick.tick() => {

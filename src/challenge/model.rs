@@ -568,7 +568,8 @@ mod tests {
 
     #[test]
     fn rejects_each_rule_with_a_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("unsupported_version", Box::new(|v| v["v"] = 2.into())),
             ("invalid_field", Box::new(|v| v["ttl_seconds"] = 5.into())),
             ("invalid_field", Box::new(|v| v["ttl_seconds"] = 901.into())),

@@ -7,9 +7,12 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// Deadlines (Unix ms) with the challenge to tick, earliest first.
+type Heap = BinaryHeap<Reverse<(i64, Arc<str>)>>;
+
 #[derive(Default)]
 pub struct Timers {
-    heap: Mutex<BinaryHeap<Reverse<(i64, Arc<str>)>>>,
+    heap: Mutex<Heap>,
     wake: Notify,
 }
 

@@ -118,6 +118,8 @@ impl Daemon {
         let status = Arc::new(BrokerStatus::default());
         let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
         let engine = Engine::new(&cfg, providers.clone(), publisher.clone());
+        let control = amqp::control::Control::new(&cfg.amqp.control_exchange);
+        engine.set_peers(control.clone());
 
         let until = |rx: &watch::Receiver<bool>| {
             let mut rx = rx.clone();
@@ -129,6 +131,7 @@ impl Daemon {
             cfg.amqp.clone(),
             engine.clone(),
             publisher,
+            control,
             status.clone(),
             Signals {
                 stop_consuming: consume_rx,

@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod consumer;
+pub mod control;
 pub mod publisher;
 pub mod topology;
 
@@ -74,6 +75,7 @@ pub async fn supervise(
     cfg: AmqpConfig,
     engine: Arc<Engine>,
     publisher: Arc<AmqpPublisher>,
+    control: Arc<control::Control>,
     status: Arc<BrokerStatus>,
     mut signals: Signals,
 ) {
@@ -85,7 +87,17 @@ pub async fn supervise(
         if *signals.close.borrow() {
             return;
         }
-        match session(&cfg, &engine, &publisher, &status, &mut signals, first).await {
+        match session(
+            &cfg,
+            &engine,
+            &publisher,
+            &control,
+            &status,
+            &mut signals,
+            first,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 publisher.set_channel(None);
@@ -110,6 +122,7 @@ async fn session(
     cfg: &AmqpConfig,
     engine: &Arc<Engine>,
     publisher: &Arc<AmqpPublisher>,
+    control: &Arc<control::Control>,
     status: &Arc<BrokerStatus>,
     signals: &mut Signals,
     first: bool,
@@ -159,6 +172,11 @@ async fn session(
         running.push(r);
         consumer_tasks.spawn(consumer::run_responses(c, acks, engine.clone(), queue));
     }
+    let ctl = control
+        .open(&conn, engine.clone())
+        .await
+        .map_err(|e| format!("opening the control queue: {e}"))?;
+    consumer_tasks.spawn(async move { ctl.await.unwrap_or_else(|e| e.to_string()) });
     status.set(true);
     if !first {
         metrics::counter!(t::AMQP_RECONNECTS).increment(1);

@@ -9,6 +9,7 @@
 //! it, and it is dispatched again.
 
 pub mod json;
+pub mod peers;
 pub mod requests;
 pub mod sink;
 pub mod timers;
@@ -106,6 +107,8 @@ pub struct Engine {
     sms_limits: SmsLimits,
     otp: OtpHasher,
     waiters: DashMap<Arc<str>, Arc<Notify>>,
+    /// Other instances, once the broker connection is up.
+    peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
     /// Outcomes (and rejections) published but not yet confirmed.
     unsettled: AtomicUsize,
     settled_notify: Notify,
@@ -130,6 +133,7 @@ impl Engine {
             sms_limits: SmsLimits::new(&cfg.sms),
             otp: OtpHasher::from_config(&cfg.sms.otp_key),
             waiters: DashMap::new(),
+            peers: std::sync::OnceLock::new(),
             unsettled: AtomicUsize::new(0),
             settled_notify: Notify::new(),
         })
@@ -328,10 +332,73 @@ impl Engine {
         }
     }
 
-    /// Runs an operation on a challenge wherever it is held. A single instance answers
-    /// from its own table; see ARCHITECTURE.md for several instances.
+    /// Sets how other instances are reached (once).
+    pub fn set_peers(&self, p: Arc<dyn peers::Peers>) {
+        let _ = self.peers.set(p);
+    }
+
+    pub fn holds(&self, id: &str) -> bool {
+        self.table.contains_key(id)
+    }
+
+    /// Runs an operation on a challenge wherever it is held: here, or at the instance
+    /// that consumed it.
     pub async fn operate_anywhere(self: &Arc<Self>, id: &str, op: Op<'_>) -> Answer {
+        if self.holds(id) {
+            return self.operate(id, op);
+        }
+        if let Some(p) = self.peers.get() {
+            let req = peers::PeerRequest {
+                challenge_id: id.to_string(),
+                op: requests::op_json(id, op),
+                wait: Duration::ZERO,
+            };
+            if let Some(a) = p.ask(req).await {
+                return a;
+            }
+        }
+        // It may have arrived here meanwhile.
         self.operate(id, op)
+    }
+
+    /// The view of a challenge wherever it is held, waiting up to `wait` for a decision.
+    pub async fn view_anywhere(&self, id: &str, wait: Duration) -> Option<serde_json::Value> {
+        if self.holds(id) {
+            return self.view_when_decided(id, wait).await;
+        }
+        let p = self.peers.get()?;
+        let req = peers::PeerRequest {
+            challenge_id: id.to_string(),
+            op: serde_json::json!({"op": "view", "challenge_id": id, "wait_ms": wait.as_millis() as u64}),
+            wait,
+        };
+        match p.ask(req).await {
+            Some(a) if a.status == 200 => Some(a.body),
+            _ => self.view(id),
+        }
+    }
+
+    /// Answers a peer's request if this instance holds the challenge.
+    pub async fn answer_peer(self: &Arc<Self>, op: &serde_json::Value) -> Option<Answer> {
+        let id = op.get("challenge_id")?.as_str()?;
+        if !self.holds(id) {
+            return None;
+        }
+        if op.get("op").and_then(|o| o.as_str()) == Some("view") {
+            let wait = op
+                .get("wait_ms")
+                .and_then(|w| w.as_u64())
+                .unwrap_or(0)
+                .min(300_000);
+            let v = self
+                .view_when_decided(id, Duration::from_millis(wait))
+                .await?;
+            return Some(Answer::new(200, v));
+        }
+        match requests::ResponseMessage::parse(op.to_string().as_bytes()) {
+            Ok(m) => Some(self.operate(m.challenge_id(), m.op())),
+            Err(e) => Some(Answer::error(422, "invalid_body", &e)),
+        }
     }
 
     /// True when `device_id` is bound to the challenge with a public key (its decisions

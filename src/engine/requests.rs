@@ -109,6 +109,26 @@ impl ResponseMessage {
     }
 }
 
+/// The operation as the JSON body of `sca.responses` (for forwarding to a peer).
+pub fn op_json(id: &str, op: Op<'_>) -> serde_json::Value {
+    use serde_json::json;
+    match op {
+        Op::Decision {
+            device_id,
+            approve,
+            signature,
+            number,
+        } => json!({
+            "op": "decision", "challenge_id": id, "device_id": device_id,
+            "decision": if approve { "approve" } else { "deny" },
+            "signature": signature, "number": number,
+        }),
+        Op::Otp { code } => json!({"op": "otp", "challenge_id": id, "code": code}),
+        Op::Sms => json!({"op": "sms", "challenge_id": id}),
+        Op::Cancel => json!({"op": "cancel", "challenge_id": id}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +155,26 @@ mod tests {
                 .op(),
             Op::Cancel
         ));
+    }
+
+    #[test]
+    fn forwarded_ops_parse_back() {
+        let ops = [
+            Op::Decision {
+                device_id: "d",
+                approve: true,
+                signature: Some("s"),
+                number: Some(42),
+            },
+            Op::Otp { code: "123456" },
+            Op::Sms,
+            Op::Cancel,
+        ];
+        for op in ops {
+            let v = op_json("c1", op);
+            let m = ResponseMessage::parse(v.to_string().as_bytes()).unwrap();
+            assert_eq!(format!("{:?}", m.op()), format!("{op:?}"));
+        }
     }
 
     #[test]

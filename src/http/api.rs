@@ -244,8 +244,8 @@ impl Api {
             }
         }
         let view = match wait {
-            Some(w) if !w.is_zero() => self.engine.view_when_decided(&id, w).await,
-            _ => self.engine.view(&id),
+            Some(w) => self.engine.view_anywhere(&id, w).await,
+            None => self.engine.view_anywhere(&id, Duration::ZERO).await,
         };
         match view {
             Some(v) => json_response(200, &v),

@@ -1,0 +1,253 @@
+//! The control plane between instances. Each instance binds an exclusive queue to the
+//! control fanout exchange, says hello every few seconds so the others know it is there,
+//! and answers requests about challenges it holds. An instance asked about a challenge it
+//! does not hold broadcasts the request and waits for the owner's answer, or for every
+//! known peer to say it does not hold it either.
+
+use crate::engine::json::Answer;
+use crate::engine::peers::{PeerRequest, Peers};
+use crate::engine::Engine;
+use crate::push::BoxFuture;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often an instance announces itself.
+const HELLO_EVERY: Duration = Duration::from_secs(5);
+/// A peer not heard from for this long is forgotten.
+const PEER_TTL: Duration = Duration::from_secs(15);
+/// How long to wait for the owner beyond the request's own wait.
+const ASK_TIMEOUT: Duration = Duration::from_millis(2000);
+
+struct PeerReply {
+    found: bool,
+    answer: Option<Answer>,
+}
+
+pub struct Control {
+    id: String,
+    exchange: String,
+    link: Mutex<Option<(Channel, String)>>,
+    pending: DashMap<String, mpsc::UnboundedSender<PeerReply>>,
+    peers: DashMap<String, Instant>,
+}
+
+impl Control {
+    pub fn new(exchange: &str) -> Arc<Control> {
+        Arc::new(Control {
+            id: format!("{:016x}", rand::random::<u64>()),
+            exchange: exchange.to_string(),
+            link: Mutex::new(None),
+            pending: DashMap::new(),
+            peers: DashMap::new(),
+        })
+    }
+
+    fn live_peers(&self) -> usize {
+        self.peers.retain(|_, seen| seen.elapsed() < PEER_TTL);
+        self.peers.len()
+    }
+
+    fn link(&self) -> Option<(Channel, String)> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_link(&self, l: Option<(Channel, String)>) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+
+    async fn broadcast(&self, body: &Value) {
+        let Some((ch, queue)) = self.link() else {
+            return;
+        };
+        let props = BasicProperties::default().with_reply_to(queue.into());
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        if let Err(e) = ch
+            .basic_publish(
+                &self.exchange,
+                "",
+                BasicPublishOptions::default(),
+                &bytes,
+                props,
+            )
+            .await
+        {
+            tracing::debug!("control publish failed: {e}");
+        }
+    }
+
+    async fn hello(&self) {
+        self.broadcast(&json!({"t": "hello", "from": self.id}))
+            .await;
+    }
+
+    /// Opens the control queue on `conn` and serves it until the connection ends.
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        conn: &Connection,
+        engine: Arc<Engine>,
+    ) -> lapin::Result<tokio::task::JoinHandle<String>> {
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = q.name().to_string();
+        ch.queue_bind(
+            &queue,
+            &self.exchange,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                &queue,
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.set_link(Some((ch, queue)));
+        self.hello().await;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut consumer = consumer;
+            let mut hello = tokio::time::interval(HELLO_EVERY);
+            loop {
+                tokio::select! {
+                    d = consumer.next() => match d {
+                        Some(Ok(d)) => {
+                            let reply_to = d.properties.reply_to().as_ref().map(|r| r.to_string());
+                            me.on_message(&d.data, reply_to, &engine).await;
+                        }
+                        Some(Err(e)) => { me.set_link(None); return format!("control consumer failed: {e}"); }
+                        None => { me.set_link(None); return "control consumer ended".into(); }
+                    },
+                    _ = hello.tick() => me.hello().await,
+                }
+            }
+        }))
+    }
+
+    async fn on_message(
+        self: &Arc<Self>,
+        data: &[u8],
+        reply_to: Option<String>,
+        engine: &Arc<Engine>,
+    ) {
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        let from = v["from"].as_str().unwrap_or_default();
+        if from == self.id {
+            return;
+        }
+        match v["t"].as_str() {
+            Some("hello") => {
+                if self
+                    .peers
+                    .insert(from.to_string(), Instant::now())
+                    .is_none()
+                {
+                    // A newcomer: let it know about us at once.
+                    self.hello().await;
+                }
+            }
+            Some("req") => {
+                self.peers.insert(from.to_string(), Instant::now());
+                let Some(reply_to) = reply_to else { return };
+                let me = self.clone();
+                let engine = engine.clone();
+                let corr = v["corr"].clone();
+                tokio::spawn(async move {
+                    let answer = engine.answer_peer(&v["req"]).await;
+                    let body = match answer {
+                        Some(a) => {
+                            json!({"t": "rep", "from": me.id, "corr": corr, "found": true, "status": a.status, "body": a.body})
+                        }
+                        None => json!({"t": "rep", "from": me.id, "corr": corr, "found": false}),
+                    };
+                    if let Some((ch, _)) = me.link() {
+                        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                        let _ = ch
+                            .basic_publish(
+                                "",
+                                &reply_to,
+                                BasicPublishOptions::default(),
+                                &bytes,
+                                BasicProperties::default(),
+                            )
+                            .await;
+                    }
+                });
+            }
+            Some("rep") => {
+                let Some(corr) = v["corr"].as_str() else {
+                    return;
+                };
+                if let Some(tx) = self.pending.get(corr) {
+                    let found = v["found"].as_bool().unwrap_or(false);
+                    let answer = found.then(|| {
+                        Answer::new(
+                            v["status"].as_u64().unwrap_or(500) as u16,
+                            v["body"].clone(),
+                        )
+                    });
+                    let _ = tx.send(PeerReply { found, answer });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Peers for Control {
+    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<Answer>> {
+        Box::pin(async move {
+            let peers = self.live_peers();
+            if peers == 0 || self.link().is_none() {
+                return None;
+            }
+            let corr = format!("{:016x}", rand::random::<u64>());
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            self.pending.insert(corr.clone(), tx);
+            self.broadcast(&json!({"t": "req", "from": self.id, "corr": corr, "req": req.op}))
+                .await;
+            let deadline = tokio::time::Instant::now() + req.wait + ASK_TIMEOUT;
+            let mut not_held = 0;
+            let mut result = None;
+            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                if r.found {
+                    result = r.answer;
+                    break;
+                }
+                not_held += 1;
+                if not_held >= peers {
+                    break;
+                }
+            }
+            self.pending.remove(&corr);
+            result
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! Several instances on one RabbitMQ: a challenge lives in the memory of the instance
+//! that consumed it, and operations reaching any other instance are forwarded to it.
+
+mod common;
+
+use common::*;
+use sca_dispatch::Daemon;
+use serde_json::json;
+use std::time::Duration;
+
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let st = resp.status().as_u16();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    (st, serde_json::from_slice(&b).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_answers_for_any_challenge() {
+    let h = Harness::start().await;
+    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
+    for _ in 0..100 {
+        if second.status.connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // hellos exchanged
+    let a = h.daemon.as_ref().unwrap().http_addr;
+    let b = second.http_addr;
+    let ids: Vec<String> = (0..6).map(|i| format!("so-{i}")).collect();
+    for id in &ids {
+        h.publish(&challenge(id)).await;
+    }
+    h.pushes(12, 10).await;
+    let held_a = ids
+        .iter()
+        .filter(|id| h.daemon.as_ref().unwrap().engine.holds(id))
+        .count();
+    let held_b = ids.iter().filter(|id| second.engine.holds(id)).count();
+    assert_eq!(
+        held_a + held_b,
+        ids.len(),
+        "each challenge is held by exactly one instance"
+    );
+    assert!(
+        held_a > 0 && held_b > 0,
+        "both instances consume ({held_a}/{held_b})"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        // Alternate the instance asked, whoever holds the challenge.
+        let (first, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        let (st, v) = call(first, "GET", &format!("/v1/challenges/{id}"), None).await;
+        assert_eq!((st, v["state"].as_str()), (200, Some("pending")), "{id}");
+        let (st, v) = call(
+            first,
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["outcome"].as_str()),
+            (200, Some("approved")),
+            "{id}: {v}"
+        );
+        let (st, _) = call(
+            other,
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
+        )
+        .await;
+        assert_eq!(st, 409, "{id}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..ids.len() {
+        let (_, o) = h.outcome(5).await;
+        assert!(seen.insert(o["challenge_id"].as_str().unwrap().to_string()));
+    }
+    h.no_outcome(300).await;
+    let (st, _) = call(b, "GET", "/v1/challenges/nobody-has-it", None).await;
+    assert_eq!(st, 404);
+    second.shutdown();
+    second.wait().await;
+    h.cleanup().await;
+}

@@ -163,16 +163,16 @@ impl Control {
             return;
         }
         match v["t"].as_str() {
-            Some("hello") => {
+            // A newcomer: let it know about us at once.
+            Some("hello")
                 if self
                     .peers
                     .insert(from.to_string(), Instant::now())
-                    .is_none()
-                {
-                    // A newcomer: let it know about us at once.
-                    self.hello().await;
-                }
+                    .is_none() =>
+            {
+                self.hello().await;
             }
+            Some("hello") => {}
             Some("req") => {
                 self.peers.insert(from.to_string(), Instant::now());
                 let Some(reply_to) = reply_to else { return };

@@ -326,3 +326,292 @@ async fn wait_for_messages_reports_a_shortfall() {
         .unwrap_err();
     assert!(e.to_string().contains("0 of 1"), "{e}");
 }
+
+#[tokio::test]
+async fn standalone_prints_working_configs_and_masks_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut out: Vec<u8> = Vec::new();
+    let run = sca_dispatch::sim::sms::run_until(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().to_path_buf(),
+        async move {
+            let _ = stop_rx.await;
+            Ok(())
+        },
+        &mut out,
+    );
+    let client = async {
+        for shape in SHAPES {
+            let path = dir.path().join(format!("sms-{}.toml", shape.as_str()));
+            let mut waited = Duration::ZERO;
+            while !path.exists() {
+                assert!(waited < WAIT, "{} never appeared", path.display());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                waited += Duration::from_millis(10);
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // The printed section is a valid daemon configuration.
+            let cfg = sca_dispatch::config::Config::from_toml_with_env(&text, "sim.toml", &[])
+                .unwrap_or_else(|e| panic!("{}: {e}\n{text}", shape.as_str()));
+            let g = gateway(&cfg.sms);
+            deliver(g.as_ref(), &msg(PHONE, "Code 909090"), WAIT)
+                .await
+                .unwrap();
+        }
+        stop_tx.send(()).unwrap();
+    };
+    let (total, ()) = tokio::join!(run, client);
+    assert_eq!(total.unwrap(), 2);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("gateway = \"twilio\"") && out.contains("gateway = \"webhook\""));
+    assert_eq!(out.matches("+39340****567").count(), 2, "{out}");
+    assert!(!out.contains(PHONE), "{out}");
+    assert!(
+        out.contains("Code 909090") && out.contains("ref=chal-0001"),
+        "{out}"
+    );
+    assert!(out.contains("stopped after 2 messages"), "{out}");
+}
+
+/// A TLS front (self-signed `localhost` certificate) forwarding to the plain simulator.
+async fn tls_front(sim: &SmsSim) -> (u16, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(sca_dispatch::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = sim.addr();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (port, ck.cert.pem())
+}
+
+#[tokio::test]
+async fn tls_needs_the_configured_ca() {
+    let sim = sim().await;
+    let (port, ca_pem) = tls_front(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let mut cfg = sim.config(Shape::Twilio);
+    cfg.endpoint = format!("https://localhost:{port}");
+    // Not trusted: permanent, no point retrying a certificate.
+    let e = deliver(gateway(&cfg).as_ref(), &msg(PHONE, "Code 1"), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SmsError::Permanent(ref r) if r.contains("TLS") && r.contains("sms.ca_file")),
+        "{e:?}"
+    );
+    assert_eq!(sim.total_messages(), 0);
+    // Trusted through sms.ca_file: delivered, for both shapes.
+    cfg.ca_file = ca_file.to_string_lossy().into_owned();
+    deliver(gateway(&cfg).as_ref(), &msg(PHONE, "Code 2"), WAIT)
+        .await
+        .unwrap();
+    let mut wcfg = sim.config(Shape::Webhook);
+    wcfg.endpoint = format!("https://localhost:{port}/webhook");
+    wcfg.ca_file = cfg.ca_file.clone();
+    deliver(gateway(&wcfg).as_ref(), &msg(PHONE, "Code 3"), WAIT)
+        .await
+        .unwrap();
+    let texts: Vec<String> = sim.messages().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, vec!["Code 2", "Code 3"]);
+}
+
+/// Sends a raw request to the simulator; returns status and JSON body.
+async fn raw(
+    sim: &SmsSim,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let client = sca_dispatch::tls::json_client("").unwrap();
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", sim.base_url()));
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    let req = b
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn simulator_validates_like_the_real_gateways() {
+    use base64::Engine;
+    let sim = sim().await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            sim.account_sid(),
+            sim.auth_token()
+        ))
+    );
+    let form = |h: &str| {
+        vec![
+            ("authorization", h.to_string()),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ]
+    };
+    let twilio_path = format!("/2010-04-01/Accounts/{}/Messages.json", sim.account_sid());
+    let cases: Vec<(String, Vec<(&str, String)>, &str, u16, Option<u64>)> = vec![
+        (
+            twilio_path.clone(),
+            form(&basic),
+            "From=%2B1500&Body=hi",
+            400,
+            Some(21604),
+        ),
+        (
+            twilio_path.clone(),
+            form(&basic),
+            "To=%2B393401234567&Body=hi",
+            400,
+            Some(21603),
+        ),
+        (
+            twilio_path.clone(),
+            form(&basic),
+            "To=%2B393401234567&From=x",
+            400,
+            Some(21602),
+        ),
+        (
+            twilio_path.clone(),
+            form(&basic),
+            "To=12345&From=x&Body=hi",
+            400,
+            Some(21211),
+        ),
+        (
+            twilio_path.clone(),
+            form("Basic Zm9vOmJhcg=="),
+            "To=%2B393401234567&From=x&Body=hi",
+            401,
+            Some(20003),
+        ),
+        (
+            twilio_path.clone(),
+            vec![],
+            "To=%2B393401234567&From=x&Body=hi",
+            401,
+            Some(20003),
+        ),
+        (
+            "/2010-04-01/Accounts/ACother/Messages.json".into(),
+            form(&basic),
+            "To=%2B393401234567&From=x&Body=hi",
+            404,
+            Some(20404),
+        ),
+        (
+            twilio_path.clone(),
+            form(&basic),
+            "To=%2B393401234567&From=x&Body=hi",
+            201,
+            None,
+        ),
+    ];
+    for (path, headers, body, want, code) in cases {
+        let (status, v) = raw(&sim, "POST", &path, &headers, body).await;
+        assert_eq!(status, want, "{path} {body}: {v}");
+        if let Some(code) = code {
+            assert_eq!(v["code"].as_u64(), Some(code), "{body}: {v}");
+            assert!(v["more_info"]
+                .as_str()
+                .unwrap()
+                .ends_with(&code.to_string()));
+        } else {
+            assert!(v["sid"].as_str().unwrap().starts_with("SM"), "{v}");
+            assert_eq!(v["status"], "queued");
+        }
+    }
+    let bearer = format!("Bearer {}", sim.webhook_token());
+    let json_h = |auth: &str| {
+        vec![
+            ("authorization", auth.to_string()),
+            ("content-type", "application/json".to_string()),
+        ]
+    };
+    let webhook_cases: Vec<(Vec<(&str, String)>, &str, u16)> = vec![
+        (
+            json_h(&bearer),
+            r#"{"to":"+393401234567","text":"hi","reference":"c1"}"#,
+            200,
+        ),
+        (
+            json_h("Bearer nope"),
+            r#"{"to":"+393401234567","text":"hi","reference":"c1"}"#,
+            401,
+        ),
+        (
+            vec![("authorization", bearer.clone())],
+            r#"{"to":"+393401234567","text":"hi","reference":"c1"}"#,
+            415,
+        ),
+        (
+            json_h(&bearer),
+            r#"{"to":"+393401234567","text":"hi"}"#,
+            400,
+        ),
+        (
+            json_h(&bearer),
+            r#"{"to":"0039340","text":"hi","reference":"c1"}"#,
+            400,
+        ),
+        (json_h(&bearer), "not json", 400),
+    ];
+    for (headers, body, want) in webhook_cases {
+        let (status, v) = raw(&sim, "POST", "/webhook", &headers, body).await;
+        assert_eq!(status, want, "{body}: {v}");
+        if want != 200 {
+            assert!(v["error"].is_string(), "{v}");
+        }
+    }
+    let (status, _) = raw(&sim, "GET", "/webhook", &[], "").await;
+    assert_eq!(status, 405);
+    let (status, _) = raw(&sim, "POST", "/nowhere", &[], "").await;
+    assert_eq!(status, 404);
+    let (status, list) = raw(&sim, "GET", "/messages", &[], "").await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["gateway"], "twilio");
+    assert_eq!(list[1]["reference"], "c1");
+    assert_eq!(sim.unauthorized_requests(), 3);
+}

@@ -817,6 +817,28 @@ async fn webhook(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
 /// both gateway shapes (also written to `dir/sms-twilio.toml` and `dir/sms-webhook.toml`),
 /// then one line per message taken, number masked and text in full.
 pub async fn run_standalone(addr: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
+    let stop = async {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")
+    };
+    run_until(addr, dir, stop, std::io::stdout()).await?;
+    Ok(())
+}
+
+/// [`run_standalone`] with the stop signal and the output chosen by the caller; returns
+/// the number of messages taken. The configuration files are complete when they appear
+/// (written aside, then renamed).
+pub async fn run_until<F, W>(
+    addr: SocketAddr,
+    dir: PathBuf,
+    stop: F,
+    mut out: W,
+) -> anyhow::Result<u64>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+    W: std::io::Write,
+{
     let sim = SmsSim::start(SmsSimOptions {
         addr,
         ..SmsSimOptions::default()
@@ -825,61 +847,77 @@ pub async fn run_standalone(addr: SocketAddr, dir: PathBuf) -> anyhow::Result<()
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let mut feed = sim.subscribe();
-    println!(
-        "SMS gateway simulator on {} (plain HTTP; HTTP/1.1 and h2c)",
-        sim.base_url()
-    );
-    println!(
-        "  twilio:  POST {}/2010-04-01/Accounts/{}/Messages.json  (basic auth)",
-        sim.base_url(),
-        sim.account_sid()
-    );
-    println!("  webhook: POST {}  (bearer token)", sim.webhook_url());
-    println!("  list:    GET  {}/messages", sim.base_url());
+    let base = sim.base_url();
+    writeln!(
+        out,
+        "SMS gateway simulator on {base} (plain HTTP; HTTP/1.1 and h2c)\n  \
+         twilio:  POST {base}/2010-04-01/Accounts/{}/Messages.json  (basic auth)\n  \
+         webhook: POST {}  (bearer token)\n  \
+         list:    GET  {base}/messages",
+        sim.account_sid(),
+        sim.webhook_url()
+    )?;
     for shape in [Shape::Twilio, Shape::Webhook] {
         let path = dir.join(format!("sms-{}.toml", shape.as_str()));
+        let tmp = dir.join(format!(".sms-{}.toml.tmp", shape.as_str()));
         let toml = sim.config_toml(shape);
-        std::fs::write(&path, &toml).with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
+        std::fs::write(&tmp, &toml)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(
+            out,
             "\n# {} shape (written to {})\n{toml}",
             shape.as_str(),
             path.display()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "Messages are printed below with the number masked and the text in full: this is a\n\
          test tool and the text carries the one-time code. Never point real traffic here.\n\
          Ctrl-C stops."
-    );
+    )?;
+    out.flush()?;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r.context("cannot wait for Ctrl-C")?;
+            r = &mut stop => {
+                r?;
+                // Print what was taken before the stop (it is in the feed already:
+                // a message is published before its HTTP answer goes out).
+                while let Ok(m) = feed.try_recv() {
+                    print_message(&mut out, &m)?;
+                }
                 break;
             }
             m = feed.recv() => match m {
-                Ok(m) => println!(
-                    "{} {:<7} {} {} {:?}",
-                    m.received_at_utc.format("%H:%M:%S%.3f"),
-                    m.shape.as_str(),
-                    mask_phone(&m.to),
-                    m.reference
-                        .as_deref()
-                        .map(|r| format!("ref={r}"))
-                        .unwrap_or_else(|| format!("sid={}", m.id)),
-                    m.text
-                ),
+                Ok(m) => print_message(&mut out, &m)?,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    println!("({n} messages not printed: output too slow)")
+                    writeln!(out, "({n} messages not printed: output too slow)")?
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
+        out.flush()?;
     }
-    println!(
-        "SMS simulator stopped after {} messages",
-        sim.total_messages()
-    );
+    let total = sim.total_messages();
+    writeln!(out, "SMS simulator stopped after {total} messages")?;
     sim.shutdown().await;
-    Ok(())
+    Ok(total)
+}
+
+/// One line per message: time, shape, masked number, reference or sid, full text.
+fn print_message<W: std::io::Write>(out: &mut W, m: &SentSms) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} {:<7} {} {} {:?}",
+        m.received_at_utc.format("%H:%M:%S%.3f"),
+        m.shape.as_str(),
+        mask_phone(&m.to),
+        m.reference
+            .as_deref()
+            .map(|r| format!("ref={r}"))
+            .unwrap_or_else(|| format!("sid={}", m.id)),
+        m.text
+    )
 }

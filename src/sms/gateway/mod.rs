@@ -120,13 +120,11 @@ fn transport_error(e: hyper_util::client::legacy::Error) -> SmsError {
             chain.push_str(": ");
         }
         chain.push_str(&err.to_string());
-        // io::Error hides its inner error from `source()`; look inside it explicitly.
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            if let Some(r) = candidate.downcast_ref::<rustls::Error>() {
+        // io::Error hides its inner error from `source()` (and the TLS connector nests
+        // io::Errors); look inside them explicitly.
+        let mut candidate: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(c) = candidate {
+            if let Some(r) = c.downcast_ref::<rustls::Error>() {
                 if matches!(
                     r,
                     rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
@@ -134,6 +132,10 @@ fn transport_error(e: hyper_util::client::legacy::Error) -> SmsError {
                     tls = Some(r.to_string());
                 }
             }
+            candidate = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|i| i as &(dyn std::error::Error + 'static));
         }
         cur = err.source();
     }

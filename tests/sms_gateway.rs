@@ -437,6 +437,8 @@ async fn tls_needs_the_configured_ca() {
     assert_eq!(texts, vec!["Code 2", "Code 3"]);
 }
 
+type Headers<'a> = Vec<(&'a str, String)>;
+
 /// Sends a raw request to the simulator; returns status and JSON body.
 async fn raw(
     sim: &SmsSim,
@@ -489,7 +491,7 @@ async fn simulator_validates_like_the_real_gateways() {
         ]
     };
     let twilio_path = format!("/2010-04-01/Accounts/{}/Messages.json", sim.account_sid());
-    let cases: Vec<(String, Vec<(&str, String)>, &str, u16, Option<u64>)> = vec![
+    let cases: Vec<(String, Headers, &str, u16, Option<u64>)> = vec![
         (
             twilio_path.clone(),
             form(&basic),
@@ -568,7 +570,7 @@ async fn simulator_validates_like_the_real_gateways() {
             ("content-type", "application/json".to_string()),
         ]
     };
-    let webhook_cases: Vec<(Vec<(&str, String)>, &str, u16)> = vec![
+    let webhook_cases: Vec<(Headers, &str, u16)> = vec![
         (
             json_h(&bearer),
             r#"{"to":"+393401234567","text":"hi","reference":"c1"}"#,

@@ -35,9 +35,55 @@
 //! [`SmsSimOptions::max_recorded`] entries. [`SmsSim::wait_for_messages`] waits for a count,
 //! [`SmsSim::subscribe`] streams messages as they arrive.
 //!
-//! The simulator holds message texts, which carry one-time codes, in memory and
-//! [`run_standalone`] prints them in full: it is a test tool and must never front real
-//! traffic. Phone numbers are masked in what it prints.
+//! # Credentials and configuration
+//!
+//! [`SmsSimOptions::default`] listens on `127.0.0.1:0` with fixed credentials: account sid
+//! `AC0123456789abcdef0123456789abcdef`, auth token `sim-twilio-auth-token`, webhook
+//! token `sim-webhook-token`, sender `+15005550006`. [`SmsSim::config`] hands out a ready
+//! [`SmsConfig`] for either shape and [`SmsSim::config_toml`] the same as an `[sms]`
+//! section; [`run_standalone`] prints both and writes them to `sms-twilio.toml` and
+//! `sms-webhook.toml` in its directory.
+//!
+//! # Bounds
+//!
+//! Request bodies up to 64 KiB, read within 10 s (413 / 408 otherwise); at most 1024
+//! connections served at once; the recorded lists are capped; a stalled request is held
+//! for at most an hour, or until the simulator stops.
+//!
+//! A [`Behaviour::Latency`] longer than the client's timeout behaves like a real gateway
+//! that is slow: the message is still taken after the delay (if the connection is still
+//! being served), so a retrying client may cause a duplicate. A stalled request is never
+//! taken.
+//!
+//! # Example
+//!
+//! ```
+//! use sca_dispatch::sim::sms::{Behaviour, Shape, SmsSim, SmsSimOptions};
+//! use sca_dispatch::sms::{deliver, gateway, SmsMessage};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let sim = SmsSim::start(SmsSimOptions::default()).await?;
+//! sim.script("+393401234567", Behaviour::unavailable(1)); // one 503, then accepted
+//! let gw = gateway::from_config(&sim.config(Shape::Webhook))?.expect("configured");
+//! let msg = SmsMessage {
+//!     to: "+393401234567".into(),
+//!     text: "Code 123456 to sign in".into(),
+//!     reference: "chal-1".into(),
+//! };
+//! deliver(gw.as_ref(), &msg, Duration::from_secs(10)).await?;
+//! let got = sim.wait_for_messages(1, Duration::from_secs(5)).await?;
+//! assert_eq!(got[0].reference.as_deref(), Some("chal-1"));
+//! assert_eq!(sim.attempts("+393401234567"), 2);
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The simulator holds message texts, which carry one-time codes, in memory, serves them
+//! on `GET /messages`, and [`run_standalone`] prints them in full: it is a test tool and
+//! must never front real traffic. Phone numbers are masked in what it prints.
 
 use crate::config::SmsConfig;
 use crate::sms::mask_phone;
@@ -920,4 +966,120 @@ fn print_message<W: std::io::Write>(out: &mut W, m: &SentSms) -> std::io::Result
             .unwrap_or_else(|| format!("sid={}", m.id)),
         m.text
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_recorded: usize) -> Shared {
+        let (total, _) = watch::channel(0);
+        let (feed, _) = broadcast::channel(16);
+        Shared {
+            opts: SmsSimOptions {
+                max_recorded,
+                ..SmsSimOptions::default()
+            },
+            state: Mutex::new(State {
+                scripts: HashMap::new(),
+                default: Behaviour::Accept,
+                messages: VecDeque::new(),
+                requests: VecDeque::new(),
+                next_id: 0,
+                unauthorized: 0,
+            }),
+            total,
+            feed,
+        }
+    }
+
+    /// The statuses the next `n` requests for `to` get.
+    fn run(s: &Shared, shape: Shape, to: &str, n: usize) -> Vec<Option<u16>> {
+        (0..n)
+            .map(|_| match s.plan(shape, to) {
+                Plan::Accept(_) => Some(if shape == Shape::Twilio { 201 } else { 200 }),
+                Plan::Status { status, .. } => Some(status),
+                Plan::Reject => Some(400),
+                Plan::Stall => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scripts_count_down_per_number() {
+        let s = shared(100);
+        s.lock()
+            .scripts
+            .insert("+1".into(), Behaviour::unavailable(2));
+        assert_eq!(
+            run(&s, Shape::Twilio, "+1", 4),
+            [Some(503), Some(503), Some(201), Some(201)]
+        );
+        s.lock().scripts.insert(
+            "+1".into(),
+            Behaviour::RateLimit {
+                times: 1,
+                retry_after: Duration::from_secs(7),
+            },
+        );
+        assert!(matches!(
+            s.plan(Shape::Webhook, "+1"),
+            Plan::Status {
+                status: 429,
+                retry_after: Some(7)
+            }
+        ));
+        s.lock()
+            .scripts
+            .insert("+1".into(), Behaviour::Stall { times: 1 });
+        assert_eq!(run(&s, Shape::Webhook, "+1", 2), [None, Some(200)]);
+        s.lock().scripts.insert("+1".into(), Behaviour::Reject);
+        assert_eq!(run(&s, Shape::Twilio, "+1", 3), [Some(400); 3]);
+        // Other numbers were never affected.
+        assert_eq!(run(&s, Shape::Twilio, "+2", 1), [Some(201)]);
+    }
+
+    #[test]
+    fn a_counting_default_counts_for_each_number() {
+        let s = shared(100);
+        s.lock().default = Behaviour::unavailable(1);
+        assert_eq!(run(&s, Shape::Twilio, "+1", 2), [Some(503), Some(201)]);
+        assert_eq!(run(&s, Shape::Twilio, "+2", 2), [Some(503), Some(201)]);
+    }
+
+    #[test]
+    fn recordings_are_bounded_but_the_total_is_not() {
+        let s = shared(3);
+        for i in 0..5 {
+            let to = format!("+3934000000{i}");
+            let _ = s.plan(Shape::Webhook, &to);
+            s.record(Shape::Webhook, &to, "t", None, Some("r"));
+        }
+        let st = s.lock();
+        assert_eq!(st.messages.len(), 3);
+        assert_eq!(st.requests.len(), 3);
+        assert_eq!(st.messages[0].to, "+39340000002");
+        drop(st);
+        assert_eq!(*s.total.borrow(), 5);
+    }
+
+    #[tokio::test]
+    async fn urls_never_name_an_unspecified_address() {
+        let sim = SmsSim::start(SmsSimOptions {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            ..SmsSimOptions::default()
+        })
+        .await
+        .unwrap();
+        let port = sim.addr().port();
+        assert_eq!(sim.base_url(), format!("http://127.0.0.1:{port}"));
+        assert_eq!(
+            sim.webhook_url(),
+            format!("http://127.0.0.1:{port}/webhook")
+        );
+        let toml = sim.config_toml(Shape::Webhook);
+        assert!(toml.contains("gateway = \"webhook\""), "{toml}");
+        assert!(!toml.contains("account_sid"), "{toml}");
+        sim.shutdown().await;
+    }
 }

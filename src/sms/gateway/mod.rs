@@ -20,6 +20,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 pub use twilio::TwilioGateway;
 pub use webhook::WebhookGateway;
@@ -28,6 +29,10 @@ pub use webhook::WebhookGateway;
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest `Retry-After` taken from a gateway; `deliver` also stops at the code's expiry.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Requests one gateway has in flight at once. When push delivery fails wholesale every
+/// challenge may fall back to SMS together; this keeps the burst from opening thousands
+/// of connections to the gateway (it would answer 429 anyway).
+pub const MAX_IN_FLIGHT: usize = 64;
 /// Longest gateway error text carried into a reason.
 const MAX_REASON_DETAIL: usize = 200;
 
@@ -60,10 +65,13 @@ pub(crate) struct Answer {
     pub body: Bytes,
 }
 
-/// The HTTP side both gateways share: a pooled client and the per-request timeout.
+/// The HTTP side both gateways share: a pooled client, the per-request timeout and the
+/// bound on requests in flight.
 pub(crate) struct Transport {
     client: JsonClient,
     timeout: Duration,
+    in_flight: Semaphore,
+    limit: usize,
 }
 
 impl Transport {
@@ -75,17 +83,37 @@ impl Transport {
         }
         let client = crate::tls::json_client(&cfg.ca_file)
             .map_err(|e| GatewayError::Setup(format!("sms.ca_file: {e}")))?;
-        Ok(Transport {
+        Ok(Transport::with_limit(
             client,
-            timeout: Duration::from_millis(cfg.request_timeout_ms),
-        })
+            Duration::from_millis(cfg.request_timeout_ms),
+            MAX_IN_FLIGHT,
+        ))
     }
 
-    /// Sends one request; the timeout covers the whole exchange, body included. No answer
-    /// in time or a broken connection is retryable; a TLS verification failure is not
-    /// (it will not heal by itself).
+    fn with_limit(client: JsonClient, timeout: Duration, limit: usize) -> Transport {
+        Transport {
+            client,
+            timeout,
+            in_flight: Semaphore::new(limit),
+            limit,
+        }
+    }
+
+    /// Sends one request; the timeout covers the whole exchange, waiting for a free slot
+    /// and reading the body included. No answer in time or a broken connection is
+    /// retryable; a TLS verification failure is not (it will not heal by itself).
     pub async fn post(&self, req: Request<Full<Bytes>>) -> Result<Answer, SmsError> {
+        let mut waiting = true;
         let exchange = async {
+            let _slot = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| SmsError::Retryable {
+                    reason: "gateway shutting down".into(),
+                    retry_after: None,
+                })?;
+            waiting = false;
             let resp = self.client.request(req).await.map_err(transport_error)?;
             let (parts, body) = resp.into_parts();
             let retry_after = parse_retry_after(&parts.headers, chrono::Utc::now());
@@ -100,8 +128,17 @@ impl Transport {
                 body,
             })
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let result = tokio::time::timeout(self.timeout, exchange).await;
+        match result {
             Ok(r) => r,
+            Err(_) if waiting => Err(SmsError::Retryable {
+                reason: format!(
+                    "gateway busy: {} requests in flight for {} ms",
+                    self.limit,
+                    self.timeout.as_millis()
+                ),
+                retry_after: None,
+            }),
             Err(_) => Err(SmsError::Retryable {
                 reason: format!("no answer within {} ms", self.timeout.as_millis()),
                 retry_after: None,
@@ -275,6 +312,44 @@ mod tests {
         c.request_timeout_ms = 0;
         let e = from_config(&c).err().unwrap().to_string();
         assert!(e.contains("request_timeout_ms"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn in_flight_requests_are_bounded() {
+        // A server that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let t = Transport::with_limit(
+            crate::tls::json_client("").unwrap(),
+            Duration::from_millis(300),
+            1,
+        );
+        let req = || {
+            Request::post(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let reason = |r: Result<Answer, SmsError>| match r {
+            Err(SmsError::Retryable { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        {
+            // The only slot is taken: the request waits, then gives up without being sent.
+            let _taken = t.in_flight.acquire().await.unwrap();
+            let r = reason(t.post(req()).await);
+            assert!(r.starts_with("gateway busy: 1 requests"), "{r}");
+        }
+        let r = reason(t.post(req()).await);
+        assert!(r.starts_with("no answer within 300 ms"), "{r}");
+        // The slot is given back after a timeout.
+        assert_eq!(t.in_flight.available_permits(), 1);
+        hold.abort();
     }
 
     #[test]

@@ -90,20 +90,23 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Resu
     if status == 429 || status == 408 || status >= 500 || TRANSIENT_CODES.contains(&code) {
         return Err(retryable("Twilio", status, &detail, retry_after));
     }
-    let reason = if status == 401 || status == 403 || code == 20003 {
-        format!("Twilio rejected the credentials (HTTP {status}{detail_sep}{detail}); check sms.account_sid and sms.auth_token",
-            detail_sep = if detail.is_empty() { "" } else { ", " })
-    } else if DESTINATION_CODES.contains(&code) {
-        format!("Twilio refused the destination number (HTTP {status}, {detail})")
-    } else if SENDER_CODES.contains(&code) {
-        format!("Twilio refused the message (HTTP {status}, {detail}); check sms.from and the text")
-    } else if status == 404 || code == 20404 {
-        format!("Twilio found no such resource (HTTP {status}{}{detail}); check sms.endpoint and sms.account_sid",
-            if detail.is_empty() { "" } else { ", " })
-    } else if detail.is_empty() {
-        format!("Twilio refused the message (HTTP {status})")
+    let what = if detail.is_empty() {
+        format!("HTTP {status}")
     } else {
-        format!("Twilio refused the message (HTTP {status}, {detail})")
+        format!("HTTP {status}, {detail}")
+    };
+    let reason = if status == 401 || status == 403 || code == 20003 {
+        format!(
+            "Twilio rejected the credentials ({what}); check sms.account_sid and sms.auth_token"
+        )
+    } else if DESTINATION_CODES.contains(&code) {
+        format!("Twilio refused the destination number ({what})")
+    } else if SENDER_CODES.contains(&code) {
+        format!("Twilio refused the message ({what}); check sms.from and the text")
+    } else if status == 404 || code == 20404 {
+        format!("Twilio found no such resource ({what}); check sms.endpoint and sms.account_sid")
+    } else {
+        format!("Twilio refused the message ({what})")
     };
     Err(SmsError::Permanent(reason))
 }

@@ -256,4 +256,41 @@ mod tests {
         ));
         assert!(!SmsEncoding::of(&"a".repeat(161)).fits_one_segment());
     }
+
+    #[test]
+    fn segment_boundaries() {
+        assert!(SmsEncoding::of(&"a".repeat(160)).fits_one_segment());
+        // `€` is in the extension table: two septets.
+        let t = format!("{}€", "a".repeat(158));
+        assert_eq!(SmsEncoding::of(&t), SmsEncoding::Gsm7 { septets: 160 });
+        assert!(SmsEncoding::of(&t).fits_one_segment());
+        assert!(!SmsEncoding::of(&format!("{t}a")).fits_one_segment());
+        let u = "ë".repeat(70);
+        assert_eq!(SmsEncoding::of(&u), SmsEncoding::Ucs2 { units: 70 });
+        assert!(SmsEncoding::of(&u).fits_one_segment());
+        assert!(!SmsEncoding::of(&format!("{u}a")).fits_one_segment());
+        // Outside the BMP: a surrogate pair, two UCS-2 units.
+        assert_eq!(SmsEncoding::of("😀"), SmsEncoding::Ucs2 { units: 2 });
+    }
+
+    #[test]
+    fn built_in_sms_texts_stay_gsm7() {
+        // Every built-in SMS text (euro payments included) keeps to GSM-7: 160 characters
+        // per segment rather than 70.
+        for locale in ["it", "en", "sq"] {
+            for kind in Kind::ALL {
+                let t = tx();
+                let sms = sms_text(
+                    locale,
+                    kind,
+                    (kind == Kind::Payment).then_some(&t),
+                    "123456",
+                );
+                assert!(
+                    matches!(SmsEncoding::of(&sms), SmsEncoding::Gsm7 { .. }),
+                    "{locale} {kind}: {sms}"
+                );
+            }
+        }
+    }
 }

@@ -36,7 +36,9 @@ fn validation(c: &mut Criterion) {
     g.bench_function("baseline: serde_json::Value parse", |x| {
         x.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&b)).unwrap()))
     });
-    g.bench_function("parse_challenge", |x| x.iter(|| black_box(parse_challenge(black_box(&b), NOW, 60_000).unwrap())));
+    g.bench_function("parse_challenge", |x| {
+        x.iter(|| black_box(parse_challenge(black_box(&b), NOW, 60_000).unwrap()))
+    });
     g.finish();
 }
 
@@ -48,13 +50,35 @@ fn machine(c: &mut Criterion) {
         x.iter(|| {
             let (mut m, cmds) = Challenge::start(spec.clone(), NOW, &[true, true], 30, None);
             black_box(cmds);
-            black_box(m.handle(NOW + 5, Event::PushResult { device: 0, result: PushResult::Delivered }));
-            black_box(m.handle(NOW + 6, Event::PushResult { device: 1, result: PushResult::Delivered }));
-            black_box(m.handle(NOW + 7, Event::Decision { device_id: "d-pixel", approve: true, signature: None, number: None }));
+            black_box(m.handle(
+                NOW + 5,
+                Event::PushResult {
+                    device: 0,
+                    result: PushResult::Delivered,
+                },
+            ));
+            black_box(m.handle(
+                NOW + 6,
+                Event::PushResult {
+                    device: 1,
+                    result: PushResult::Delivered,
+                },
+            ));
+            black_box(m.handle(
+                NOW + 7,
+                Event::Decision {
+                    device_id: "d-pixel",
+                    approve: true,
+                    signature: None,
+                    number: None,
+                },
+            ));
             m
         })
     });
-    g.bench_function("baseline: clone the spec", |x| x.iter(|| black_box(spec.clone())));
+    g.bench_function("baseline: clone the spec", |x| {
+        x.iter(|| black_box(spec.clone()))
+    });
     g.finish();
 }
 
@@ -64,32 +88,46 @@ fn table(c: &mut Criterion) {
     for threads in [1usize, 2, 4] {
         let per = 20_000 / threads;
         g.throughput(Throughput::Elements((per * threads) as u64));
-        g.bench_with_input(BenchmarkId::new("insert+lookup+remove", threads), &threads, |x, &threads| {
-            x.iter(|| {
-                let t: Arc<DashMap<Arc<str>, Challenge>> = Arc::new(DashMap::new());
-                std::thread::scope(|s| {
-                    for th in 0..threads {
-                        let t = t.clone();
-                        let spec = spec.clone();
-                        s.spawn(move || {
-                            for i in 0..per {
-                                let id: Arc<str> = format!("{th}-{i}").into();
-                                let (m, _) = Challenge::start(spec.clone(), NOW, &[true, true], 30, None);
-                                t.insert(id.clone(), m);
-                                black_box(t.get(&id).map(|e| e.is_done()));
-                                t.remove(&id);
-                            }
-                        });
-                    }
-                });
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("insert+lookup+remove", threads),
+            &threads,
+            |x, &threads| {
+                x.iter(|| {
+                    let t: Arc<DashMap<Arc<str>, Challenge>> = Arc::new(DashMap::new());
+                    std::thread::scope(|s| {
+                        for th in 0..threads {
+                            let t = t.clone();
+                            let spec = spec.clone();
+                            s.spawn(move || {
+                                for i in 0..per {
+                                    let id: Arc<str> = format!("{th}-{i}").into();
+                                    let (m, _) = Challenge::start(
+                                        spec.clone(),
+                                        NOW,
+                                        &[true, true],
+                                        30,
+                                        None,
+                                    );
+                                    t.insert(id.clone(), m);
+                                    black_box(t.get(&id).map(|e| e.is_done()));
+                                    t.remove(&id);
+                                }
+                            });
+                        }
+                    });
+                })
+            },
+        );
     }
     g.finish();
 }
 
 fn limiter(c: &mut Criterion) {
-    let l = UserLimiter::new(&LimitsConfig { challenges_per_minute: 1_000_000, challenge_burst: 1_000_000, prune_interval_seconds: 60 });
+    let l = UserLimiter::new(&LimitsConfig {
+        challenges_per_minute: 1_000_000,
+        challenge_burst: 1_000_000,
+        prune_interval_seconds: 60,
+    });
     let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
     let mut g = c.benchmark_group("rate_limiter");
     g.throughput(Throughput::Elements(1));
@@ -115,10 +153,20 @@ fn otp(c: &mut Criterion) {
     let stored = h.hash("123456", "01JD3F6Y8W0QZ5N4B7K2M9XH1C", "abc");
     let mut g = c.benchmark_group("otp");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("generate (OS CSPRNG)", |x| x.iter(|| black_box(generate_code())));
-    g.bench_function("hash", |x| x.iter(|| black_box(h.hash(black_box("123456"), "01JD3F6Y8W0QZ5N4B7K2M9XH1C", "abc"))));
+    g.bench_function("generate (OS CSPRNG)", |x| {
+        x.iter(|| black_box(generate_code()))
+    });
+    g.bench_function("hash", |x| {
+        x.iter(|| black_box(h.hash(black_box("123456"), "01JD3F6Y8W0QZ5N4B7K2M9XH1C", "abc")))
+    });
     g.bench_function("hash + constant-time verify", |x| {
-        x.iter(|| black_box(stored.matches(&h.hash(black_box("654321"), "01JD3F6Y8W0QZ5N4B7K2M9XH1C", "abc"))))
+        x.iter(|| {
+            black_box(stored.matches(&h.hash(
+                black_box("654321"),
+                "01JD3F6Y8W0QZ5N4B7K2M9XH1C",
+                "abc",
+            )))
+        })
     });
     g.finish();
 }

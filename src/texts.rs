@@ -33,7 +33,6 @@ fn currency_symbol(code: &str) -> Option<&'static str> {
         "USD" => "$",
         "GBP" => "£",
         "CHF" => "CHF",
-        "ALL" => "Lekë",
         _ => return None,
     })
 }

@@ -64,7 +64,9 @@ pub fn client_config(ca_file: &str, alpn: &[&[u8]]) -> Result<rustls::ClientConf
 pub type JsonClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub fn json_client(ca_file: &str) -> Result<JsonClient, TlsError> {
-    let tls = client_config(ca_file, &[b"h2", b"http/1.1"])?;
+    // hyper-rustls sets ALPN itself (`enable_all_versions` offers h2 and http/1.1) and
+    // panics when the config already carries protocols, so none are given here.
+    let tls = client_config(ca_file, &[])?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);

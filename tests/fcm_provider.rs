@@ -103,7 +103,9 @@ async fn delivered_with_the_contract_body() {
 
     // The access token is cached: a second push mints nothing.
     assert_eq!(
-        s.provider.send(challenge("c2", "tok:pixel-1", 60_000)).await,
+        s.provider
+            .send(challenge("c2", "tok:pixel-1", 60_000))
+            .await,
         PushResult::Delivered
     );
     assert_eq!(s.sim.token_mints(), 1);
@@ -115,13 +117,16 @@ async fn gone_tokens_and_permanent_refusals() {
     let s = setup().await;
     s.sim.script("tok:gone", Behaviour::Unregistered);
     s.sim.script("tok:invalid", Behaviour::InvalidToken);
-    s.sim.script("tok:other-sender", Behaviour::SenderIdMismatch);
+    s.sim
+        .script("tok:other-sender", Behaviour::SenderIdMismatch);
     assert_eq!(
         s.provider.send(challenge("c1", "tok:gone", 60_000)).await,
         PushResult::TokenGone
     );
     assert_eq!(
-        s.provider.send(challenge("c2", "tok:invalid", 60_000)).await,
+        s.provider
+            .send(challenge("c2", "tok:invalid", 60_000))
+            .await,
         PushResult::TokenGone
     );
     assert_eq!(
@@ -132,7 +137,9 @@ async fn gone_tokens_and_permanent_refusals() {
     );
     // A token FCM's own syntax check refuses is gone too (the simulator checks it).
     assert_eq!(
-        s.provider.send(challenge("c4", "not a token!", 60_000)).await,
+        s.provider
+            .send(challenge("c4", "not a token!", 60_000))
+            .await,
         PushResult::TokenGone
     );
     // None of them was retried.
@@ -155,7 +162,11 @@ async fn quota_exceeded_honours_retry_after() {
         s.provider.send(challenge("c1", "tok:busy", 60_000)).await,
         PushResult::Delivered
     );
-    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let all = s.sim.messages();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].status, 429);
@@ -166,7 +177,8 @@ async fn quota_exceeded_honours_retry_after() {
 #[tokio::test]
 async fn unavailable_and_internal_are_retried() {
     let s = setup().await;
-    s.sim.script("tok:flaky", Behaviour::Unavailable { times: 2 });
+    s.sim
+        .script("tok:flaky", Behaviour::Unavailable { times: 2 });
     s.sim.script("tok:oops", Behaviour::Internal { times: 1 });
     assert_eq!(
         s.provider.send(challenge("c1", "tok:flaky", 60_000)).await,
@@ -183,14 +195,18 @@ async fn unavailable_and_internal_are_retried() {
 #[tokio::test]
 async fn retries_stop_when_the_challenge_expires() {
     let s = setup().await;
-    s.sim.script("tok:down", Behaviour::Unavailable { times: u32::MAX });
+    s.sim
+        .script("tok:down", Behaviour::Unavailable { times: u32::MAX });
     let started = Instant::now();
     assert_eq!(
         s.provider.send(challenge("c1", "tok:down", 1_500)).await,
         PushResult::Failed
     );
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1_500) + Duration::from_secs(5), "{took:?}");
+    assert!(
+        took < Duration::from_millis(1_500) + Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(s.sim.send_requests() >= 2);
     // An already expired challenge is not sent at all.
     let before = s.sim.send_requests();

@@ -343,7 +343,11 @@ fn issue_token(state: &State) -> String {
     token
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -426,7 +430,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     let path = req.uri().path().to_string();
     if path == "/token" {
         if req.method() != Method::POST {
-            return oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST");
+            return oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use POST",
+            );
         }
         return token_endpoint(&state, req).await;
     }
@@ -471,10 +479,16 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<F
 
 async fn token_endpoint(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Ok(body) = read_body(req).await else {
-        return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "body too large");
+        return oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "body too large",
+        );
     };
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -482,7 +496,11 @@ async fn token_endpoint(state: &State, req: Request<Incoming>) -> Response<Full<
         );
     }
     let Some(assertion) = form.get("assertion") else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: assertion");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        );
     };
     if let Err(why) = verify_assertion(&state.account, assertion) {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &why);
@@ -539,7 +557,9 @@ fn verify_assertion(account: &Account, assertion: &str) -> Result<(), String> {
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
     Some(t.trim().to_string())
 }
 
@@ -554,30 +574,41 @@ fn unauthenticated() -> Response<Full<Bytes>> {
 }
 
 /// Checks a `messages:send` body; on success returns the registration token.
-fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
+fn check_message(body: &[u8]) -> Result<String, Box<Response<Full<Bytes>>>> {
+    let bad = |message: &str, field: &str, description: &str| {
+        Box::new(invalid_argument(message, field, description))
+    };
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        google_error(
+        Box::new(google_error(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             &format!("Invalid JSON payload received. {e}"),
             None,
             None,
-        )
+        ))
     })?;
     let Some(msg) = v.get("message").and_then(Value::as_object) else {
-        return Err(invalid_argument(
+        return Err(bad(
             "Request contains an invalid argument.",
             "message",
             "message is required",
         ));
     };
     const MESSAGE_FIELDS: &[&str] = &[
-        "name", "data", "notification", "android", "webpush", "apns", "fcm_options", "token",
-        "topic", "condition",
+        "name",
+        "data",
+        "notification",
+        "android",
+        "webpush",
+        "apns",
+        "fcm_options",
+        "token",
+        "topic",
+        "condition",
     ];
     for k in msg.keys() {
         if !MESSAGE_FIELDS.contains(&k.as_str()) {
-            return Err(invalid_argument(
+            return Err(bad(
                 &format!("Invalid JSON payload received. Unknown name \"{k}\" at 'message': Cannot find field."),
                 "message",
                 &format!("Invalid JSON payload received. Unknown name \"{k}\" at 'message': Cannot find field."),
@@ -585,7 +616,7 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
         }
     }
     let Some(token) = msg.get("token").and_then(Value::as_str) else {
-        return Err(invalid_argument(
+        return Err(bad(
             "Recipient of the message is not set.",
             "message.token",
             "Recipient of the message is not set.",
@@ -597,7 +628,7 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'));
     if !token_ok {
-        return Err(invalid_argument(
+        return Err(bad(
             "The registration token is not a valid FCM registration token",
             "message.token",
             "Invalid registration token",
@@ -605,12 +636,16 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
     }
     if let Some(data) = msg.get("data") {
         let Some(obj) = data.as_object() else {
-            return Err(invalid_argument("Invalid value at 'message.data'", "message.data", "data must be a map"));
+            return Err(bad(
+                "Invalid value at 'message.data'",
+                "message.data",
+                "data must be a map",
+            ));
         };
         let mut size = 0;
         for (k, val) in obj {
             let Some(s) = val.as_str() else {
-                return Err(invalid_argument(
+                return Err(bad(
                     &format!("Invalid value at 'message.data[{k}].value' (TYPE_STRING)"),
                     &format!("message.data[{k}].value"),
                     "data values must be strings",
@@ -619,20 +654,34 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
             size += k.len() + s.len();
         }
         if size > MAX_DATA_BYTES {
-            return Err(invalid_argument("Message is too big", "message.data", "Message is too big"));
+            return Err(bad(
+                "Message is too big",
+                "message.data",
+                "Message is too big",
+            ));
         }
     }
     if let Some(android) = msg.get("android") {
         let Some(a) = android.as_object() else {
-            return Err(invalid_argument("Invalid value at 'message.android'", "message.android", "must be an object"));
+            return Err(bad(
+                "Invalid value at 'message.android'",
+                "message.android",
+                "must be an object",
+            ));
         };
         const ANDROID_FIELDS: &[&str] = &[
-            "collapse_key", "priority", "ttl", "restricted_package_name", "data",
-            "notification", "fcm_options", "direct_boot_ok",
+            "collapse_key",
+            "priority",
+            "ttl",
+            "restricted_package_name",
+            "data",
+            "notification",
+            "fcm_options",
+            "direct_boot_ok",
         ];
         for k in a.keys() {
             if !ANDROID_FIELDS.contains(&k.as_str()) {
-                return Err(invalid_argument(
+                return Err(bad(
                     &format!("Invalid JSON payload received. Unknown name \"{k}\" at 'message.android': Cannot find field."),
                     "message.android",
                     "unknown field",
@@ -641,7 +690,7 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
         }
         if let Some(p) = a.get("priority") {
             if !matches!(p.as_str(), Some("HIGH") | Some("NORMAL")) {
-                return Err(invalid_argument(
+                return Err(bad(
                     "Invalid value at 'message.android.priority'",
                     "message.android.priority",
                     "must be HIGH or NORMAL",
@@ -650,7 +699,7 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
         }
         if let Some(ttl) = a.get("ttl") {
             if !ttl.as_str().is_some_and(valid_duration) {
-                return Err(invalid_argument(
+                return Err(bad(
                     "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
                     "message.android.ttl",
                     "Invalid duration",
@@ -659,7 +708,7 @@ fn check_message(body: &[u8]) -> Result<String, Response<Full<Bytes>>> {
         }
         if let Some(ck) = a.get("collapse_key") {
             if !ck.is_string() {
-                return Err(invalid_argument(
+                return Err(bad(
                     "Invalid value at 'message.android.collapse_key' (TYPE_STRING)",
                     "message.android.collapse_key",
                     "must be a string",
@@ -737,11 +786,17 @@ async fn send_endpoint(
         );
     }
     let Ok(body) = read_body(req).await else {
-        return google_error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_ARGUMENT", "Request payload too large", None, None);
+        return google_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID_ARGUMENT",
+            "Request payload too large",
+            None,
+            None,
+        );
     };
     let token = match check_message(&body) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let behaviour = take_behaviour(state, &token);
     let mut delay = state.opts.latency;
@@ -754,7 +809,13 @@ async fn send_endpoint(
         Behaviour::Stall => {
             let mut shutdown = state.shutdown.clone();
             let _ = shutdown.wait_for(|stop| *stop).await;
-            return google_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "shutting down", None, None);
+            return google_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "shutting down",
+                None,
+                None,
+            );
         }
         Behaviour::Unregistered => Some(google_error(
             StatusCode::NOT_FOUND,
@@ -784,7 +845,8 @@ async fn send_endpoint(
                 None,
             );
             if let Some(s) = retry_after_s {
-                r.headers_mut().insert(RETRY_AFTER, http::HeaderValue::from(*s));
+                r.headers_mut()
+                    .insert(RETRY_AFTER, http::HeaderValue::from(*s));
             }
             Some(r)
         }
@@ -876,7 +938,10 @@ mod tests {
     #[test]
     fn message_checks() {
         let good = json!({"message": {"token": "abc:DEF_1-2", "android": {"priority": "HIGH", "ttl": "10s", "collapse_key": "c"}, "data": {"type": "challenge"}}});
-        assert_eq!(check_message(good.to_string().as_bytes()).unwrap(), "abc:DEF_1-2");
+        assert_eq!(
+            check_message(good.to_string().as_bytes()).unwrap(),
+            "abc:DEF_1-2"
+        );
         let cases = [
             json!({}),
             json!({"message": {"android": {}}}),

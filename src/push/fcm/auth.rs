@@ -185,8 +185,9 @@ pub struct AccessToken {
 
 impl AccessToken {
     fn new(value: &str, lifetime: Duration, now: Instant) -> Result<AccessToken, AuthError> {
-        let mut header = HeaderValue::from_str(&format!("Bearer {value}"))
-            .map_err(|_| AuthError::Token("access_token has characters a header cannot carry".into()))?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {value}")).map_err(|_| {
+            AuthError::Token("access_token has characters a header cannot carry".into())
+        })?;
         header.set_sensitive(true);
         let margin = RENEW_MARGIN.min(lifetime / 10);
         Ok(AccessToken {
@@ -441,10 +442,14 @@ mod tests {
     #[test]
     fn a_non_rsa_key_is_refused_without_echoing_it() {
         let mut v: serde_json::Value = serde_json::from_str(KEYLESS).unwrap();
-        v["private_key"] = "-----BEGIN PRIVATE KEY-----\nsecretstuff\n-----END PRIVATE KEY-----\n".into();
+        v["private_key"] =
+            "-----BEGIN PRIVATE KEY-----\nsecretstuff\n-----END PRIVATE KEY-----\n".into();
         let acct = ServiceAccount::from_json(&v.to_string(), "f").unwrap();
         let err = acct.encoding_key("f").err().unwrap().to_string();
-        assert!(err.contains("`private_key`") && !err.contains("secretstuff"), "{err}");
+        assert!(
+            err.contains("`private_key`") && !err.contains("secretstuff"),
+            "{err}"
+        );
         assert!(!format!("{acct:?}").contains("secretstuff"));
     }
 

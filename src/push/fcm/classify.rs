@@ -60,7 +60,9 @@ fn parse(body: &[u8]) -> Option<Parsed> {
     let fcm_code = err
         .details
         .iter()
-        .find(|d| d.type_url.ends_with("google.firebase.fcm.v1.FcmError") && !d.error_code.is_empty())
+        .find(|d| {
+            d.type_url.ends_with("google.firebase.fcm.v1.FcmError") && !d.error_code.is_empty()
+        })
         .map(|d| d.error_code.clone());
     let mentions_token = |s: &str| {
         let s = s.to_ascii_lowercase();
@@ -68,9 +70,9 @@ fn parse(body: &[u8]) -> Option<Parsed> {
     };
     let about_token = mentions_token(&err.message)
         || err.details.iter().any(|d| {
-            d.field_violations.iter().any(|v| {
-                v.field == "message.token" || mentions_token(&v.description)
-            })
+            d.field_violations
+                .iter()
+                .any(|v| v.field == "message.token" || mentions_token(&v.description))
         });
     Some(Parsed {
         status: err.status,
@@ -215,16 +217,30 @@ mod tests {
             (400, "not json at all".into(), None, Permanent),
         ];
         for (i, (status, body, ra, want)) in cases.iter().enumerate() {
-            assert_eq!(classify(*status, body.as_bytes(), *ra), *want, "case {i}: {status} {body}");
+            assert_eq!(
+                classify(*status, body.as_bytes(), *ra),
+                *want,
+                "case {i}: {status} {body}"
+            );
         }
     }
 
     #[test]
     fn stale_access_token_check() {
-        let unauth = google(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", None);
+        let unauth = google(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            None,
+        );
         assert!(is_stale_access_token(401, unauth.as_bytes()));
         assert!(is_stale_access_token(401, b""));
-        let third = google(401, "UNAUTHENTICATED", "Auth error", Some("THIRD_PARTY_AUTH_ERROR"));
+        let third = google(
+            401,
+            "UNAUTHENTICATED",
+            "Auth error",
+            Some("THIRD_PARTY_AUTH_ERROR"),
+        );
         assert!(!is_stale_access_token(401, third.as_bytes()));
         assert!(!is_stale_access_token(403, unauth.as_bytes()));
         assert!(!is_stale_access_token(200, b""));
@@ -232,7 +248,13 @@ mod tests {
 
     #[test]
     fn never_panics_on_garbage() {
-        for body in [&b"\xff\xfe"[..], b"{", b"{\"error\":null}", b"{\"error\":{\"details\":7}}", b"[]"] {
+        for body in [
+            &b"\xff\xfe"[..],
+            b"{",
+            b"{\"error\":null}",
+            b"{\"error\":{\"details\":7}}",
+            b"[]",
+        ] {
             for status in [0u16, 100, 400, 401, 404, 429, 500, 999] {
                 let _ = classify(status, body, Some("\u{0}"));
                 let _ = is_stale_access_token(status, body);

@@ -144,7 +144,8 @@ mod tests {
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: Some([12, 47, 83]),
         });
-        let v: Value = serde_json::from_slice(&build_body(&m, 1_795_462_920_000 - 119_600)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&build_body(&m, 1_795_462_920_000 - 119_600)).unwrap();
         assert_eq!(
             v,
             json!({"message": {

@@ -88,19 +88,18 @@ impl FcmProvider {
         let acct = ServiceAccount::from_file(&cfg.service_account_file)?;
         let key = acct.encoding_key(&cfg.service_account_file)?;
         let endpoint = cfg.endpoint.trim_end_matches('/');
-        let send_uri: Uri = format!(
-            "{endpoint}/v1/projects/{}/messages:send",
-            acct.project_id
-        )
-        .parse()
-        .map_err(|e| FcmError::Setup(format!("fcm.endpoint {endpoint:?} is not a URL: {e}")))?;
+        let send_uri: Uri = format!("{endpoint}/v1/projects/{}/messages:send", acct.project_id)
+            .parse()
+            .map_err(|e| FcmError::Setup(format!("fcm.endpoint {endpoint:?} is not a URL: {e}")))?;
         if !matches!(send_uri.scheme_str(), Some("http") | Some("https")) {
             return Err(FcmError::Setup(format!(
                 "fcm.endpoint {endpoint:?} must start with https:// (or http:// for a simulator)"
             )));
         }
         if cfg.max_concurrent == 0 {
-            return Err(FcmError::Setup("fcm.max_concurrent must be at least 1".into()));
+            return Err(FcmError::Setup(
+                "fcm.max_concurrent must be at least 1".into(),
+            ));
         }
         let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
         let client = crate::tls::json_client(&cfg.ca_file)?;
@@ -181,7 +180,12 @@ impl Inner {
             .await
             .unwrap_or(Attempt::TimedOut);
         let label = match &outcome {
-            Attempt::Answer { status, body, retry_after, .. } => {
+            Attempt::Answer {
+                status,
+                body,
+                retry_after,
+                ..
+            } => {
                 if classify::is_stale_access_token(*status, body) {
                     "unauthenticated"
                 } else {

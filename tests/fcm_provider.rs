@@ -381,3 +381,68 @@ async fn setup_errors_name_what_is_wrong() {
     let err = FcmProvider::new(&cfg).err().unwrap().to_string();
     assert!(err.contains("fcm.service_account_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_with_the_extra_ca_it_speaks_http2() {
+    let sim = FcmSim::start(FcmSimOptions {
+        tls: true,
+        ..FcmSimOptions::default()
+    })
+    .await
+    .unwrap();
+    assert!(sim.endpoint().starts_with("https://127.0.0.1:"));
+    assert!(sim.token_uri().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sim.write_config_files(dir.path()).unwrap();
+    assert!(!cfg.ca_file.is_empty());
+    let provider = Arc::new(FcmProvider::new(&cfg).unwrap());
+    let results = burst(&provider, 200, "h2").await;
+    assert!(results.iter().all(|r| *r == PushResult::Delivered));
+    let got = sim.delivered();
+    assert_eq!(got.len(), 200);
+    assert!(got.iter().all(|m| m.version == http::Version::HTTP_2));
+    assert_eq!(sim.token_mints(), 1);
+
+    // Without the simulator's CA the certificate is not trusted: nothing gets through.
+    let mut untrusting = cfg.clone();
+    untrusting.ca_file.clear();
+    let p = FcmProvider::new(&untrusting).unwrap();
+    assert_eq!(
+        p.send(challenge("c1", "tok:x", 1_000)).await,
+        PushResult::Failed
+    );
+    assert_eq!(sim.delivered_count(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_near_expiry_is_renewed_once_while_sends_go_on() {
+    // Lifetime 2 s: renewal starts when less than 0.2 s is left.
+    let s = setup_with(
+        FcmSimOptions {
+            token_lifetime: Duration::from_secs(2),
+            ..FcmSimOptions::default()
+        },
+        10_000,
+    )
+    .await;
+    assert_eq!(
+        s.provider.send(challenge("warm", "tok:warm", 60_000)).await,
+        PushResult::Delivered
+    );
+    tokio::time::sleep(Duration::from_millis(1_850)).await;
+    let results = burst(&s.provider, 300, "margin").await;
+    assert!(results.iter().all(|r| *r == PushResult::Delivered));
+    // Whether the burst found the token in its margin (background renewal) or already
+    // expired (renewal awaited), it was renewed exactly once, and sends after it mint
+    // nothing more.
+    for _ in 0..100 {
+        if s.sim.token_mints() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.sim.token_mints(), 2);
+    let results = burst(&s.provider, 300, "after").await;
+    assert!(results.iter().all(|r| *r == PushResult::Delivered));
+    assert_eq!(s.sim.token_mints(), 2);
+}

@@ -28,7 +28,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,9 @@ pub struct FcmSimOptions {
     pub latency: Duration,
     /// Messages kept for [`FcmSim::messages`]; later ones are counted, not kept.
     pub max_recorded: usize,
+    /// Serve HTTPS (ALPN `h2` and `http/1.1`) with a certificate from a CA generated at
+    /// start (see [`FcmSim::ca_pem`]), as Google does, instead of plain HTTP.
+    pub tls: bool,
 }
 
 impl Default for FcmSimOptions {
@@ -64,6 +67,7 @@ impl Default for FcmSimOptions {
             token_lifetime: Duration::from_secs(3600),
             latency: Duration::ZERO,
             max_recorded: 100_000,
+            tls: false,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct RecordedMessage {
     pub body: Value,
     /// The status it answered with.
     pub status: u16,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: http::Version,
     pub received_at: Instant,
 }
 
@@ -143,6 +149,8 @@ struct State {
 pub struct FcmSim {
     state: Arc<State>,
     addr: SocketAddr,
+    endpoint: String,
+    ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -165,6 +173,20 @@ impl FcmSim {
     pub async fn start(opts: FcmSimOptions) -> anyhow::Result<FcmSim> {
         let listener = TcpListener::bind(opts.addr).await?;
         let addr = listener.local_addr()?;
+        // Bound to every interface: advertise loopback, which the certificate names.
+        let host: IpAddr = if addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        let advertised = SocketAddr::new(host, addr.port());
+        let (ca_pem, tls) = if opts.tls {
+            let (ca, acceptor) = make_tls(host)?;
+            (Some(ca), Some(acceptor))
+        } else {
+            (None, None)
+        };
+        let scheme = if opts.tls { "https" } else { "http" };
         // RSA key generation is CPU-bound for a fraction of a second: off the reactor.
         let (private_key_pem, public_key_pem) = tokio::task::spawn_blocking(|| {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -180,7 +202,7 @@ impl FcmSim {
             project_id: opts.project_id.clone(),
             private_key_id: random_hex(20),
             private_key_pem,
-            token_uri: format!("http://{addr}/token"),
+            token_uri: format!("{scheme}://{advertised}/token"),
             decoding_key,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -197,10 +219,12 @@ impl FcmSim {
             delivered,
             shutdown: shutdown_rx.clone(),
         });
-        let task = tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
+        let task = tokio::spawn(accept_loop(listener, state.clone(), tls, shutdown_rx));
         Ok(FcmSim {
             state,
             addr,
+            endpoint: format!("{scheme}://{advertised}"),
+            ca_pem,
             shutdown: shutdown_tx,
             task: Some(task),
         })
@@ -210,9 +234,28 @@ impl FcmSim {
         self.addr
     }
 
-    /// The value for `fcm.endpoint`: `http://127.0.0.1:PORT`.
+    /// The value for `fcm.endpoint`: `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.endpoint.clone()
+    }
+
+    /// With TLS: the PEM of the CA that signed the simulator's certificate (`fcm.ca_file`).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Writes the service-account key (and, with TLS, the CA) into `dir` and returns an
+    /// `[fcm]` configuration using them.
+    pub fn write_config_files(&self, dir: &Path) -> std::io::Result<FcmConfig> {
+        let key = dir.join("fcm-service-account.json");
+        self.write_service_account(&key)?;
+        let mut cfg = self.fcm_config(&key);
+        if let Some(ca) = &self.ca_pem {
+            let ca_file = dir.join("fcm-sim-ca.pem");
+            std::fs::write(&ca_file, ca)?;
+            cfg.ca_file = ca_file.display().to_string();
+        }
+        Ok(cfg)
     }
 
     pub fn token_uri(&self) -> &str {
@@ -346,6 +389,7 @@ fn issue_token(state: &State) -> String {
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -362,20 +406,70 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = conn_shutdown.changed() => {}
+            match tls {
+                None => serve(stream, state, conn_shutdown).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve(stream, state, conn_shutdown).await;
+                    }
+                }
             }
         });
     }
+}
+
+/// Serves one connection, HTTP/1.1 or HTTP/2 (by ALPN over TLS, by preface in clear).
+async fn serve<I>(io: I, state: Arc<State>, mut shutdown: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1/localhost signed by it; returns
+/// the CA in PEM (for `fcm.ca_file`) and the server's TLS configuration offering h2.
+fn make_tls(host: IpAddr) -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sca-dispatch FCM simulator CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !host.is_loopback() {
+        names.push(host.to_string());
+    }
+    let mut leaf_params = CertificateParams::new(names)?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "fcm simulator");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
@@ -768,6 +862,7 @@ async fn send_endpoint(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     state.send_requests.fetch_add(1, Ordering::SeqCst);
+    let version = req.version();
     let authorized = bearer(&req).is_some_and(|t| {
         lock(&state.tokens)
             .get(&t)
@@ -885,6 +980,7 @@ async fn send_endpoint(
                 token,
                 body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                 status,
+                version,
                 received_at: Instant::now(),
             });
         }

@@ -94,7 +94,10 @@ async fn run_bare(
                     break;
                 }
                 let req = http::Request::post(uri.clone())
-                    .header(http::header::CONTENT_TYPE, "application/json; charset=UTF-8")
+                    .header(
+                        http::header::CONTENT_TYPE,
+                        "application/json; charset=UTF-8",
+                    )
                     .header(http::header::AUTHORIZATION, bearer.clone())
                     .body(Full::new(bodies[i].clone()))
                     .expect("request");

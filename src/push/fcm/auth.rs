@@ -308,9 +308,15 @@ impl TokenSource {
         rejected: &Arc<AccessToken>,
     ) -> Result<Arc<AccessToken>, AuthError> {
         let _guard = self.renewal.lock().await;
-        if let Some(t) = self.cached() {
-            if !Arc::ptr_eq(&t, rejected) && t.usable(Instant::now()) {
-                return Ok(t);
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            match &*cache {
+                Some(t) if !Arc::ptr_eq(t, rejected) && t.usable(Instant::now()) => {
+                    return Ok(t.clone());
+                }
+                // Never hand the refused token out again, even if this mint fails: the
+                // next caller then mints (or gets the held failure) instead.
+                _ => *cache = None,
             }
         }
         self.mint().await

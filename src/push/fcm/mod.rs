@@ -221,10 +221,11 @@ impl Inner {
                 } => {
                     if !renewed && classify::is_stale_access_token(status, &body) {
                         // Renew once and retry at once: the token, not FCM, was the problem.
-                        renewed = true;
+                        // A renewal that fails does not count: the next attempt mints.
                         tracing::info!("fcm: access token refused (401); renewing it");
                         match self.auth.renew_after_rejection(&used).await {
                             Ok(t) => {
+                                renewed = true;
                                 token = Some(t);
                                 continue;
                             }

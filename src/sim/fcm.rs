@@ -1021,6 +1021,87 @@ pub async fn run_standalone(addr: SocketAddr, dir: PathBuf) -> anyhow::Result<()
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_token_endpoint_checks_every_part_of_the_assertion() {
+        use crate::push::fcm::auth::{sign_assertion, ServiceAccount};
+        use jsonwebtoken::{EncodingKey, Header};
+        let sim = FcmSim::start(FcmSimOptions::default()).await.unwrap();
+        let acct = ServiceAccount::from_json(&sim.service_account_json(), "sim").unwrap();
+        let key = acct.encoding_key("sim").unwrap();
+        let account = &sim.state.account;
+        let now = unix_now();
+        let good = sign_assertion(&acct, &key, now).unwrap();
+        assert_eq!(verify_assertion(account, &good), Ok(()));
+
+        let sign = |claims: &AssertionClaims, kid: Option<&str>| {
+            let mut h = Header::new(Algorithm::RS256);
+            h.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&h, claims, &key).unwrap()
+        };
+        let base = AssertionClaims {
+            iss: acct.client_email.clone(),
+            scope: SCOPE.into(),
+            aud: acct.token_uri.clone(),
+            iat: now,
+            exp: now + 3600,
+        };
+        assert_eq!(verify_assertion(account, &sign(&base, None)), Ok(()));
+        let bad_claims = [
+            AssertionClaims {
+                iss: "someone@else".into(),
+                ..base.clone()
+            },
+            AssertionClaims {
+                scope: "https://www.googleapis.com/auth/cloud-platform.read-only".into(),
+                ..base.clone()
+            },
+            AssertionClaims {
+                aud: "https://oauth2.googleapis.com/token".into(),
+                ..base.clone()
+            },
+            AssertionClaims {
+                exp: now + 7200,
+                ..base.clone()
+            },
+            AssertionClaims {
+                iat: now - 7200,
+                exp: now - 3600,
+                ..base.clone()
+            },
+            AssertionClaims {
+                iat: now + 600,
+                exp: now + 1200,
+                ..base.clone()
+            },
+        ];
+        for c in &bad_claims {
+            assert!(verify_assertion(account, &sign(c, None)).is_err(), "{c:?}");
+        }
+        assert!(verify_assertion(account, &sign(&base, Some("another-key-id"))).is_err());
+        assert!(verify_assertion(account, "not.a.jwt").is_err());
+
+        // Signed with a different RSA key: the signature does not verify.
+        let other = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let pem = {
+            use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+            other.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+        };
+        let other_key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let forged = sign_assertion(&acct, &other_key, now).unwrap();
+        assert_eq!(
+            verify_assertion(account, &forged),
+            Err("Invalid JWT Signature.".to_string())
+        );
+        // HS256 with the public key as secret (the classic confusion attack) is refused.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &base,
+            &EncodingKey::from_secret(b"whatever"),
+        )
+        .unwrap();
+        assert!(verify_assertion(account, &hs).is_err());
+    }
+
     #[test]
     fn durations() {
         for ok in ["0s", "120s", "3.5s", "1.000000001s"] {

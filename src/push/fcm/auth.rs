@@ -147,7 +147,7 @@ impl ServiceAccount {
 }
 
 /// The claims of the JWT-bearer assertion (RFC 7523), as Google documents them.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AssertionClaims {
     pub iss: String,
     pub scope: String,

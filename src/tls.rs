@@ -64,8 +64,8 @@ pub fn client_config(ca_file: &str, alpn: &[&[u8]]) -> Result<rustls::ClientConf
 pub type JsonClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub fn json_client(ca_file: &str) -> Result<JsonClient, TlsError> {
-    // hyper-rustls sets the ALPN list itself (`enable_all_versions` offers h2 and
-    // http/1.1) and refuses a config that already has one.
+    // hyper-rustls sets ALPN itself (`enable_all_versions` offers h2 and http/1.1) and
+    // panics when the config already carries protocols, so none are given here.
     let tls = client_config(ca_file, &[])?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);

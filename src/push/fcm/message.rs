@@ -1,0 +1,205 @@
+//! The JSON body of an FCM HTTP v1 `messages:send` request, exactly as CONTRACT §6 says
+//! devices receive it: a data message (every value a string, as FCM requires) with
+//! `android.priority: HIGH`, `android.ttl` = the challenge's remaining life and
+//! `android.collapse_key` = the challenge id, so a newer push for the same challenge
+//! replaces an older one still queued for an offline device.
+
+use crate::push::{PushContent, PushMessage};
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A withdrawal is worth delivering for a little while even when the challenge has
+/// already expired (expiry is one reason to withdraw): an app that comes back online
+/// within this window still clears the notification it shows.
+pub const WITHDRAW_MIN_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    message: Message<'a>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    token: &'a str,
+    android: Android<'a>,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    ttl: String,
+    collapse_key: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    Challenge {
+        #[serde(rename = "type")]
+        kind_of_message: &'static str,
+        challenge_id: &'a str,
+        kind: &'static str,
+        title: &'a str,
+        body: &'a str,
+        expires_at: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        number_choices: Option<String>,
+    },
+    Withdraw {
+        #[serde(rename = "type")]
+        kind_of_message: &'static str,
+        challenge_id: &'a str,
+    },
+}
+
+/// RFC 3339 in UTC, with fractional seconds only when there are some.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    match Utc.timestamp_millis_opt(unix_ms).single() {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        // Out of chrono's range: cannot come from a validated challenge; say "the epoch"
+        // rather than fail the push.
+        None => "1970-01-01T00:00:00Z".into(),
+    }
+}
+
+/// FCM's `google.protobuf.Duration` JSON form: whole seconds with an `s` suffix. Rounded
+/// down so the message never outlives the challenge.
+fn ttl_string(ttl: Duration) -> String {
+    format!("{}s", ttl.as_secs())
+}
+
+/// Serializes the `messages:send` body for `msg` at `now_ms` (the TTL is what is left of
+/// the challenge's life at that moment, so each retry sends a shorter one).
+pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
+    let remaining = msg.remaining(now_ms);
+    let (ttl, data) = match &msg.content {
+        PushContent::Challenge {
+            title,
+            body,
+            number_choices,
+        } => (
+            remaining,
+            Data::Challenge {
+                kind_of_message: "challenge",
+                challenge_id: &msg.challenge_id,
+                kind: msg.kind.as_str(),
+                title,
+                body,
+                expires_at: rfc3339_ms(msg.expires_at_ms),
+                number_choices: number_choices.map(|n| {
+                    n.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            },
+        ),
+        PushContent::Withdraw => (
+            remaining.max(WITHDRAW_MIN_TTL),
+            Data::Withdraw {
+                kind_of_message: "withdraw",
+                challenge_id: &msg.challenge_id,
+            },
+        ),
+    };
+    let env = Envelope {
+        message: Message {
+            token: &msg.token,
+            android: Android {
+                priority: "HIGH",
+                ttl: ttl_string(ttl),
+                collapse_key: &msg.challenge_id,
+            },
+            data,
+        },
+    };
+    // Serializing plain strings into a Vec cannot fail.
+    serde_json::to_vec(&env).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::model::Kind;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    fn msg(content: PushContent) -> PushMessage {
+        PushMessage {
+            challenge_id: Arc::from("01JD3F6Y8W0QZ5N4B7K2M9XH1C"),
+            kind: Kind::Payment,
+            device_id: "d-pixel".into(),
+            token: "fcm-token:abc".into(),
+            content,
+            expires_at_ms: 1_795_462_920_000, // 2026-11-23T19:42:00Z
+        }
+    }
+
+    #[test]
+    fn challenge_message_is_exactly_the_contract() {
+        let m = msg(PushContent::Challenge {
+            title: Arc::from("Approve payment"),
+            body: Arc::from("Payment of €125.40 to Mario Rossi"),
+            number_choices: Some([12, 47, 83]),
+        });
+        let v: Value =
+            serde_json::from_slice(&build_body(&m, 1_795_462_920_000 - 119_600)).unwrap();
+        assert_eq!(
+            v,
+            json!({"message": {
+                "token": "fcm-token:abc",
+                "android": {"priority": "HIGH", "ttl": "119s", "collapse_key": "01JD3F6Y8W0QZ5N4B7K2M9XH1C"},
+                "data": {
+                    "type": "challenge",
+                    "challenge_id": "01JD3F6Y8W0QZ5N4B7K2M9XH1C",
+                    "kind": "payment",
+                    "title": "Approve payment",
+                    "body": "Payment of €125.40 to Mario Rossi",
+                    "expires_at": "2026-11-23T19:42:00Z",
+                    "number_choices": "12,47,83"
+                }
+            }})
+        );
+    }
+
+    #[test]
+    fn no_number_choices_key_without_number_match() {
+        let m = msg(PushContent::Challenge {
+            title: Arc::from("t"),
+            body: Arc::from("b"),
+            number_choices: None,
+        });
+        let v: Value = serde_json::from_slice(&build_body(&m, 0)).unwrap();
+        assert!(v["message"]["data"].get("number_choices").is_none());
+        // Every data value is a string, as FCM demands.
+        for (_, val) in v["message"]["data"].as_object().unwrap() {
+            assert!(val.is_string());
+        }
+    }
+
+    #[test]
+    fn withdrawal_is_a_data_message_with_a_floor_on_ttl() {
+        let m = msg(PushContent::Withdraw);
+        // Already expired: still a usable ttl.
+        let v: Value = serde_json::from_slice(&build_body(&m, m.expires_at_ms + 5_000)).unwrap();
+        assert_eq!(
+            v,
+            json!({"message": {
+                "token": "fcm-token:abc",
+                "android": {"priority": "HIGH", "ttl": "60s", "collapse_key": "01JD3F6Y8W0QZ5N4B7K2M9XH1C"},
+                "data": {"type": "withdraw", "challenge_id": "01JD3F6Y8W0QZ5N4B7K2M9XH1C"}
+            }})
+        );
+        let v: Value = serde_json::from_slice(&build_body(&m, m.expires_at_ms - 300_000)).unwrap();
+        assert_eq!(v["message"]["android"]["ttl"], "300s");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339_ms(1_795_462_920_000), "2026-11-23T19:42:00Z");
+        assert_eq!(rfc3339_ms(1_795_462_920_250), "2026-11-23T19:42:00.250Z");
+        assert_eq!(ttl_string(Duration::from_millis(999)), "0s");
+    }
+}

@@ -51,8 +51,9 @@ impl PushMessage {
 }
 
 /// A push transport. `send` resolves once the push is delivered, known to be impossible,
-/// or the challenge's life ran out while retrying; it never outlives `expires_at_ms`
-/// by more than one request timeout.
+/// or the challenge's life ran out while retrying; a challenge push never outlives
+/// `expires_at_ms` by more than one request timeout. A withdrawal always gets one
+/// attempt, even after expiry (expiry is itself a reason to withdraw).
 pub trait PushProvider: Send + Sync + 'static {
     fn platform(&self) -> Platform;
     fn send(&self, msg: PushMessage) -> BoxFuture<'_, PushResult>;

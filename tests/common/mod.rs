@@ -141,6 +141,7 @@ pub struct Harness {
     outcomes: tokio::sync::Mutex<lapin::Consumer>,
     events: tokio::sync::Mutex<lapin::Consumer>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    custom: Option<Providers>,
 }
 
 pub async fn amqp() -> (Connection, Channel) {
@@ -213,6 +214,14 @@ impl Harness {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_custom(tweak, None).await
+    }
+
+    /// With real providers (e.g. built against the simulators) instead of the doubles.
+    pub async fn start_custom(
+        tweak: impl FnOnce(&mut Config),
+        providers: Option<Providers>,
+    ) -> Harness {
         let ns = unique("t");
         let mut cfg = test_config(&ns);
         tweak(&mut cfg);
@@ -232,12 +241,16 @@ impl Harness {
             outcomes: tokio::sync::Mutex::new(outcomes),
             events: tokio::sync::Mutex::new(events),
             http: Client::builder(TokioExecutor::new()).build_http(),
+            custom: providers,
         };
         h.start_daemon().await;
         h
     }
 
     pub fn providers(&self) -> Providers {
+        if let Some(p) = &self.custom {
+            return p.clone();
+        }
         Providers {
             apns: Some(Arc::new(FakePush {
                 platform: Platform::Apns,

@@ -245,3 +245,61 @@ async fn token_gone_publishes_device_token_invalid() {
     );
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_twilio_gateway_against_the_simulator() {
+    use sca_dispatch::sim::sms::{Shape, SmsSim, SmsSimOptions};
+    let sim = SmsSim::start(SmsSimOptions::default()).await.unwrap();
+    let sms_cfg = sim.config(Shape::Twilio);
+    let gateway = sca_dispatch::sms::gateway::from_config(&sms_cfg)
+        .unwrap()
+        .unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let providers = sca_dispatch::Providers {
+        apns: Some(std::sync::Arc::new(FakePush {
+            platform: sca_dispatch::challenge::model::Platform::Apns,
+            rec: recorder.clone(),
+        })),
+        fcm: Some(std::sync::Arc::new(FakePush {
+            platform: sca_dispatch::challenge::model::Platform::Fcm,
+            rec: recorder,
+        })),
+        sms: Some(gateway),
+    };
+    let h = Harness::start_custom(|c| c.sms = sms_cfg.clone(), Some(providers)).await;
+    let mut c = with_fallback("sms-twilio", 1);
+    c["kind"] = json!("payment");
+    c["locale"] = json!("en");
+    c["transaction"] = json!({"amount": "99.90", "currency": "EUR", "payee": "ACME S.p.A."});
+    h.publish(&c).await;
+    let msgs = sim
+        .wait_for_messages(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(msgs[0].to, "+393401234567");
+    assert!(
+        msgs[0].text.contains("€99.90") && msgs[0].text.contains("ACME S.p.A."),
+        "{}",
+        msgs[0].text
+    );
+    let code = msgs[0]
+        .text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap()
+        .to_string();
+    let (st, _) = h
+        .http(
+            "POST",
+            "/v1/challenges/sms-twilio/otp",
+            Some(json!({"code": code})),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (rk, o) = h.outcome(5).await;
+    assert_eq!(rk, "outcome.payment.approved");
+    assert_eq!(o["channel"], "sms");
+    h.cleanup().await;
+    sim.shutdown().await;
+}

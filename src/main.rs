@@ -30,6 +30,18 @@ enum Cmd {
         #[arg(long, env = "SCA_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Play the scenarios on the built-in simulators against a local RabbitMQ.
+    Demo {
+        /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
+        #[arg(long, env = "SCA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+        /// After the scenarios, keep running with this many challenges per second.
+        #[arg(long)]
+        load: Option<u32>,
+        /// How long the load phase runs, in seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
     /// Run a provider simulator alone.
     Simulate {
         #[command(subcommand)]
@@ -103,6 +115,19 @@ fn main() -> anyhow::Result<()> {
             sca_dispatch::telemetry::init_tracing(&cfg.log.format, &cfg.log.level);
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
+        }
+        Cmd::Demo { amqp_url, load, duration } => {
+            sca_dispatch::telemetry::init_tracing("text", "error");
+            let opts = sca_dispatch::demo::DemoOptions {
+                amqp_url,
+                load,
+                duration: duration.map(std::time::Duration::from_secs),
+            };
+            let ok = rt.block_on(sca_dispatch::demo::run(opts))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Cmd::Simulate { which } => {
             sca_dispatch::telemetry::init_tracing("text", "info");

@@ -142,6 +142,8 @@ struct State {
     send_requests: AtomicU64,
     next_id: AtomicU64,
     delivered: watch::Sender<usize>,
+    /// Every message as it is answered (for load generators and demos).
+    feed: tokio::sync::broadcast::Sender<RecordedMessage>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -217,6 +219,7 @@ impl FcmSim {
             send_requests: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             delivered,
+            feed: tokio::sync::broadcast::channel(1 << 16).0,
             shutdown: shutdown_rx.clone(),
         });
         let task = tokio::spawn(accept_loop(listener, state.clone(), tls, shutdown_rx));
@@ -321,6 +324,11 @@ impl FcmSim {
             .filter(|m| m.status == 200)
             .cloned()
             .collect()
+    }
+
+    /// Every message from now on, as it is answered (a lagging receiver loses the oldest).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RecordedMessage> {
+        self.state.feed.subscribe()
     }
 
     /// Number of messages accepted so far (counted even past `max_recorded`).
@@ -973,16 +981,20 @@ async fn send_endpoint(
     });
     let status = resp.status().as_u16();
     {
+        let record = RecordedMessage {
+            project_id: project,
+            token,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            status,
+            version,
+            received_at: Instant::now(),
+        };
+        if state.feed.receiver_count() > 0 {
+            let _ = state.feed.send(record.clone());
+        }
         let mut rec = lock(&state.recorded);
         if rec.len() < state.opts.max_recorded {
-            rec.push(RecordedMessage {
-                project_id: project,
-                token,
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                status,
-                version,
-                received_at: Instant::now(),
-            });
+            rec.push(record);
         }
     }
     if status == 200 {

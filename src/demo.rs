@@ -1,0 +1,408 @@
+//! `sca-dispatch demo`: the APNs, FCM and SMS simulators and the daemon in one process
+//! against the local RabbitMQ, with the real transports. It plays the scenarios a
+//! newcomer wants to see and prints a timeline per challenge; `--load RATE` then keeps it
+//! running with simulated users, printing throughput and latency each second.
+
+use crate::config::Config;
+use crate::daemon::{providers_from_config, Daemon};
+use crate::engine::json::rfc3339_ms;
+use crate::engine::now_ms;
+use crate::sim::apns::{ApnsSim, ApnsSimOptions};
+use crate::sim::fcm::{FcmSim, FcmSimOptions};
+use crate::sim::sms::{Shape, SmsSim, SmsSimOptions};
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options of `sca-dispatch demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub amqp_url: String,
+    /// Challenges per second for the load phase (none: scenarios only).
+    pub load: Option<u32>,
+    /// How long the load phase runs (none: until Ctrl-C).
+    pub duration: Option<Duration>,
+}
+
+/// Everything that happened to each challenge, in order.
+#[derive(Default)]
+struct Timeline {
+    lines: Mutex<BTreeMap<String, Vec<(Instant, String)>>>,
+}
+
+impl Timeline {
+    fn note(&self, id: &str, what: impl Into<String>) {
+        self.note_at(id, Instant::now(), what);
+    }
+    fn note_at(&self, id: &str, at: Instant, what: impl Into<String>) {
+        let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.entry(id.to_string()).or_default().push((at, what.into()));
+    }
+    fn print(&self, id: &str) {
+        let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(events) = l.get_mut(id) else { return };
+        events.sort_by_key(|(t, _)| *t);
+        let t0 = events[0].0;
+        for (t, what) in events.iter() {
+            println!("    {:>8.3} s  {what}", t.duration_since(t0).as_secs_f64());
+        }
+    }
+}
+
+/// The demo's broker client: publishes challenges, reads outcomes, events, dead letters.
+struct Broker {
+    _conn: Connection,
+    ch: Channel,
+    names: crate::config::AmqpConfig,
+}
+
+async fn tap(conn: &Connection, exchange: &str) -> anyhow::Result<lapin::Consumer> {
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    ch.queue_bind(q.name().as_str(), exchange, "#", QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    Ok(ch
+        .basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?)
+}
+
+impl Broker {
+    async fn connect(cfg: &Config) -> anyhow::Result<Broker> {
+        let conn = Connection::connect(
+            &cfg.amqp.url,
+            ConnectionProperties::default()
+                .with_executor(tokio_executor_trait::Tokio::current())
+                .with_reactor(tokio_reactor_trait::Tokio)
+                .with_connection_name("sca-dispatch demo client".into()),
+        )
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", crate::amqp::redact_url(&cfg.amqp.url)))?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Broker { _conn: conn, ch, names: cfg.amqp.clone() })
+    }
+
+    async fn publish(&self, body: &[u8]) -> anyhow::Result<()> {
+        self.ch
+            .basic_publish("", &self.names.challenges_queue, BasicPublishOptions::default(), body, BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2))
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+const IPHONE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+fn challenge(id: &str, user: &str, kind: &str) -> Value {
+    json!({
+        "v": 1,
+        "challenge_id": id,
+        "user_id": user,
+        "kind": kind,
+        "created_at": rfc3339_ms(now_ms()),
+        "ttl_seconds": 120,
+        "locale": "it",
+        "devices": [
+            {"device_id": "d-iphone", "platform": "apns", "token": IPHONE, "name": "iPhone di Mario"},
+            {"device_id": "d-pixel", "platform": "fcm", "token": format!("fcm-pixel-{user}"), "name": "Pixel"}
+        ],
+        "sms": {"phone": "+393401234567", "fallback_after_seconds": 60}
+    })
+}
+
+/// Watches the simulators and the broker, writing what they saw into the timeline.
+fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim, mut outcomes: lapin::Consumer, mut events: lapin::Consumer) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let t = tl.clone();
+    tasks.push(tokio::spawn(async move {
+        let (mut seen_a, mut seen_f) = (0usize, 0usize);
+        loop {
+            let pushes = apns.pushes();
+            for p in pushes.iter().skip(seen_a) {
+                let id = p.payload["challenge_id"].as_str().unwrap_or("?");
+                let what = if p.payload["type"] == "withdraw" { "withdrawal" } else { "push" };
+                t.note(id, format!("APNs {what} to iPhone ({}): {} {}", p.header("apns-push-type"), p.status, p.reason.clone().unwrap_or_default()));
+            }
+            seen_a = pushes.len();
+            let msgs = fcm.messages();
+            for m in msgs.iter().skip(seen_f) {
+                let d = m.data();
+                let id = d["challenge_id"].as_str().unwrap_or("?");
+                let what = if d["type"] == "withdraw" { "withdrawal".to_string() } else { format!("push \"{}\"", d["body"].as_str().unwrap_or("")) };
+                t.note_at(id, m.received_at, format!("FCM {what} to {}: {}", m.token, m.status));
+            }
+            seen_f = msgs.len();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }));
+    let t = tl.clone();
+    let mut feed = sms.subscribe();
+    tasks.push(tokio::spawn(async move {
+        while let Ok(m) = feed.recv().await {
+            let id = m.reference.clone().unwrap_or_default();
+            t.note(&id, format!("SMS to {}: \"{}\"", crate::sms::mask_phone(&m.to), m.text));
+        }
+    }));
+    let t = tl.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(Ok(d)) = outcomes.next().await {
+            let v: Value = serde_json::from_slice(&d.data).unwrap_or_default();
+            let id = v["challenge_id"].as_str().unwrap_or("?");
+            t.note(id, format!("OUTCOME {} (channel {}, device {}, reason {}) on {}", v["outcome"], v["channel"], v["device_id"], v["reason"], d.routing_key));
+        }
+    }));
+    let t = tl;
+    tasks.push(tokio::spawn(async move {
+        while let Some(Ok(d)) = events.next().await {
+            let v: Value = serde_json::from_slice(&d.data).unwrap_or_default();
+            let id = v["challenge_id"].as_str().unwrap_or("?");
+            t.note(id, format!("event {}", d.routing_key));
+        }
+    }));
+    tasks
+}
+
+struct Http {
+    base: String,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Http {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+        let resp = self.client.request(req).await?;
+        let st = resp.status().as_u16();
+        let b = resp.into_body().collect().await?.to_bytes();
+        Ok((st, serde_json::from_slice(&b).unwrap_or(Value::Null)))
+    }
+}
+
+/// Waits until `cond` holds, up to `secs`.
+async fn until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// The demo's own namespace, so it never touches a production `sca.*` topology.
+pub fn demo_config(amqp_url: &str) -> Config {
+    let mut c = Config::default();
+    c.amqp.url = amqp_url.to_string();
+    let ns = "sca-demo";
+    c.amqp.challenges_queue = format!("{ns}.challenges");
+    c.amqp.responses_queue = format!("{ns}.responses");
+    c.amqp.outcomes_exchange = format!("{ns}.outcomes");
+    c.amqp.events_exchange = format!("{ns}.events");
+    c.amqp.dead_exchange = format!("{ns}.dead");
+    c.amqp.dead_queue = format!("{ns}.dead");
+    c.amqp.control_exchange = format!("{ns}.control");
+    c.http.addr = "127.0.0.1:0".into();
+    c.metrics.addr = "127.0.0.1:0".into();
+    c.shutdown.grace_seconds = 3;
+    c
+}
+
+/// Runs the demo; `Ok(true)` when every scenario ended as expected.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
+    let dir = std::env::temp_dir().join(format!("sca-dispatch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!("sca-dispatch demo — simulators and daemon in one process, RabbitMQ at {}", crate::amqp::redact_url(&opts.amqp_url));
+    let apns = Arc::new(ApnsSim::start(ApnsSimOptions { dir: Some(dir.join("apns")), ..Default::default() }).await?);
+    let fcm = Arc::new(FcmSim::start(FcmSimOptions::default()).await?);
+    let sms = SmsSim::start(SmsSimOptions::default()).await?;
+    println!("  APNs simulator  {} (HTTP/2 over TLS, CA {})", apns.endpoint(), apns.ca_pem_path().display());
+    println!("  FCM simulator   {} (OAuth2 token endpoint {})", fcm.endpoint(), fcm.token_uri());
+    println!("  SMS simulator   {} (webhook)", sms.webhook_url());
+
+    let mut cfg = demo_config(&opts.amqp_url);
+    cfg.apns = apns.config();
+    cfg.fcm = fcm.write_config_files(&dir.join("fcm")).context("writing the FCM service account")?;
+    cfg.sms = sms.config(Shape::Webhook);
+    cfg.limits.challenges_per_minute = 3;
+    cfg.limits.challenge_burst = 3;
+    cfg.validate()?;
+    let broker = Broker::connect(&cfg).await?;
+    let providers = providers_from_config(&cfg)?;
+    let daemon = Daemon::start(cfg.clone(), providers).await?;
+    if !until(10, || daemon.status.connected()).await {
+        anyhow::bail!("the daemon could not connect to RabbitMQ");
+    }
+    // Leftovers of an interrupted earlier run would confuse the timelines.
+    let _ = broker.ch.queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default()).await;
+    println!("  daemon          http://{} (metrics http://{}/metrics), queues {}.*\n", daemon.http_addr, daemon.metrics_addr, "sca-demo");
+
+    let tl = Arc::new(Timeline::default());
+    let conn2 = Connection::connect(&cfg.amqp.url, ConnectionProperties::default().with_executor(tokio_executor_trait::Tokio::current()).with_reactor(tokio_reactor_trait::Tokio)).await?;
+    let observers = observe(tl.clone(), apns.clone(), fcm.clone(), &sms, tap(&conn2, &cfg.amqp.outcomes_exchange).await?, tap(&conn2, &cfg.amqp.events_exchange).await?);
+    let http = Http {
+        base: format!("http://{}", daemon.http_addr),
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+    };
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let mut results: Vec<(&str, String, String, bool)> = Vec::new();
+    let outcome_of = |id: &str| {
+        let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(id).and_then(|v| v.iter().find_map(|(_, w)| w.strip_prefix("OUTCOME ").map(|s| s.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())))
+    };
+    let pushes_for = |id: &str| {
+        let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(id).map(|v| v.iter().filter(|(_, w)| w.contains(" push")).count()).unwrap_or(0)
+    };
+
+    // 1. A login pushed to two devices, approved on one, withdrawn from the other.
+    let id = format!("demo-{run_id}-login");
+    println!("1. Login pushed to iPhone (APNs) and Pixel (FCM), approved on the Pixel");
+    broker.publish(challenge(&id, "mario", "login").to_string().as_bytes()).await?;
+    tl.note(&id, "published to sca-demo.challenges");
+    until(10, || pushes_for(&id) >= 2).await;
+    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-pixel", "decision": "approve"}))).await?;
+    tl.note(&id, format!("Pixel approves: POST /decision → {st} {b}"));
+    until(10, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-iphone", "decision": "deny"}))).await?;
+    tl.note(&id, format!("iPhone answers late: POST /decision → {st} {b}"));
+    tl.print(&id);
+    results.push(("login approved on one device", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("approved")));
+
+    // 2. A payment whose push goes unanswered, then approved by SMS code.
+    let id = format!("demo-{run_id}-payment");
+    println!("\n2. Payment of 125,40 € to Mario Rossi: push unanswered, SMS after 2 s, code entered");
+    let mut c = challenge(&id, "lucia", "payment");
+    c["transaction"] = json!({"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"});
+    c["sms"]["fallback_after_seconds"] = json!(2);
+    broker.publish(c.to_string().as_bytes()).await?;
+    tl.note(&id, "published (fallback after 2 s)");
+    let mut feed = sms.subscribe();
+    let msg = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Ok(m) = feed.recv().await {
+                if m.reference.as_deref() == Some(id.as_str()) {
+                    return Some(m);
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let code = msg.as_ref().and_then(|m| m.text.split(|ch: char| !ch.is_ascii_digit()).find(|w| w.len() == 6).map(String::from)).unwrap_or_default();
+    let sms_ok = msg.as_ref().is_some_and(|m| m.text.contains("125,40 €") && m.text.contains("Mario Rossi"));
+    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/otp"), Some(json!({"code": code}))).await?;
+    tl.note(&id, format!("backend relays the code: POST /otp → {st} {b}"));
+    until(10, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&id);
+    results.push(("payment approved by SMS code", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("approved") && sms_ok));
+
+    // 3. A denial.
+    let id = format!("demo-{run_id}-deny");
+    println!("\n3. Device binding denied on the iPhone");
+    broker.publish(challenge(&id, "anna", "device_binding").to_string().as_bytes()).await?;
+    tl.note(&id, "published");
+    until(10, || pushes_for(&id) >= 2).await;
+    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-iphone", "decision": "deny"}))).await?;
+    tl.note(&id, format!("iPhone denies: POST /decision → {st} {b}"));
+    until(10, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&id);
+    results.push(("denied", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("denied")));
+
+    // 4. An expiry.
+    let id = format!("demo-{run_id}-expiry");
+    println!("\n4. Login nobody answers: expires (created 8 s ago, ttl 10 s)");
+    let mut c = challenge(&id, "piero", "login");
+    c["created_at"] = json!(rfc3339_ms(now_ms() - 8_000));
+    c["ttl_seconds"] = json!(10);
+    c.as_object_mut().map(|o| o.remove("sms"));
+    broker.publish(c.to_string().as_bytes()).await?;
+    tl.note(&id, "published");
+    until(15, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&id);
+    results.push(("expired", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("expired")));
+
+    // 5. A user hitting the rate limit (3 challenges in a burst are allowed).
+    println!("\n5. One user sends 4 challenges at once: the 4th is rate limited; the others are cancelled");
+    let ids: Vec<String> = (1..=4).map(|i| format!("demo-{run_id}-busy-{i}")).collect();
+    for id in &ids {
+        broker.publish(challenge(id, &format!("busy-{run_id}"), "login").to_string().as_bytes()).await?;
+        tl.note(id, "published");
+    }
+    until(10, || outcome_of(&ids[3]).is_some()).await;
+    for id in &ids[..3] {
+        let (st, b) = http.call("DELETE", &format!("/v1/challenges/{id}"), None).await?;
+        tl.note(id, format!("backend cancels: DELETE → {st} {b}"));
+    }
+    until(10, || ids.iter().all(|id| outcome_of(id).is_some())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in &ids {
+        println!("  {id}");
+        tl.print(id);
+    }
+    results.push(("rate limited", ids[3].clone(), outcome_of(&ids[3]).unwrap_or_default(), outcome_of(&ids[3]).as_deref() == Some("rate_limited")));
+
+    // 6. A malformed message dead-lettered with its reason.
+    let id = format!("demo-{run_id}-malformed");
+    println!("\n6. A malformed challenge (ttl_seconds 5) is dead-lettered with its reason");
+    let mut c = challenge(&id, "mario", "login");
+    c["ttl_seconds"] = json!(5);
+    broker.publish(c.to_string().as_bytes()).await?;
+    tl.note(&id, "published");
+    let mut reason = None;
+    for _ in 0..100 {
+        if let Some(d) = broker.ch.basic_get(&cfg.amqp.dead_queue, BasicGetOptions { no_ack: true }).await? {
+            reason = d.delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-sca-reason") {
+                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tl.note(&id, format!("in {}: x-sca-reason = {}", cfg.amqp.dead_queue, reason.clone().unwrap_or_else(|| "(none)".into())));
+    until(5, || outcome_of(&id).is_some()).await;
+    tl.print(&id);
+    results.push(("dead-lettered", id.clone(), reason.clone().unwrap_or_default(), reason.is_some_and(|r| r.contains("ttl_seconds")) && outcome_of(&id).as_deref() == Some("rejected")));
+
+    println!("\nSummary");
+    let mut all = true;
+    for (what, id, got, ok) in &results {
+        all &= *ok;
+        println!("  {} {what:<30} {id:<32} {got}", if *ok { "✔" } else { "✘" });
+    }
+
+    if let Some(rate) = opts.load {
+        crate::loadgen::demo_load(&broker.ch, &cfg, &http.base, fcm.clone(), rate, opts.duration, &daemon).await?;
+    }
+
+    for t in observers {
+        t.abort();
+    }
+    daemon.shutdown();
+    daemon.wait().await;
+    for q in [&cfg.amqp.challenges_queue, &cfg.amqp.responses_queue, &cfg.amqp.dead_queue] {
+        let _ = broker.ch.queue_delete(q, QueueDeleteOptions::default()).await;
+    }
+    sms.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\n{}", if all { "All scenarios ended as expected." } else { "Some scenarios did not end as expected." });
+    Ok(all)
+}

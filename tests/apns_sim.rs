@@ -393,3 +393,64 @@ async fn files_are_written_and_temporary_ones_removed() {
         "a given directory is kept"
     );
 }
+
+#[tokio::test]
+async fn control_api_scripts_and_reports() {
+    use hyper_util::client::legacy::Client;
+    let sim = ApnsSim::start(ApnsSimOptions {
+        control_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ctl = format!("http://{}", sim.control_addr().unwrap());
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let call = |method: &str, path: &str, body: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{ctl}{path}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let http = http.clone();
+        async move {
+            let resp = http.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let path = format!("/scripts/{}", token(1));
+    let (s, _) = call(
+        "PUT",
+        &path,
+        r#"{"behaviour":"service_unavailable","times":1}"#,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, e) = call("PUT", &path, r#"{"behaviour":"explode"}"#).await;
+    assert_eq!(s, 422, "{e}");
+    // The refused script did not replace the good one.
+    let key = jwt::load_key(&sim.key_path().display().to_string()).unwrap();
+    let bearer = jwt::sign(&key, sim.key_id(), sim.team_id(), unix_now());
+    let mut c = client(&sim, &[b"h2"]).await.unwrap();
+    assert_eq!(send(&mut c, &sim, good(&sim, &bearer)).await.0, 503);
+    assert_eq!(send(&mut c, &sim, good(&sim, &bearer)).await.0, 200);
+
+    let (_, stats) = call("GET", "/stats", "").await;
+    assert_eq!(
+        stats,
+        serde_json::json!({"total": 2, "delivered": 1, "connections": 1})
+    );
+    let (_, pushes) = call("GET", "/pushes", "").await;
+    assert_eq!(pushes.as_array().unwrap().len(), 2);
+    assert_eq!(pushes[0]["status"], 503);
+    assert_eq!(pushes[1]["headers"]["apns-push-type"], "alert");
+    assert_eq!(pushes[1]["payload"]["aps"]["alert"]["title"], "t");
+    assert_eq!(call("DELETE", "/pushes", "").await.0, 200);
+    assert!(sim.pushes().is_empty());
+    assert_eq!(call("POST", "/goaway", "").await.0, 200);
+    assert_eq!(call("GET", "/nothing", "").await.0, 404);
+}

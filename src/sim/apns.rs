@@ -59,6 +59,9 @@ pub struct ApnsSimOptions {
     pub token_max_age: Duration,
     /// Recorded requests kept (oldest dropped first); counters keep counting.
     pub max_recorded: usize,
+    /// Where to serve the plain-HTTP control API (see [`control`]); `None`: no control
+    /// API (tests use the [`ApnsSim`] handle).
+    pub control_addr: Option<SocketAddr>,
 }
 
 impl Default for ApnsSimOptions {
@@ -72,6 +75,7 @@ impl Default for ApnsSimOptions {
             max_concurrent_streams: 1000,
             token_max_age: Duration::from_secs(3600),
             max_recorded: 10_000,
+            control_addr: None,
         }
     }
 }
@@ -146,6 +150,7 @@ pub struct ApnsSim {
     ca_path: PathBuf,
     key_path: PathBuf,
     accept: JoinHandle<()>,
+    control: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl ApnsSim {
@@ -199,6 +204,16 @@ impl ApnsSim {
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let accept = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
+        let control = match state.opts.control_addr {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the control API on {a}"))?;
+                let bound = l.local_addr()?;
+                Some((bound, tokio::spawn(control::serve(l, state.clone()))))
+            }
+            None => None,
+        };
         Ok(ApnsSim {
             state,
             addr,
@@ -208,11 +223,16 @@ impl ApnsSim {
             ca_path,
             key_path,
             accept,
+            control,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// The control API's address, when one was asked for.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(|(a, _)| *a)
     }
     /// `https://127.0.0.1:PORT`, for `apns.endpoint`.
     pub fn endpoint(&self) -> String {
@@ -270,7 +290,7 @@ impl ApnsSim {
 
     /// Sets the scripted behaviour for a device token (replacing any previous one).
     pub fn script(&self, token: &str, behaviour: Behaviour) {
-        lock(&self.state.scripts).insert(token.to_string(), behaviour);
+        self.state.script(token, behaviour);
     }
 
     /// Back to normal answers for a device token.
@@ -280,7 +300,7 @@ impl ApnsSim {
 
     /// The recorded requests (the most recent `max_recorded`), oldest first.
     pub fn pushes(&self) -> Vec<RecordedPush> {
-        lock(&self.state.recorded).iter().cloned().collect()
+        self.state.pushes()
     }
 
     /// The recorded requests answered 200.
@@ -329,19 +349,33 @@ impl ApnsSim {
 
     /// Sends GOAWAY on every open connection (they finish their streams and close).
     pub fn goaway(&self) {
-        self.state.goaway.send_modify(|g| *g += 1);
+        self.state.goaway();
     }
 
     /// Stops serving, closes every connection, and removes a temporary directory.
     pub async fn shutdown(self) {
-        self.accept.abort();
-        // Dropping `self` removes the directory.
+        // Dropping `self` aborts the tasks and removes the directory.
+    }
+}
+
+impl State {
+    fn script(&self, token: &str, behaviour: Behaviour) {
+        lock(&self.scripts).insert(token.to_string(), behaviour);
+    }
+    fn pushes(&self) -> Vec<RecordedPush> {
+        lock(&self.recorded).iter().cloned().collect()
+    }
+    fn goaway(&self) {
+        self.goaway.send_modify(|g| *g += 1);
     }
 }
 
 impl Drop for ApnsSim {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Some((_, task)) = &self.control {
+            task.abort();
+        }
         if self.remove_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -807,13 +841,23 @@ fn recorded(
 /// Runs the simulator alone until Ctrl-C: writes `ca.pem` and the `.p8` into `dir` and
 /// prints the address, the files, the key id and team id, and the `[apns]` lines to use.
 pub async fn run_standalone(addr: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
+    // The control API listens on the next port (or any free port when `addr` has none).
+    let control_port = if addr.port() == 0 {
+        0
+    } else {
+        addr.port().wrapping_add(1)
+    };
     let sim = ApnsSim::start(ApnsSimOptions {
         addr,
         dir: Some(dir),
+        control_addr: Some(SocketAddr::new(addr.ip(), control_port)),
         ..Default::default()
     })
     .await?;
     println!("APNs simulator listening on {}", sim.endpoint());
+    if let Some(c) = sim.control_addr() {
+        println!("control API (plain HTTP):  http://{c}  (GET /pushes, GET /stats, PUT|DELETE /scripts/{{token}}, POST /goaway, DELETE /pushes)");
+    }
     println!("CA certificate to trust: {}", sim.ca_pem_path().display());
     println!("provider key (.p8):      {}", sim.key_path().display());
     println!(
@@ -835,9 +879,204 @@ pub async fn run_standalone(addr: SocketAddr, dir: PathBuf) -> anyhow::Result<()
     Ok(())
 }
 
+/// The control API: plain HTTP/1.1 JSON, for driving a standalone simulator.
+///
+/// - `GET /pushes` → recorded requests `[{token, status, reason, connection, headers,
+///   payload}]`; `DELETE /pushes` forgets them.
+/// - `GET /stats` → `{total, delivered, connections}`.
+/// - `PUT /scripts/{token}` with `{"behaviour": "unregistered" | "bad_device_token" |
+///   "too_many_requests" | "internal_server_error" | "service_unavailable" |
+///   "expired_provider_token" | "stall" | "latency", "times"?: N, "ms"?: N}`;
+///   `DELETE /scripts/{token}` back to normal.
+/// - `POST /goaway` sends GOAWAY on every connection.
+pub mod control {
+    use super::{lock, Behaviour, State};
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt as _, Full, Limited};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    const MAX_BODY: usize = 4096;
+
+    #[derive(serde::Deserialize)]
+    struct ScriptBody {
+        behaviour: String,
+        times: Option<u32>,
+        ms: Option<u64>,
+    }
+
+    /// Parses a control-API script into a [`Behaviour`].
+    pub fn parse_behaviour(json: &[u8]) -> Result<Behaviour, String> {
+        let b: ScriptBody = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let times = b.times.unwrap_or(1);
+        Ok(match b.behaviour.as_str() {
+            "unregistered" => Behaviour::Unregistered,
+            "bad_device_token" => Behaviour::BadDeviceToken,
+            "too_many_requests" => Behaviour::TooManyRequests { times },
+            "internal_server_error" => Behaviour::InternalServerError { times },
+            "service_unavailable" => Behaviour::ServiceUnavailable { times },
+            "expired_provider_token" => Behaviour::ExpiredProviderToken { times },
+            "stall" => Behaviour::Stall { times },
+            "latency" => {
+                Behaviour::Latency(Duration::from_millis(b.ms.ok_or("latency needs \"ms\"")?))
+            }
+            other => return Err(format!("unknown behaviour {other:?}")),
+        })
+    }
+
+    pub(super) async fn serve(listener: TcpListener, state: Arc<State>) {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let state = state.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    }
+
+    fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+        let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    async fn handle(
+        state: Arc<State>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let (parts, body) = req.into_parts();
+        let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
+            return Ok(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "body over 4096 bytes"}),
+            ));
+        };
+        let body = body.to_bytes();
+        let path = parts.uri.path();
+        let ok = || json(StatusCode::OK, serde_json::json!({"ok": true}));
+        let resp = match (&parts.method, path) {
+            (&Method::GET, "/pushes") => {
+                let list: Vec<serde_json::Value> = state
+                    .pushes()
+                    .iter()
+                    .map(|p| {
+                        let headers: serde_json::Map<String, serde_json::Value> = p
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), v.to_str().unwrap_or("").to_string().into())
+                            })
+                            .collect();
+                        serde_json::json!({
+                            "token": p.token, "status": p.status, "reason": p.reason,
+                            "connection": p.connection, "headers": headers, "payload": p.payload,
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, serde_json::Value::Array(list))
+            }
+            (&Method::DELETE, "/pushes") => {
+                lock(&state.recorded).clear();
+                ok()
+            }
+            (&Method::GET, "/stats") => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "total": *state.total.borrow(),
+                    "delivered": state.ok.load(Ordering::Relaxed),
+                    "connections": state.connections.load(Ordering::Relaxed),
+                }),
+            ),
+            (&Method::POST, "/goaway") => {
+                state.goaway();
+                ok()
+            }
+            (m, p) if p.starts_with("/scripts/") => {
+                let token = &p["/scripts/".len()..];
+                if token.is_empty() {
+                    json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": "no token"}),
+                    )
+                } else if m == Method::DELETE {
+                    lock(&state.scripts).remove(token);
+                    ok()
+                } else if m == Method::PUT || m == Method::POST {
+                    match parse_behaviour(&body) {
+                        Ok(b) => {
+                            state.script(token, b);
+                            ok()
+                        }
+                        Err(e) => json(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            serde_json::json!({"error": e}),
+                        ),
+                    }
+                } else {
+                    json(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        serde_json::json!({"error": "PUT or DELETE"}),
+                    )
+                }
+            }
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "unknown route"}),
+            ),
+        };
+        Ok(resp)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_scripts_parse() {
+        use control::parse_behaviour as p;
+        assert_eq!(
+            p(br#"{"behaviour":"unregistered"}"#),
+            Ok(Behaviour::Unregistered)
+        );
+        assert_eq!(
+            p(br#"{"behaviour":"service_unavailable","times":2}"#),
+            Ok(Behaviour::ServiceUnavailable { times: 2 })
+        );
+        assert_eq!(
+            p(br#"{"behaviour":"stall"}"#),
+            Ok(Behaviour::Stall { times: 1 })
+        );
+        assert_eq!(
+            p(br#"{"behaviour":"latency","ms":250}"#),
+            Ok(Behaviour::Latency(Duration::from_millis(250)))
+        );
+        assert!(p(br#"{"behaviour":"latency"}"#).is_err());
+        assert!(p(br#"{"behaviour":"explode"}"#).is_err());
+        assert!(p(b"nope").is_err());
+    }
 
     #[test]
     fn uuids_and_paths() {

@@ -101,9 +101,6 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
         return Err(PayloadError::BadToken);
     }
     let path = format!("/3/device/{}", msg.token);
-    // apns-expiration: the challenge's expiry; a withdrawal sent after it gets 0
-    // ("deliver now or never") rather than a date in the past.
-    let expiration = (msg.expires_at_ms.max(0) / 1000).to_string();
     let (push_type, priority, collapse_id, body) = match &msg.content {
         PushContent::Challenge {
             title,
@@ -146,10 +143,12 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
     if body.len() > MAX_PAYLOAD_BYTES {
         return Err(PayloadError::TooLarge(body.len()));
     }
+    // apns-expiration: the challenge's expiry; a withdrawal sent after it gets 0
+    // ("deliver now or never") rather than a date in the past.
     let expiration = if msg.is_withdraw() && msg.expires_at_ms <= now_ms() {
         "0".to_string()
     } else {
-        expiration
+        (msg.expires_at_ms.max(0) / 1000).to_string()
     };
     Ok(ApnsRequest {
         path,

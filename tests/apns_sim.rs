@@ -454,3 +454,25 @@ async fn control_api_scripts_and_reports() {
     assert_eq!(call("POST", "/goaway", "").await.0, 200);
     assert_eq!(call("GET", "/nothing", "").await.0, 404);
 }
+
+#[tokio::test]
+async fn standalone_writes_its_files_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = tokio::spawn(sca_dispatch::sim::apns::run_standalone(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().to_path_buf(),
+    ));
+    let ca = dir.path().join("ca.pem");
+    let key = dir.path().join("AuthKey_SIMKEY0001.p8");
+    let started = std::time::Instant::now();
+    while !(ca.exists() && key.exists()) {
+        assert!(!task.is_finished(), "run_standalone stopped early");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "files not written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(jwt::load_key(&key.display().to_string()).is_ok());
+    task.abort();
+}

@@ -3,7 +3,7 @@
 //! - [`pool`]: the long-lived HTTP/2 connections, stream limits, keep-alive, replacement.
 //! - [`jwt`]: the shared provider token and its renewal rules.
 //! - [`payload`]: the request (path, `apns-*` headers, JSON) for a challenge or withdrawal.
-//! - [`classify`]: the pure mapping of an answer to delivered / retry / token gone / failed.
+//! - [`mod@classify`]: the pure mapping of an answer to delivered / retry / token gone / failed.
 //!
 //! `a2` hard-codes Apple's hosts and the webpki roots, so it cannot reach a simulator or a
 //! private CA; the transport is ours, on hyper.

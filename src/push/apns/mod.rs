@@ -113,7 +113,9 @@ impl ApnsProvider {
             Arc::new(tls),
             pool::PoolConfig {
                 connections: cfg.connections.max(1) as usize,
-                ping_interval: Duration::from_secs(cfg.ping_interval_seconds.max(1)),
+                // 0 turns keep-alive PINGs off.
+                ping_interval: (cfg.ping_interval_seconds > 0)
+                    .then(|| Duration::from_secs(cfg.ping_interval_seconds)),
                 ping_timeout: timeout.max(Duration::from_secs(5)),
                 connect_timeout: timeout.max(Duration::from_secs(5)),
             },

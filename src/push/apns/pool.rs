@@ -85,7 +85,8 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub connections: usize,
-    pub ping_interval: Duration,
+    /// Keep-alive PING interval; `None`: no PINGs.
+    pub ping_interval: Option<Duration>,
     /// How long a PING may go unanswered before the connection counts as dead.
     pub ping_timeout: Duration,
     pub connect_timeout: Duration,

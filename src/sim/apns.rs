@@ -40,6 +40,8 @@ const MAX_BODY_READ: usize = 64 * 1024;
 const MAX_VERIFIED_TOKENS: usize = 256;
 /// How far in the future `iat` may be before the token is refused (clock skew).
 const MAX_CLOCK_SKEW_SECS: u64 = 60;
+/// Connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// How to start the simulator.
 #[derive(Debug, Clone)]
@@ -181,6 +183,12 @@ impl ApnsSim {
         let key_path = dir.join(format!("AuthKey_{}.p8", opts.key_id));
         std::fs::write(&key_path, p8.as_bytes())
             .with_context(|| format!("writing {}", key_path.display()))?;
+        #[cfg(unix)]
+        {
+            // A private key, even a simulator's: readable by its owner only.
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600));
+        }
 
         let listener = TcpListener::bind(opts.addr)
             .await
@@ -443,6 +451,10 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::warn!("apns sim: {MAX_CONNECTIONS} connections open; refusing one");
+                    continue;
+                }
                 let _ = tcp.set_nodelay(true);
                 conns.spawn(serve_connection(tcp, acceptor.clone(), state.clone()));
             }
@@ -939,6 +951,9 @@ pub mod control {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
+                    if conns.len() >= 64 {
+                        continue;
+                    }
                     let state = state.clone();
                     conns.spawn(async move {
                         let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));

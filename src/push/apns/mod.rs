@@ -224,7 +224,7 @@ impl Inner {
             let started = Instant::now();
             let answer = self.attempt(&req, &bearer).await;
             let took = started.elapsed();
-            let (class, label, detail) = match &answer {
+            let (class, label) = match &answer {
                 Answer::Status(status, reason) => {
                     if *status == 403
                         && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN)
@@ -238,19 +238,12 @@ impl Inner {
                         continue;
                     }
                     let c = classify(*status, reason.as_deref());
-                    (
-                        c,
-                        classify::label(c),
-                        format!("{status} {}", reason.as_deref().unwrap_or("-")),
-                    )
+                    (c, classify::label(c))
                 }
-                Answer::Timeout => (
-                    Classification::Retry { after: None },
-                    "timeout",
-                    "timed out".to_string(),
-                ),
-                Answer::Transport(e) => (Classification::Retry { after: None }, "error", e.clone()),
+                Answer::Timeout => (Classification::Retry { after: None }, "timeout"),
+                Answer::Transport(_) => (Classification::Retry { after: None }, "error"),
             };
+            let detail = Describe(&answer);
             crate::telemetry::record_push("apns", label, took);
             match class {
                 Classification::Delivered => {
@@ -280,6 +273,21 @@ impl Inner {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Formats an answer for logs only when a log line is written.
+struct Describe<'a>(&'a Answer);
+
+impl std::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Answer::Status(status, reason) => {
+                write!(f, "{status} {}", reason.as_deref().unwrap_or("-"))
+            }
+            Answer::Timeout => f.write_str("timed out"),
+            Answer::Transport(e) => f.write_str(e),
         }
     }
 }

@@ -65,12 +65,34 @@ struct Broker {
 async fn tap(conn: &Connection, exchange: &str) -> anyhow::Result<lapin::Consumer> {
     let ch = conn.create_channel().await?;
     let q = ch
-        .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
-    ch.queue_bind(q.name().as_str(), exchange, "#", QueueBindOptions::default(), FieldTable::default())
-        .await?;
+    ch.queue_bind(
+        q.name().as_str(),
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(ch
-        .basic_consume(q.name().as_str(), "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            q.name().as_str(),
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?)
 }
 
@@ -84,15 +106,32 @@ impl Broker {
                 .with_connection_name("sca-dispatch demo client".into()),
         )
         .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", crate::amqp::redact_url(&cfg.amqp.url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at {}",
+                crate::amqp::redact_url(&cfg.amqp.url)
+            )
+        })?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Broker { _conn: conn, ch, names: cfg.amqp.clone() })
+        Ok(Broker {
+            _conn: conn,
+            ch,
+            names: cfg.amqp.clone(),
+        })
     }
 
     async fn publish(&self, body: &[u8]) -> anyhow::Result<()> {
         self.ch
-            .basic_publish("", &self.names.challenges_queue, BasicPublishOptions::default(), body, BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2))
+            .basic_publish(
+                "",
+                &self.names.challenges_queue,
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
             .await?
             .await?;
         Ok(())
@@ -119,7 +158,14 @@ fn challenge(id: &str, user: &str, kind: &str) -> Value {
 }
 
 /// Watches the simulators and the broker, writing what they saw into the timeline.
-fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim, mut outcomes: lapin::Consumer, mut events: lapin::Consumer) -> Vec<tokio::task::JoinHandle<()>> {
+fn observe(
+    tl: Arc<Timeline>,
+    apns: Arc<ApnsSim>,
+    fcm: Arc<FcmSim>,
+    sms: &SmsSim,
+    mut outcomes: lapin::Consumer,
+    mut events: lapin::Consumer,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let t = tl.clone();
     tasks.push(tokio::spawn(async move {
@@ -128,16 +174,36 @@ fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim
             let pushes = apns.pushes();
             for p in pushes.iter().skip(seen_a) {
                 let id = p.payload["challenge_id"].as_str().unwrap_or("?");
-                let what = if p.payload["type"] == "withdraw" { "withdrawal" } else { "push" };
-                t.note(id, format!("APNs {what} to iPhone ({}): {} {}", p.header("apns-push-type"), p.status, p.reason.clone().unwrap_or_default()));
+                let what = if p.payload["type"] == "withdraw" {
+                    "withdrawal"
+                } else {
+                    "push"
+                };
+                t.note(
+                    id,
+                    format!(
+                        "APNs {what} to iPhone ({}): {} {}",
+                        p.header("apns-push-type"),
+                        p.status,
+                        p.reason.clone().unwrap_or_default()
+                    ),
+                );
             }
             seen_a = pushes.len();
             let msgs = fcm.messages();
             for m in msgs.iter().skip(seen_f) {
                 let d = m.data();
                 let id = d["challenge_id"].as_str().unwrap_or("?");
-                let what = if d["type"] == "withdraw" { "withdrawal".to_string() } else { format!("push \"{}\"", d["body"].as_str().unwrap_or("")) };
-                t.note_at(id, m.received_at, format!("FCM {what} to {}: {}", m.token, m.status));
+                let what = if d["type"] == "withdraw" {
+                    "withdrawal".to_string()
+                } else {
+                    format!("push \"{}\"", d["body"].as_str().unwrap_or(""))
+                };
+                t.note_at(
+                    id,
+                    m.received_at,
+                    format!("FCM {what} to {}: {}", m.token, m.status),
+                );
             }
             seen_f = msgs.len();
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -148,7 +214,10 @@ fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim
     tasks.push(tokio::spawn(async move {
         while let Ok(m) = feed.recv().await {
             let id = m.reference.clone().unwrap_or_default();
-            t.note(&id, format!("SMS to {}: \"{}\"", crate::sms::mask_phone(&m.to), m.text));
+            t.note(
+                &id,
+                format!("SMS to {}: \"{}\"", crate::sms::mask_phone(&m.to), m.text),
+            );
         }
     }));
     let t = tl.clone();
@@ -156,7 +225,13 @@ fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim
         while let Some(Ok(d)) = outcomes.next().await {
             let v: Value = serde_json::from_slice(&d.data).unwrap_or_default();
             let id = v["challenge_id"].as_str().unwrap_or("?");
-            t.note(id, format!("OUTCOME {} (channel {}, device {}, reason {}) on {}", v["outcome"], v["channel"], v["device_id"], v["reason"], d.routing_key));
+            t.note(
+                id,
+                format!(
+                    "OUTCOME {} (channel {}, device {}, reason {}) on {}",
+                    v["outcome"], v["channel"], v["device_id"], v["reason"], d.routing_key
+                ),
+            );
         }
     }));
     let t = tl;
@@ -172,17 +247,27 @@ fn observe(tl: Arc<Timeline>, apns: Arc<ApnsSim>, fcm: Arc<FcmSim>, sms: &SmsSim
 
 struct Http {
     base: String,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
 }
 
 impl Http {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         use http_body_util::BodyExt;
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))?;
         let resp = self.client.request(req).await?;
         let st = resp.status().as_u16();
         let b = resp.into_body().collect().await?.to_bytes();
@@ -224,17 +309,37 @@ pub fn demo_config(amqp_url: &str) -> Config {
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("sca-dispatch-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!("sca-dispatch demo — simulators and daemon in one process, RabbitMQ at {}", crate::amqp::redact_url(&opts.amqp_url));
-    let apns = Arc::new(ApnsSim::start(ApnsSimOptions { dir: Some(dir.join("apns")), ..Default::default() }).await?);
+    println!(
+        "sca-dispatch demo — simulators and daemon in one process, RabbitMQ at {}",
+        crate::amqp::redact_url(&opts.amqp_url)
+    );
+    let apns = Arc::new(
+        ApnsSim::start(ApnsSimOptions {
+            dir: Some(dir.join("apns")),
+            ..Default::default()
+        })
+        .await?,
+    );
     let fcm = Arc::new(FcmSim::start(FcmSimOptions::default()).await?);
     let sms = SmsSim::start(SmsSimOptions::default()).await?;
-    println!("  APNs simulator  {} (HTTP/2 over TLS, CA {})", apns.endpoint(), apns.ca_pem_path().display());
-    println!("  FCM simulator   {} (OAuth2 token endpoint {})", fcm.endpoint(), fcm.token_uri());
+    println!(
+        "  APNs simulator  {} (HTTP/2 over TLS, CA {})",
+        apns.endpoint(),
+        apns.ca_pem_path().display()
+    );
+    println!(
+        "  FCM simulator   {} (OAuth2 token endpoint {})",
+        fcm.endpoint(),
+        fcm.token_uri()
+    );
     println!("  SMS simulator   {} (webhook)", sms.webhook_url());
 
     let mut cfg = demo_config(&opts.amqp_url);
     cfg.apns = apns.config();
-    cfg.fcm = fcm.write_config_files(&dir.join("fcm")).context("writing the FCM service account")?;
+    std::fs::create_dir_all(dir.join("fcm"))?;
+    cfg.fcm = fcm
+        .write_config_files(&dir.join("fcm"))
+        .context("writing the FCM service account")?;
     cfg.sms = sms.config(Shape::Webhook);
     cfg.limits.challenges_per_minute = 3;
     cfg.limits.challenge_burst = 3;
@@ -246,45 +351,101 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         anyhow::bail!("the daemon could not connect to RabbitMQ");
     }
     // Leftovers of an interrupted earlier run would confuse the timelines.
-    let _ = broker.ch.queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default()).await;
-    println!("  daemon          http://{} (metrics http://{}/metrics), queues {}.*\n", daemon.http_addr, daemon.metrics_addr, "sca-demo");
+    let _ = broker
+        .ch
+        .queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default())
+        .await;
+    println!(
+        "  daemon          http://{} (metrics http://{}/metrics), queues sca-demo.*\n",
+        daemon.http_addr, daemon.metrics_addr
+    );
 
     let tl = Arc::new(Timeline::default());
-    let conn2 = Connection::connect(&cfg.amqp.url, ConnectionProperties::default().with_executor(tokio_executor_trait::Tokio::current()).with_reactor(tokio_reactor_trait::Tokio)).await?;
-    let observers = observe(tl.clone(), apns.clone(), fcm.clone(), &sms, tap(&conn2, &cfg.amqp.outcomes_exchange).await?, tap(&conn2, &cfg.amqp.events_exchange).await?);
+    let conn2 = Connection::connect(
+        &cfg.amqp.url,
+        ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio),
+    )
+    .await?;
+    let observers = observe(
+        tl.clone(),
+        apns.clone(),
+        fcm.clone(),
+        &sms,
+        tap(&conn2, &cfg.amqp.outcomes_exchange).await?,
+        tap(&conn2, &cfg.amqp.events_exchange).await?,
+    );
     let http = Http {
         base: format!("http://{}", daemon.http_addr),
-        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
     };
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let mut results: Vec<(&str, String, String, bool)> = Vec::new();
     let outcome_of = |id: &str| {
         let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
-        l.get(id).and_then(|v| v.iter().find_map(|(_, w)| w.strip_prefix("OUTCOME ").map(|s| s.split_whitespace().next().unwrap_or("").trim_matches('"').to_string())))
+        l.get(id).and_then(|v| {
+            v.iter().find_map(|(_, w)| {
+                w.strip_prefix("OUTCOME ").map(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_string()
+                })
+            })
+        })
     };
     let pushes_for = |id: &str| {
         let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
-        l.get(id).map(|v| v.iter().filter(|(_, w)| w.contains(" push")).count()).unwrap_or(0)
+        l.get(id)
+            .map(|v| v.iter().filter(|(_, w)| w.contains(" push")).count())
+            .unwrap_or(0)
     };
 
     // 1. A login pushed to two devices, approved on one, withdrawn from the other.
     let id = format!("demo-{run_id}-login");
     println!("1. Login pushed to iPhone (APNs) and Pixel (FCM), approved on the Pixel");
-    broker.publish(challenge(&id, "mario", "login").to_string().as_bytes()).await?;
+    broker
+        .publish(challenge(&id, "mario", "login").to_string().as_bytes())
+        .await?;
     tl.note(&id, "published to sca-demo.challenges");
     until(10, || pushes_for(&id) >= 2).await;
-    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-pixel", "decision": "approve"}))).await?;
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
+        )
+        .await?;
     tl.note(&id, format!("Pixel approves: POST /decision → {st} {b}"));
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-iphone", "decision": "deny"}))).await?;
-    tl.note(&id, format!("iPhone answers late: POST /decision → {st} {b}"));
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
+        )
+        .await?;
+    tl.note(
+        &id,
+        format!("iPhone answers late: POST /decision → {st} {b}"),
+    );
     tl.print(&id);
-    results.push(("login approved on one device", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("approved")));
+    results.push((
+        "login approved on one device",
+        id.clone(),
+        outcome_of(&id).unwrap_or_default(),
+        outcome_of(&id).as_deref() == Some("approved"),
+    ));
 
     // 2. A payment whose push goes unanswered, then approved by SMS code.
     let id = format!("demo-{run_id}-payment");
-    println!("\n2. Payment of 125,40 € to Mario Rossi: push unanswered, SMS after 2 s, code entered");
+    println!(
+        "\n2. Payment of 125,40 € to Mario Rossi: push unanswered, SMS after 2 s, code entered"
+    );
     let mut c = challenge(&id, "lucia", "payment");
     c["transaction"] = json!({"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"});
     c["sms"]["fallback_after_seconds"] = json!(2);
@@ -303,27 +464,68 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     .await
     .ok()
     .flatten();
-    let code = msg.as_ref().and_then(|m| m.text.split(|ch: char| !ch.is_ascii_digit()).find(|w| w.len() == 6).map(String::from)).unwrap_or_default();
-    let sms_ok = msg.as_ref().is_some_and(|m| m.text.contains("125,40 €") && m.text.contains("Mario Rossi"));
-    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/otp"), Some(json!({"code": code}))).await?;
-    tl.note(&id, format!("backend relays the code: POST /otp → {st} {b}"));
+    let code = msg
+        .as_ref()
+        .and_then(|m| {
+            m.text
+                .split(|ch: char| !ch.is_ascii_digit())
+                .find(|w| w.len() == 6)
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let sms_ok = msg
+        .as_ref()
+        .is_some_and(|m| m.text.contains("125,40 €") && m.text.contains("Mario Rossi"));
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{id}/otp"),
+            Some(json!({"code": code})),
+        )
+        .await?;
+    tl.note(
+        &id,
+        format!("backend relays the code: POST /otp → {st} {b}"),
+    );
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tl.print(&id);
-    results.push(("payment approved by SMS code", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("approved") && sms_ok));
+    results.push((
+        "payment approved by SMS code",
+        id.clone(),
+        outcome_of(&id).unwrap_or_default(),
+        outcome_of(&id).as_deref() == Some("approved") && sms_ok,
+    ));
 
     // 3. A denial.
     let id = format!("demo-{run_id}-deny");
     println!("\n3. Device binding denied on the iPhone");
-    broker.publish(challenge(&id, "anna", "device_binding").to_string().as_bytes()).await?;
+    broker
+        .publish(
+            challenge(&id, "anna", "device_binding")
+                .to_string()
+                .as_bytes(),
+        )
+        .await?;
     tl.note(&id, "published");
     until(10, || pushes_for(&id) >= 2).await;
-    let (st, b) = http.call("POST", &format!("/v1/challenges/{id}/decision"), Some(json!({"device_id": "d-iphone", "decision": "deny"}))).await?;
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
+        )
+        .await?;
     tl.note(&id, format!("iPhone denies: POST /decision → {st} {b}"));
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tl.print(&id);
-    results.push(("denied", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("denied")));
+    results.push((
+        "denied",
+        id.clone(),
+        outcome_of(&id).unwrap_or_default(),
+        outcome_of(&id).as_deref() == Some("denied"),
+    ));
 
     // 4. An expiry.
     let id = format!("demo-{run_id}-expiry");
@@ -337,18 +539,31 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     until(15, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tl.print(&id);
-    results.push(("expired", id.clone(), outcome_of(&id).unwrap_or_default(), outcome_of(&id).as_deref() == Some("expired")));
+    results.push((
+        "expired",
+        id.clone(),
+        outcome_of(&id).unwrap_or_default(),
+        outcome_of(&id).as_deref() == Some("expired"),
+    ));
 
     // 5. A user hitting the rate limit (3 challenges in a burst are allowed).
     println!("\n5. One user sends 4 challenges at once: the 4th is rate limited; the others are cancelled");
     let ids: Vec<String> = (1..=4).map(|i| format!("demo-{run_id}-busy-{i}")).collect();
     for id in &ids {
-        broker.publish(challenge(id, &format!("busy-{run_id}"), "login").to_string().as_bytes()).await?;
+        broker
+            .publish(
+                challenge(id, &format!("busy-{run_id}"), "login")
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await?;
         tl.note(id, "published");
     }
     until(10, || outcome_of(&ids[3]).is_some()).await;
     for id in &ids[..3] {
-        let (st, b) = http.call("DELETE", &format!("/v1/challenges/{id}"), None).await?;
+        let (st, b) = http
+            .call("DELETE", &format!("/v1/challenges/{id}"), None)
+            .await?;
         tl.note(id, format!("backend cancels: DELETE → {st} {b}"));
     }
     until(10, || ids.iter().all(|id| outcome_of(id).is_some())).await;
@@ -357,7 +572,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         println!("  {id}");
         tl.print(id);
     }
-    results.push(("rate limited", ids[3].clone(), outcome_of(&ids[3]).unwrap_or_default(), outcome_of(&ids[3]).as_deref() == Some("rate_limited")));
+    results.push((
+        "rate limited",
+        ids[3].clone(),
+        outcome_of(&ids[3]).unwrap_or_default(),
+        outcome_of(&ids[3]).as_deref() == Some("rate_limited"),
+    ));
 
     // 6. A malformed message dead-lettered with its reason.
     let id = format!("demo-{run_id}-malformed");
@@ -368,29 +588,60 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     tl.note(&id, "published");
     let mut reason = None;
     for _ in 0..100 {
-        if let Some(d) = broker.ch.basic_get(&cfg.amqp.dead_queue, BasicGetOptions { no_ack: true }).await? {
-            reason = d.delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-sca-reason") {
-                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
-                _ => None,
+        if let Some(d) = broker
+            .ch
+            .basic_get(&cfg.amqp.dead_queue, BasicGetOptions { no_ack: true })
+            .await?
+        {
+            reason = d.delivery.properties.headers().as_ref().and_then(|h| {
+                match h.inner().get("x-sca-reason") {
+                    Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+                    _ => None,
+                }
             });
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tl.note(&id, format!("in {}: x-sca-reason = {}", cfg.amqp.dead_queue, reason.clone().unwrap_or_else(|| "(none)".into())));
+    tl.note(
+        &id,
+        format!(
+            "in {}: x-sca-reason = {}",
+            cfg.amqp.dead_queue,
+            reason.clone().unwrap_or_else(|| "(none)".into())
+        ),
+    );
     until(5, || outcome_of(&id).is_some()).await;
     tl.print(&id);
-    results.push(("dead-lettered", id.clone(), reason.clone().unwrap_or_default(), reason.is_some_and(|r| r.contains("ttl_seconds")) && outcome_of(&id).as_deref() == Some("rejected")));
+    results.push((
+        "dead-lettered",
+        id.clone(),
+        reason.clone().unwrap_or_default(),
+        reason.is_some_and(|r| r.contains("ttl_seconds"))
+            && outcome_of(&id).as_deref() == Some("rejected"),
+    ));
 
     println!("\nSummary");
     let mut all = true;
     for (what, id, got, ok) in &results {
         all &= *ok;
-        println!("  {} {what:<30} {id:<32} {got}", if *ok { "✔" } else { "✘" });
+        println!(
+            "  {} {what:<30} {id:<32} {got}",
+            if *ok { "✔" } else { "✘" }
+        );
     }
 
     if let Some(rate) = opts.load {
-        crate::loadgen::demo_load(&broker.ch, &cfg, &http.base, fcm.clone(), rate, opts.duration, &daemon).await?;
+        crate::loadgen::demo_load(
+            &broker.ch,
+            &cfg,
+            &http.base,
+            fcm.clone(),
+            rate,
+            opts.duration,
+            &daemon,
+        )
+        .await?;
     }
 
     for t in observers {
@@ -398,11 +649,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     }
     daemon.shutdown();
     daemon.wait().await;
-    for q in [&cfg.amqp.challenges_queue, &cfg.amqp.responses_queue, &cfg.amqp.dead_queue] {
-        let _ = broker.ch.queue_delete(q, QueueDeleteOptions::default()).await;
+    for q in [
+        &cfg.amqp.challenges_queue,
+        &cfg.amqp.responses_queue,
+        &cfg.amqp.dead_queue,
+    ] {
+        let _ = broker
+            .ch
+            .queue_delete(q, QueueDeleteOptions::default())
+            .await;
     }
     sms.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("\n{}", if all { "All scenarios ended as expected." } else { "Some scenarios did not end as expected." });
+    println!(
+        "\n{}",
+        if all {
+            "All scenarios ended as expected."
+        } else {
+            "Some scenarios did not end as expected."
+        }
+    );
     Ok(all)
 }

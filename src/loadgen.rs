@@ -87,9 +87,16 @@ impl Run {
 
     /// A challenge with two devices, APNs and FCM in alternating order, for user `seq`.
     pub fn challenge(&self, seq: u64, ttl_seconds: u64) -> Vec<u8> {
-        let apns = json!({"device_id": "ios", "platform": "apns", "token": format!("{:064x}", seq + 1)});
-        let fcm = json!({"device_id": "android", "platform": "fcm", "token": format!("load-{seq}")});
-        let devices = if seq % 2 == 0 { vec![apns, fcm] } else { vec![fcm, apns] };
+        let apns =
+            json!({"device_id": "ios", "platform": "apns", "token": format!("{:064x}", seq + 1)});
+        let fcm =
+            json!({"device_id": "android", "platform": "fcm", "token": format!("load-{seq}")});
+        let devices = if seq % 2 == 0 {
+            vec![apns, fcm]
+        } else {
+            vec![fcm, apns]
+        };
+        let locale = ["it", "en", "sq"][(seq % 3) as usize];
         json!({
             "v": 1,
             "challenge_id": self.id(seq),
@@ -97,7 +104,7 @@ impl Run {
             "kind": if seq % 3 == 0 { "payment" } else { "login" },
             "created_at": rfc3339_ms(now_ms()),
             "ttl_seconds": ttl_seconds,
-            "locale": ["it", "en", "sq"][(seq % 3) as usize],
+            "locale": locale,
             "transaction": {"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"},
             "devices": devices,
         })
@@ -107,10 +114,20 @@ impl Run {
 
     /// Publishes `total` challenges (flat out when `rate` is `None`, else at `rate`/s),
     /// keeping at most 1,000 publishes awaiting their confirm.
-    pub async fn publish(self: &Arc<Self>, ch: &Channel, queue: &str, rate: Option<f64>, total: u64, ttl_seconds: u64, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn publish(
+        self: &Arc<Self>,
+        ch: &Channel,
+        queue: &str,
+        rate: Option<f64>,
+        total: u64,
+        ttl_seconds: u64,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let mut inflight = FuturesUnordered::new();
         let started = Instant::now();
-        let props = BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
         for seq in 0..total {
             if *stop.borrow() {
                 break;
@@ -128,7 +145,15 @@ impl Run {
             }
             let body = self.challenge(seq, ttl_seconds);
             self.published_at.insert(seq, Instant::now());
-            let confirm = ch.basic_publish("", queue, BasicPublishOptions::default(), &body, props.clone()).await?;
+            let confirm = ch
+                .basic_publish(
+                    "",
+                    queue,
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.clone(),
+                )
+                .await?;
             self.published.fetch_add(1, Ordering::Relaxed);
             inflight.push(confirm);
         }
@@ -140,10 +165,17 @@ impl Run {
 
     /// Simulated devices: when a challenge's push reaches the FCM simulator, the device
     /// approves it over HTTP after `decide_after` (`None`: nobody answers).
-    pub async fn devices(self: &Arc<Self>, mut feed: broadcast::Receiver<RecordedMessage>, base: String, decide_after: Option<Duration>, concurrency: usize) {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(concurrency)
-            .build_http::<http_body_util::Full<bytes::Bytes>>();
+    pub async fn devices(
+        self: &Arc<Self>,
+        mut feed: broadcast::Receiver<RecordedMessage>,
+        base: String,
+        decide_after: Option<Duration>,
+        concurrency: usize,
+    ) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(concurrency)
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
         let slots = Arc::new(Semaphore::new(concurrency));
         loop {
             let m = match feed.recv().await {
@@ -158,13 +190,16 @@ impl Run {
             if data["type"] != "challenge" {
                 continue;
             }
-            let Some(seq) = data["challenge_id"].as_str().and_then(|id| self.seq(id)) else { continue };
+            let Some(seq) = data["challenge_id"].as_str().and_then(|id| self.seq(id)) else {
+                continue;
+            };
             if self.first_push.insert(seq, ()).is_some() {
                 continue;
             }
             self.pushed.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = self.published_at.get(&seq) {
-                self.publish_to_push.record(m.received_at.saturating_duration_since(*t));
+                self.publish_to_push
+                    .record(m.received_at.saturating_duration_since(*t));
             }
             let Some(delay) = decide_after else { continue };
             let run = self.clone();
@@ -173,10 +208,14 @@ impl Run {
             let url = format!("{base}/v1/challenges/{}/decision", self.id(seq));
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let Ok(_permit) = slots.acquire().await else { return };
+                let Ok(_permit) = slots.acquire().await else {
+                    return;
+                };
                 let req = hyper::Request::post(url)
                     .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"device_id":"android","decision":"approve"}"#)));
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"device_id":"android","decision":"approve"}"#,
+                    )));
                 let Ok(req) = req else { return };
                 run.decided_at.insert(seq, Instant::now());
                 if let Ok(resp) = client.request(req).await {
@@ -194,12 +233,16 @@ impl Run {
         while let Some(Ok(d)) = consumer.next().await {
             let now = Instant::now();
             let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-            let Some(seq) = v["challenge_id"].as_str().and_then(|id| self.seq(id)) else { continue };
+            let Some(seq) = v["challenge_id"].as_str().and_then(|id| self.seq(id)) else {
+                continue;
+            };
             if let Some(t) = self.decided_at.get(&seq) {
-                self.decision_to_outcome.record(now.saturating_duration_since(*t));
+                self.decision_to_outcome
+                    .record(now.saturating_duration_since(*t));
             }
             if let Some((_, t)) = self.published_at.remove(&seq) {
-                self.publish_to_outcome.record(now.saturating_duration_since(t));
+                self.publish_to_outcome
+                    .record(now.saturating_duration_since(t));
             }
             self.decided_at.remove(&seq);
             self.first_push.remove(&seq);
@@ -222,26 +265,65 @@ pub async fn demo_load(
     daemon: &crate::daemon::Daemon,
 ) -> anyhow::Result<()> {
     println!("\nLoad: {rate} challenges/s from simulated users; devices approve 200 ms after their push. Ctrl-C stops.");
-    println!("{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}", "t (s)", "published", "pushed", "outcomes", "in flight", "pub→push p50/p99", "decide→out p50/p99");
+    println!(
+        "{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}",
+        "t (s)",
+        "published",
+        "pushed",
+        "outcomes",
+        "in flight",
+        "pub→push p50/p99",
+        "decide→out p50/p99"
+    );
     let run = Run::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = {
         let c = ch.clone();
         let q = c
-            .queue_declare("", lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, Default::default())
+            .queue_declare(
+                "",
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
             .await?;
-        c.queue_bind(q.name().as_str(), &cfg.amqp.outcomes_exchange, "#", Default::default(), Default::default()).await?;
-        c.basic_consume(q.name().as_str(), "", lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() }, Default::default())
-            .await?
+        c.queue_bind(
+            q.name().as_str(),
+            &cfg.amqp.outcomes_exchange,
+            "#",
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+        c.basic_consume(
+            q.name().as_str(),
+            "",
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?
     };
     let r = run.clone();
     let outcomes = tokio::spawn(async move { r.outcomes(consumer, u64::MAX).await });
     let r = run.clone();
-    let devices = tokio::spawn(r.devices(fcm.subscribe(), base.to_string(), Some(Duration::from_millis(200)), 256));
+    let (feed, base) = (fcm.subscribe(), base.to_string());
+    let devices = tokio::spawn(async move {
+        r.devices(feed, base, Some(Duration::from_millis(200)), 256)
+            .await
+    });
     let r = run.clone();
     let pch = ch.clone();
     let queue = cfg.amqp.challenges_queue.clone();
-    let publisher = tokio::spawn(async move { r.publish(&pch, &queue, Some(rate as f64), u64::MAX, 120, stop_rx).await });
+    let publisher = tokio::spawn(async move {
+        r.publish(&pch, &queue, Some(rate as f64), u64::MAX, 120, stop_rx)
+            .await
+    });
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -253,14 +335,27 @@ pub async fn demo_load(
             _ = tick.tick() => {}
             _ = &mut ctrl_c => break,
         }
-        let (p, pu, o) = (run.published.load(Ordering::Relaxed), run.pushed.load(Ordering::Relaxed), run.outcomes.load(Ordering::Relaxed));
+        let (p, pu, o) = (
+            run.published.load(Ordering::Relaxed),
+            run.pushed.load(Ordering::Relaxed),
+            run.outcomes.load(Ordering::Relaxed),
+        );
         let mut a = run.publish_to_push.take();
         let mut b = run.decision_to_outcome.take();
         let fmt = |s: &mut [u32]| match (quantile_ms(s, 0.5), quantile_ms(s, 0.99)) {
             (Some(x), Some(y)) => format!("{x:.1}/{y:.1} ms"),
             _ => "-".into(),
         };
-        println!("{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}", started.elapsed().as_secs(), p - last_p, pu - last_push, o - last_o, daemon.engine.pending(), fmt(&mut a), fmt(&mut b));
+        println!(
+            "{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}",
+            started.elapsed().as_secs(),
+            p - last_p,
+            pu - last_push,
+            o - last_o,
+            daemon.engine.pending(),
+            fmt(&mut a),
+            fmt(&mut b)
+        );
         (last_p, last_push, last_o) = (p, pu, o);
         if duration.is_some_and(|d| started.elapsed() >= d) {
             break;

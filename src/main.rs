@@ -33,7 +33,11 @@ enum Cmd {
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
     Demo {
         /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
-        #[arg(long, env = "SCA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        #[arg(
+            long,
+            env = "SCA_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
         amqp_url: String,
         /// After the scenarios, keep running with this many challenges per second.
         #[arg(long)]
@@ -116,8 +120,12 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
-        Cmd::Demo { amqp_url, load, duration } => {
-            sca_dispatch::telemetry::init_tracing("text", "error");
+        Cmd::Demo {
+            amqp_url,
+            load,
+            duration,
+        } => {
+            sca_dispatch::telemetry::init_tracing("text", "error,lapin=off");
             let opts = sca_dispatch::demo::DemoOptions {
                 amqp_url,
                 load,

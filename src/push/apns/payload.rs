@@ -1,0 +1,272 @@
+//! What one APNs request carries (CONTRACT §6): the path, the `apns-*` headers and the
+//! JSON payload, for a challenge alert or a withdrawal, and the size checks Apple
+//! enforces (payload ≤ 4096 bytes, collapse id ≤ 64 bytes), made before sending.
+//!
+//! The payload is serialized with our own serde structs rather than `a2`'s
+//! `Payload`/`APS`: `a2` 0.10's `APS` has no `interruption-level` field (we must send
+//! `"time-sensitive"`), and its custom-data map would not let the `aps` object carry it.
+
+use crate::push::{PushContent, PushMessage};
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Apple's limit for a regular (non-VoIP) push payload.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+/// Apple's limit for `apns-collapse-id`.
+pub const MAX_COLLAPSE_ID_BYTES: usize = 64;
+/// Device tokens are hex; Apple's are 64 digits today and may grow, so allow up to 200.
+pub const MAX_TOKEN_LEN: usize = 200;
+
+/// A push that cannot be sent as built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is {0} bytes, APNs accepts at most 4096")]
+    TooLarge(usize),
+    #[error("collapse id (challenge id) is {0} bytes, APNs accepts at most 64")]
+    CollapseIdTooLong(usize),
+    #[error("device token is not 1–200 hex digits")]
+    BadToken,
+}
+
+/// A request ready to be sent (any number of times: everything is cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ApnsRequest {
+    /// `/3/device/{token}`.
+    pub path: String,
+    pub push_type: &'static str,
+    pub priority: &'static str,
+    /// Unix seconds, as text.
+    pub expiration: String,
+    pub collapse_id: Option<String>,
+    pub body: Bytes,
+}
+
+#[derive(Serialize)]
+struct Alert<'a> {
+    title: &'a str,
+    body: &'a str,
+}
+
+#[derive(Serialize)]
+struct AlertAps<'a> {
+    alert: Alert<'a>,
+    category: &'static str,
+    #[serde(rename = "interruption-level")]
+    interruption_level: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChallengePayload<'a> {
+    aps: AlertAps<'a>,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    challenge_id: &'a str,
+    kind: &'static str,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    number_choices: Option<[u8; 3]>,
+}
+
+#[derive(Serialize)]
+struct BackgroundAps {
+    #[serde(rename = "content-available")]
+    content_available: u8,
+}
+
+#[derive(Serialize)]
+struct WithdrawPayload<'a> {
+    aps: BackgroundAps,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    challenge_id: &'a str,
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T19:42:00.000Z`.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether a device token can go in the request path as is.
+pub fn token_is_valid(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Builds the request for `msg`, checking Apple's limits first.
+pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
+    if !token_is_valid(&msg.token) {
+        return Err(PayloadError::BadToken);
+    }
+    let path = format!("/3/device/{}", msg.token);
+    let (push_type, priority, collapse_id, body) = match &msg.content {
+        PushContent::Challenge {
+            title,
+            body,
+            number_choices,
+        } => {
+            if msg.challenge_id.len() > MAX_COLLAPSE_ID_BYTES {
+                return Err(PayloadError::CollapseIdTooLong(msg.challenge_id.len()));
+            }
+            let p = ChallengePayload {
+                aps: AlertAps {
+                    alert: Alert { title, body },
+                    category: "SCA_CHALLENGE",
+                    interruption_level: "time-sensitive",
+                },
+                ty: "challenge",
+                challenge_id: &msg.challenge_id,
+                kind: msg.kind.as_str(),
+                expires_at: rfc3339_ms(msg.expires_at_ms),
+                number_choices: *number_choices,
+            };
+            (
+                "alert",
+                "10",
+                Some(msg.challenge_id.to_string()),
+                to_json(&p),
+            )
+        }
+        PushContent::Withdraw => {
+            let p = WithdrawPayload {
+                aps: BackgroundAps {
+                    content_available: 1,
+                },
+                ty: "withdraw",
+                challenge_id: &msg.challenge_id,
+            };
+            ("background", "5", None, to_json(&p))
+        }
+    };
+    if body.len() > MAX_PAYLOAD_BYTES {
+        return Err(PayloadError::TooLarge(body.len()));
+    }
+    // apns-expiration: the challenge's expiry; a withdrawal sent after it gets 0
+    // ("deliver now or never") rather than a date in the past.
+    let expiration = if msg.is_withdraw() && msg.expires_at_ms <= now_ms() {
+        "0".to_string()
+    } else {
+        (msg.expires_at_ms.max(0) / 1000).to_string()
+    };
+    Ok(ApnsRequest {
+        path,
+        push_type,
+        priority,
+        expiration,
+        collapse_id,
+        body: Bytes::from(body),
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs of strings and integers cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Wall-clock Unix milliseconds (challenge expiries are wall-clock instants).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::model::Kind;
+    use std::sync::Arc;
+
+    fn msg(content: PushContent) -> PushMessage {
+        PushMessage {
+            challenge_id: "01JD3F6Y8W0QZ5N4B7K2M9XH1C".into(),
+            kind: Kind::Payment,
+            device_id: "d-iphone".into(),
+            token: "ab".repeat(32).into(),
+            content,
+            expires_at_ms: 4_102_444_800_000, // 2100-01-01T00:00:00Z
+        }
+    }
+
+    fn challenge(number_choices: Option<[u8; 3]>) -> PushContent {
+        PushContent::Challenge {
+            title: Arc::from("Conferma pagamento"),
+            body: Arc::from("125,40 € a Mario Rossi"),
+            number_choices,
+        }
+    }
+
+    #[test]
+    fn challenge_alert_is_built_as_the_contract_says() {
+        let r = build(&msg(challenge(Some([12, 47, 83])))).unwrap();
+        assert_eq!(r.path, format!("/3/device/{}", "ab".repeat(32)));
+        assert_eq!(r.push_type, "alert");
+        assert_eq!(r.priority, "10");
+        assert_eq!(r.expiration, "4102444800");
+        assert_eq!(r.collapse_id.as_deref(), Some("01JD3F6Y8W0QZ5N4B7K2M9XH1C"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "aps": {
+                    "alert": {"title": "Conferma pagamento", "body": "125,40 € a Mario Rossi"},
+                    "category": "SCA_CHALLENGE",
+                    "interruption-level": "time-sensitive"
+                },
+                "type": "challenge",
+                "challenge_id": "01JD3F6Y8W0QZ5N4B7K2M9XH1C",
+                "kind": "payment",
+                "expires_at": "2100-01-01T00:00:00.000Z",
+                "number_choices": [12, 47, 83]
+            })
+        );
+        let r = build(&msg(challenge(None))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v.get("number_choices").is_none());
+    }
+
+    #[test]
+    fn withdrawal_is_a_background_push() {
+        let r = build(&msg(PushContent::Withdraw)).unwrap();
+        assert_eq!(r.push_type, "background");
+        assert_eq!(r.priority, "5");
+        assert_eq!(r.collapse_id, None);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "aps": {"content-available": 1},
+                "type": "withdraw",
+                "challenge_id": "01JD3F6Y8W0QZ5N4B7K2M9XH1C"
+            })
+        );
+        // Sent after the challenge expired: expiration 0, not a date in the past.
+        let mut m = msg(PushContent::Withdraw);
+        m.expires_at_ms = now_ms() - 1000;
+        assert_eq!(build(&m).unwrap().expiration, "0");
+    }
+
+    #[test]
+    fn limits_are_checked_before_sending() {
+        let big = PushContent::Challenge {
+            title: Arc::from("t"),
+            body: Arc::from("x".repeat(4000)),
+            number_choices: None,
+        };
+        assert!(matches!(
+            build(&msg(big)),
+            Err(PayloadError::TooLarge(n)) if n > 4096
+        ));
+        let mut m = msg(challenge(None));
+        m.challenge_id = "c".repeat(65).into();
+        assert_eq!(build(&m).unwrap_err(), PayloadError::CollapseIdTooLong(65));
+        m.challenge_id = "c".repeat(64).into();
+        assert!(build(&m).is_ok());
+        for bad in ["", "zz", "ab/../x", &"a".repeat(201)] {
+            let mut m = msg(challenge(None));
+            m.token = bad.into();
+            assert_eq!(build(&m).unwrap_err(), PayloadError::BadToken, "{bad:?}");
+        }
+        let e = PayloadError::TooLarge(5000).to_string();
+        assert!(e.contains("5000") && e.contains("4096"));
+    }
+}

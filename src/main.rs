@@ -61,6 +61,9 @@ enum Sim {
     Fcm(SimArgs),
     /// SMS gateways (twilio and webhook shapes).
     Sms(SimArgs),
+    /// A bare HTTP server: the benchmark's baseline for the decision endpoint.
+    #[command(hide = true)]
+    HttpBaseline(SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -144,6 +147,9 @@ fn main() -> anyhow::Result<()> {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
                     Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,
                     Sim::Sms(a) => sca_dispatch::sim::sms::run_standalone(a.addr, a.dir).await,
+                    Sim::HttpBaseline(a) => {
+                        sca_dispatch::sim::http_baseline::run_standalone(a.addr).await
+                    }
                 }
             })
         }

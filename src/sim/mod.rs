@@ -4,4 +4,5 @@
 
 pub mod apns;
 pub mod fcm;
+pub mod http_baseline;
 pub mod sms;

@@ -344,6 +344,11 @@ async fn stream_limits_are_respected_under_load() {
         ..Default::default()
     };
     let (sim, provider) = setup_with(opts, |c| c.connections = 2).await;
+    let waited = Instant::now();
+    while provider.connections_live() < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "not connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let provider = Arc::new(provider);
     let mut tasks = Vec::new();
     for n in 0..40u8 {
@@ -425,4 +430,30 @@ async fn pushes_in_flight_during_a_goaway_are_delivered() {
     assert_eq!(sim.delivered_count(), 60);
     assert!(provider.connections_opened() >= 3, "replacements opened");
     assert!(sim.connections() <= 4, "no reconnect loop");
+}
+
+#[tokio::test]
+async fn queued_pushes_move_to_a_connection_that_comes_up_later() {
+    // One stream per connection: pushes queue from the start, while the second
+    // connection is still being set up.
+    let opts = ApnsSimOptions {
+        max_concurrent_streams: 1,
+        ..Default::default()
+    };
+    let (sim, provider) = setup_with(opts, |c| c.connections = 2).await;
+    let provider = Arc::new(provider);
+    let mut tasks = Vec::new();
+    for n in 0..20u8 {
+        sim.script(&token(n), Behaviour::Latency(Duration::from_millis(30)));
+        let p = provider.clone();
+        tasks.push(tokio::spawn(async move {
+            p.send(challenge(&token(n), Duration::from_secs(30))).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), PushResult::Delivered);
+    }
+    assert_eq!(sim.total(), 20, "never over the server's stream limit");
+    let used: std::collections::HashSet<u64> = sim.pushes().iter().map(|p| p.connection).collect();
+    assert_eq!(used.len(), 2, "both connections carry pushes");
 }

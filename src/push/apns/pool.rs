@@ -193,15 +193,22 @@ impl Pool {
                 fallback.get_or_insert(conn);
             }
             match fallback {
-                // Every live connection is at its stream limit: queue on one.
+                // Every live connection is at its stream limit: queue on one, unless
+                // another connection comes up meanwhile.
                 Some(conn) => {
-                    if let Ok(permit) = conn.streams.clone().acquire_owned().await {
-                        return Lease {
-                            sender: conn.sender.clone(),
-                            _permit: permit,
-                        };
+                    tokio::select! {
+                        biased;
+                        permit = conn.streams.clone().acquire_owned() => {
+                            if let Ok(permit) = permit {
+                                return Lease {
+                                    sender: conn.sender.clone(),
+                                    _permit: permit,
+                                };
+                            }
+                            // Closed while waiting: the connection died; look again.
+                        }
+                        _ = notified.as_mut() => {}
                     }
-                    // Closed while waiting: the connection died; look again.
                 }
                 None => notified.await,
             }

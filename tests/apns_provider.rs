@@ -344,6 +344,11 @@ async fn stream_limits_are_respected_under_load() {
         ..Default::default()
     };
     let (sim, provider) = setup_with(opts, |c| c.connections = 2).await;
+    let waited = Instant::now();
+    while provider.connections_live() < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "not connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let provider = Arc::new(provider);
     let mut tasks = Vec::new();
     for n in 0..40u8 {
@@ -379,7 +384,6 @@ async fn an_unreachable_endpoint_fails_the_push_by_its_expiry() {
     let deadline = msg.expires_at_ms;
     assert_eq!(provider.send(msg).await, PushResult::Failed);
     assert!(now_ms() <= deadline + 200 + 250);
-    // Reconnects back off: a handful of attempts in a second, not a tight loop.
     assert_eq!(provider.connections_live(), 0);
 }
 
@@ -425,4 +429,58 @@ async fn pushes_in_flight_during_a_goaway_are_delivered() {
     assert_eq!(sim.delivered_count(), 60);
     assert!(provider.connections_opened() >= 3, "replacements opened");
     assert!(sim.connections() <= 4, "no reconnect loop");
+}
+
+#[tokio::test]
+async fn queued_pushes_move_to_a_connection_that_comes_up_later() {
+    // One stream per connection: pushes queue from the start, while the second
+    // connection is still being set up.
+    let opts = ApnsSimOptions {
+        max_concurrent_streams: 1,
+        ..Default::default()
+    };
+    let (sim, provider) = setup_with(opts, |c| c.connections = 2).await;
+    let provider = Arc::new(provider);
+    let mut tasks = Vec::new();
+    for n in 0..20u8 {
+        sim.script(&token(n), Behaviour::Latency(Duration::from_millis(30)));
+        let p = provider.clone();
+        tasks.push(tokio::spawn(async move {
+            p.send(challenge(&token(n), Duration::from_secs(30))).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), PushResult::Delivered);
+    }
+    assert_eq!(sim.total(), 20, "never over the server's stream limit");
+    let used: std::collections::HashSet<u64> = sim.pushes().iter().map(|p| p.connection).collect();
+    assert_eq!(used.len(), 2, "both connections carry pushes");
+}
+
+#[tokio::test]
+async fn failing_connections_are_retried_with_backoff_not_in_a_loop() {
+    // A server that accepts TCP and hangs up at once: every TLS handshake fails.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let sim = ApnsSim::start(ApnsSimOptions::default()).await.unwrap();
+    let mut cfg = sim.config();
+    cfg.endpoint = format!("https://{addr}");
+    cfg.connections = 1;
+    let provider = ApnsProvider::new(&cfg).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // Backoff 125–250 ms, doubling: at most ~5 attempts in 1.5 s; a loop would make
+    // thousands.
+    assert!((2..=8).contains(&n), "{n} connection attempts in 1.5 s");
+    assert_eq!(provider.connections_live(), 0);
+    drop(provider);
+    server.abort();
 }

@@ -374,7 +374,15 @@ async fn files_are_written_and_temporary_ones_removed() {
     );
     assert!(jwt::load_key(&sim.key_path().display().to_string()).is_ok());
     let toml = sim.config_toml();
-    assert!(toml.starts_with("[apns]\n") && toml.contains(&sim.endpoint()));
+    assert!(toml.starts_with("[apns]\n"));
+    // The printed section is a valid configuration pointing at this simulator.
+    let cfg = sca_dispatch::config::Config::from_toml_with_env(&toml, "sim.toml", &[]).unwrap();
+    assert_eq!(cfg.apns.endpoint, sim.endpoint());
+    assert_eq!(cfg.apns.ca_file, sim.ca_pem_path().display().to_string());
+    assert_eq!(cfg.apns.key_file, sim.key_path().display().to_string());
+    assert_eq!(cfg.apns.key_id, sim.key_id());
+    assert_eq!(cfg.apns.team_id, sim.team_id());
+    assert_eq!(cfg.apns.topic, sim.topic());
     sim.shutdown().await;
     assert!(!dir.exists());
 

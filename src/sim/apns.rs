@@ -285,14 +285,16 @@ impl ApnsSim {
 
     /// The `[apns]` section for a configuration file.
     pub fn config_toml(&self) -> String {
+        // TOML string literals, quoted and escaped by the toml crate.
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         format!(
-            "[apns]\nendpoint = \"{}\"\nca_file = \"{}\"\nkey_file = \"{}\"\nkey_id = \"{}\"\nteam_id = \"{}\"\ntopic = \"{}\"\n",
-            self.endpoint(),
-            self.ca_path.display(),
-            self.key_path.display(),
-            self.key_id(),
-            self.team_id(),
-            self.topic()
+            "[apns]\nendpoint = {}\nca_file = {}\nkey_file = {}\nkey_id = {}\nteam_id = {}\ntopic = {}\n",
+            q(&self.endpoint()),
+            q(&self.ca_path.display().to_string()),
+            q(&self.key_path.display().to_string()),
+            q(self.key_id()),
+            q(self.team_id()),
+            q(self.topic())
         )
     }
 

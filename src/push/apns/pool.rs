@@ -3,8 +3,9 @@
 //! with backoff when it fails or receives GOAWAY — never in a tight loop.
 //!
 //! Streams are bounded per connection by a semaphore that follows the server's
-//! SETTINGS_MAX_CONCURRENT_STREAMS (read from the connection each time it is polled, so a
-//! server that raises or lowers the limit later is followed), capped at
+//! SETTINGS_MAX_CONCURRENT_STREAMS (read once the server's SETTINGS arrived, then again
+//! each time the connection dispatches a request, so a server that raises or lowers the
+//! limit later is followed), capped at
 //! [`MAX_STREAMS_PER_CONN`]. Requests take a permit before opening a stream, so hyper's
 //! internal queue of pending streams never grows.
 
@@ -30,6 +31,9 @@ pub const MAX_STREAMS_PER_CONN: usize = 1000;
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const RECONNECT_BASE: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How long a new connection waits for the server's SETTINGS before it is used anyway.
+const SETTINGS_WAIT: Duration = Duration::from_millis(250);
+const SETTINGS_POLL: Duration = Duration::from_millis(2);
 
 type Io = TokioIo<TlsStream<TcpStream>>;
 type Body = Full<Bytes>;
@@ -189,15 +193,22 @@ impl Pool {
                 fallback.get_or_insert(conn);
             }
             match fallback {
-                // Every live connection is at its stream limit: queue on one.
+                // Every live connection is at its stream limit: queue on one, unless
+                // another connection comes up meanwhile.
                 Some(conn) => {
-                    if let Ok(permit) = conn.streams.clone().acquire_owned().await {
-                        return Lease {
-                            sender: conn.sender.clone(),
-                            _permit: permit,
-                        };
+                    tokio::select! {
+                        biased;
+                        permit = conn.streams.clone().acquire_owned() => {
+                            if let Ok(permit) = permit {
+                                return Lease {
+                                    sender: conn.sender.clone(),
+                                    _permit: permit,
+                                };
+                            }
+                            // Closed while waiting: the connection died; look again.
+                        }
+                        _ = notified.as_mut() => {}
                     }
-                    // Closed while waiting: the connection died; look again.
                 }
                 None => notified.await,
             }
@@ -259,34 +270,63 @@ async fn supervise(
             Ok((sender, conn)) => {
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
+                let mut conn = Box::pin(conn);
+                // The handshake does not wait for the server's SETTINGS (hyper processes
+                // frames in a task of its own): check until they have arrived (the stream
+                // limit moves off hyper's initial guess) or briefly at most, so the first
+                // requests already respect the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+                let initial = conn.as_ref().get_ref().current_max_send_streams();
+                let settle = async {
+                    let until = Instant::now() + SETTINGS_WAIT;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = conn.as_mut() => return Some(r),
+                            _ = tokio::time::sleep(SETTINGS_POLL) => {}
+                        }
+                        if conn.as_ref().get_ref().current_max_send_streams() != initial
+                            || Instant::now() >= until
+                        {
+                            return None;
+                        }
+                    }
+                };
+                let settled = tokio::select! {
+                    r = settle => r,
+                    _ = shutdown.changed() => return,
+                };
                 let streams = Arc::new(Semaphore::new(0));
                 let mut limit = StreamLimit {
                     sem: streams.clone(),
                     granted: 0,
                 };
-                *lock(&shared.slots[slot]) = Some(Arc::new(Conn {
-                    id,
-                    sender,
-                    streams: streams.clone(),
-                }));
-                tracing::debug!(slot, conn = id, "apns connection up");
-                let mut conn = Box::pin(conn);
-                let driven = std::future::poll_fn(|cx| {
-                    let r = conn.as_mut().poll(cx);
-                    limit.set(conn.as_ref().get_ref().current_max_send_streams());
-                    r
-                });
-                // Wake waiters only once the first poll granted permits.
-                let notify_first = async {
-                    tokio::task::yield_now().await;
-                    shared.ready.notify_waiters();
-                    std::future::pending::<()>().await
-                };
-                let outcome = tokio::select! {
-                    biased;
-                    r = driven => Some(r),
-                    _ = notify_first => None,
-                    _ = shutdown.changed() => None,
+                let outcome = match settled {
+                    // The connection ended before it could be used.
+                    Some(r) => Some(r),
+                    None => {
+                        limit.set(conn.as_ref().get_ref().current_max_send_streams());
+                        *lock(&shared.slots[slot]) = Some(Arc::new(Conn {
+                            id,
+                            sender,
+                            streams: streams.clone(),
+                        }));
+                        shared.ready.notify_waiters();
+                        tracing::debug!(
+                            slot,
+                            conn = id,
+                            streams = limit.granted,
+                            "apns connection up"
+                        );
+                        let driven = std::future::poll_fn(|cx| {
+                            let r = conn.as_mut().poll(cx);
+                            limit.set(conn.as_ref().get_ref().current_max_send_streams());
+                            r
+                        });
+                        tokio::select! {
+                            r = driven => Some(r),
+                            _ = shutdown.changed() => None,
+                        }
+                    }
                 };
                 {
                     let mut s = lock(&shared.slots[slot]);

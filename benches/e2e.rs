@@ -59,7 +59,7 @@ fn quorum() -> FieldTable {
 }
 
 /// The ceiling: publisher flat out and a bare consumer acking with multiple-acks.
-async fn ceiling(conn: &Connection, run: &Arc<Run>, n: u64) -> anyhow::Result<f64> {
+async fn ceiling(conn: &Connection, run: &Arc<Run>, n: u64) -> anyhow::Result<(f64, CpuSplit)> {
     let queue = format!("{}ceiling", run.prefix);
     let ch = conn.create_channel().await?;
     ch.queue_declare(
@@ -84,6 +84,7 @@ async fn ceiling(conn: &Connection, run: &Arc<Run>, n: u64) -> anyhow::Result<f6
     let pch = conn.create_channel().await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
     let started = Instant::now();
+    let cpu = CpuMark::new(None);
     let (_stop_tx, stop_rx) = watch::channel(false);
     let r = run.clone();
     let q = queue.clone();
@@ -109,10 +110,11 @@ async fn ceiling(conn: &Connection, run: &Arc<Run>, n: u64) -> anyhow::Result<f6
             .await?;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let split = cpu.per(n);
     publisher.await??;
     ch.queue_delete(&queue, QueueDeleteOptions::default())
         .await?;
-    Ok(rate)
+    Ok((rate, split))
 }
 
 struct Daemon {
@@ -208,6 +210,57 @@ async fn gauge(c: &Client, d: &Daemon, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn broker_pid() -> String {
+    let out = Command::new("pgrep").args(["-f", "beam.smp"]).output().ok();
+    out.and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// CPU used per challenge by the daemon, the broker, and this process (simulators and
+/// load tool), in microseconds.
+#[derive(Default, Clone, Copy)]
+struct CpuSplit {
+    daemon: f64,
+    broker: f64,
+    bench: f64,
+}
+
+struct CpuMark {
+    pids: [String; 3],
+    at: [f64; 3],
+}
+
+impl CpuMark {
+    fn new(daemon: Option<u32>) -> CpuMark {
+        let pids = [
+            daemon.map(|p| p.to_string()).unwrap_or_default(),
+            broker_pid(),
+            "self".to_string(),
+        ];
+        let at = [cpu_secs(&pids[0]), cpu_secs(&pids[1]), cpu_secs(&pids[2])];
+        CpuMark { pids, at }
+    }
+    fn per(&self, n: u64) -> CpuSplit {
+        let d = |i: usize| (cpu_secs(&self.pids[i]) - self.at[i]) * 1e6 / n as f64;
+        CpuSplit {
+            daemon: d(0),
+            broker: d(1),
+            bench: d(2),
+        }
+    }
+}
+
 fn rss_bytes(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -268,7 +321,7 @@ async fn daemon_run(
     fcm: &FcmSim,
     n: u64,
     rate: Option<f64>,
-) -> anyhow::Result<(f64, Arc<Run>)> {
+) -> anyhow::Result<(f64, Arc<Run>, CpuSplit)> {
     let run = Run::new();
     let ch = conn.create_channel().await?;
     let outcomes = tap(&ch, &format!("{ns}.outcomes")).await?;
@@ -283,13 +336,15 @@ async fn daemon_run(
     let pch = conn.create_channel().await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
     let started = Instant::now();
+    let cpu = CpuMark::new(Some(d.child.id()));
     let (_stop_tx, stop_rx) = watch::channel(false);
     run.publish(&pch, &format!("{ns}.challenges"), rate, n, 120, stop_rx)
         .await?;
     tokio::time::timeout(Duration::from_secs(120), reader).await??;
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let split = cpu.per(n);
     devices.abort();
-    Ok((rate, run))
+    Ok((rate, run, split))
 }
 
 /// `total` POSTs over `conns` keep-alive connections; requests/s.
@@ -383,9 +438,10 @@ async fn bench() -> anyhow::Result<()> {
 
     // 1. Ceiling.
     let ceiling_run = Run::new();
-    let ceiling_per_s = ceiling(&conn, &ceiling_run, n).await?;
+    let (ceiling_per_s, ccpu) = ceiling(&conn, &ceiling_run, n).await?;
     println!(
-        "ceiling (bare lapin consume + multiple-ack, publisher flat out): {ceiling_per_s:.0} msg/s"
+        "ceiling (bare lapin consume + multiple-ack, publisher flat out): {ceiling_per_s:.0} msg/s; CPU per message: broker {:.0} µs, publisher+consumer {:.0} µs",
+        ccpu.broker, ccpu.bench
     );
 
     // 2. + 3. The daemon flat out, then at half the ceiling.
@@ -394,7 +450,7 @@ async fn bench() -> anyhow::Result<()> {
     wait_ready(&c, &d).await?;
     // Warm-up: connections, provider tokens.
     daemon_run(&conn, &d, &ns, &fcm, 2000, None).await?;
-    let (e2e_per_s, run) = daemon_run(&conn, &d, &ns, &fcm, n, None).await?;
+    let (e2e_per_s, run, cpu) = daemon_run(&conn, &d, &ns, &fcm, n, None).await?;
     let mut p2p = run.publish_to_push.snapshot();
     let mut d2o = run.decision_to_outcome.snapshot();
     println!(
@@ -402,9 +458,14 @@ async fn bench() -> anyhow::Result<()> {
         e2e_per_s / ceiling_per_s,
         pct(&mut p2p, 0.5), pct(&mut p2p, 0.99), pct(&mut p2p, 0.999), pct(&mut d2o, 0.5), pct(&mut d2o, 0.99)
     );
+    println!(
+        "  CPU per challenge: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs (total {:.0} µs = {:.2} cores at this rate)",
+        cpu.daemon, cpu.broker, cpu.bench, cpu.daemon + cpu.broker + cpu.bench,
+        (cpu.daemon + cpu.broker + cpu.bench) * e2e_per_s / 1e6
+    );
     let half = ceiling_per_s / 2.0;
     let half_n = (half * 10.0) as u64;
-    let (half_rate, run) = daemon_run(&conn, &d, &ns, &fcm, half_n, Some(half)).await?;
+    let (half_rate, run, _) = daemon_run(&conn, &d, &ns, &fcm, half_n, Some(half)).await?;
     let mut hp2p = run.publish_to_push.snapshot();
     let mut hd2o = run.decision_to_outcome.snapshot();
     println!(
@@ -506,6 +567,8 @@ async fn bench() -> anyhow::Result<()> {
         "http_decision_per_s": http_decision_per_s.round(),
         "http_baseline_per_s": http_baseline_per_s.round(),
         "http_decision_ratio": (http_decision_per_s / http_baseline_per_s * 100.0).round() / 100.0,
+        "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
+        "cpu_us_per_message_ceiling": {"broker": ccpu.broker.round(), "publisher_and_consumer": ccpu.bench.round()},
         "config": "daemon: release build, prefetch 5000 x 4 consumers, dispatched_events = false; devices approve 20 ms after their push; broker, daemon, simulators and load tool share the machine",
     });
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
@@ -523,12 +586,15 @@ async fn bench() -> anyhow::Result<()> {
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
          | resident memory per in-flight challenge ({:.0} in flight) | {:.0} bytes | ≤ 2048 |\n\
          | HTTP decision endpoint vs bare hyper handler | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\n\
+         CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
+         CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
          Reproduce: `cargo bench --bench e2e` (RabbitMQ on 127.0.0.1:5672).\n",
         report["date"].as_str().unwrap_or(""), report["machine"].as_str().unwrap_or(""),
         ceiling_per_s, e2e_per_s, e2e_per_s / ceiling_per_s, half,
         pct(&mut hp2p, 0.5), pct(&mut hp2p, 0.99), pct(&mut hp2p, 0.999), pct(&mut p2p, 0.99),
         pct(&mut d2o, 0.5), pct(&mut d2o, 0.99), held, bytes_per,
-        http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s
+        http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
+        cpu.daemon, cpu.broker, cpu.bench, ccpu.broker, ccpu.bench
     );
     std::fs::write(out.join("latest.md"), md)?;
     println!("wrote bench/results/latest.json and latest.md");

@@ -148,7 +148,8 @@ pub struct Device {
     pub platform: Platform,
     pub token: Box<str>,
     pub name: Option<Box<str>>,
-    pub public_key: Option<p256::ecdsa::VerifyingKey>,
+    /// Boxed: most devices have none, and the key is 72 bytes.
+    pub public_key: Option<Box<p256::ecdsa::VerifyingKey>>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,15 +275,11 @@ pub fn parse_challenge(
             MAX_BODY_BYTES
         );
     }
-    let value: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => fail!("invalid_json", "{e}"),
-    };
-    if !value.is_object() {
-        fail!("invalid_json", "body is not a JSON object");
-    }
-    let raw: RawChallenge = match serde_json::from_value(value) {
+    // One pass straight into the envelope; each field is then checked on its own so
+    // the reason names the field.
+    let raw: RawChallenge = match serde_json::from_slice(body) {
         Ok(r) => r,
+        Err(e) if e.is_data() => fail!("invalid_json", "body is not a JSON object: {e}"),
         Err(e) => fail!("invalid_json", "{e}"),
     };
     // Read what identifies the challenge first so that a rejection can still carry it.
@@ -374,7 +371,7 @@ pub fn parse_challenge(
     };
     let transaction = match &raw.transaction {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => match serde_json::from_value::<Transaction>(v.clone()) {
+        Some(v) => match Transaction::deserialize(v) {
             Ok(t) => {
                 if !valid_amount(&t.amount) {
                     fail!(
@@ -521,7 +518,9 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
     let public_key = match o.get("public_key") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(k)) => {
-            Some(super::signature::parse_public_key(k).map_err(|e| format!("public_key: {e}"))?)
+            let key =
+                super::signature::parse_public_key(k).map_err(|e| format!("public_key: {e}"))?;
+            Some(Box::new(key))
         }
         Some(_) => return Err("public_key must be a base64 string".into()),
     };

@@ -79,7 +79,7 @@ struct Entry {
     machine: Challenge,
     /// Deliveries of this challenge id awaiting the outcome's confirm (usually one).
     acks: Vec<AckHandle>,
-    reply_to: Option<ReplyTo>,
+    reply_to: Option<Box<ReplyTo>>,
     /// The outcome is confirmed by the broker and the deliveries are acked.
     confirmed: bool,
     /// Counted in `sca_challenges_in_flight`.
@@ -99,7 +99,9 @@ struct Settings {
 /// The challenge engine.
 pub struct Engine {
     settings: Settings,
-    table: DashMap<Arc<str>, Entry>,
+    /// Boxed entries: the map's slack (it grows by doubling) then costs a pointer per
+    /// slot instead of a whole entry.
+    table: DashMap<Arc<str>, Box<Entry>>,
     timers: Timers,
     providers: Providers,
     sink: Arc<dyn OutcomeSink>,
@@ -212,15 +214,15 @@ impl Engine {
                 if counted {
                     metrics::gauge!(t::IN_FLIGHT).increment(1.0);
                 }
-                let mut entry = v.insert(Entry {
+                let mut entry = v.insert(Box::new(Entry {
                     machine,
                     acks: vec![ack],
-                    reply_to: meta.reply_to,
+                    reply_to: meta.reply_to.map(Box::new),
                     confirmed: false,
                     counted,
                     timer_at: None,
                     remove_at: None,
-                });
+                }));
                 if counted && self.settings.dispatched_events && !entry.machine.is_done() {
                     self.event(
                         "challenge.dispatched",
@@ -633,7 +635,7 @@ impl Engine {
         tracing::info!(challenge_id = %id, outcome = o.kind.as_str(), channel, "challenge decided");
         let rk = json::routing_key(kind, o.kind);
         let body = serde_json::to_vec(&json::outcome(m)).unwrap_or_default();
-        let reply = entry.reply_to.clone();
+        let reply = entry.reply_to.as_deref().cloned();
         if let Some((_, n)) = self.waiters.remove(id) {
             n.notify_waiters();
         }

@@ -152,10 +152,11 @@ fn spawn_daemon(
          outcomes_exchange = \"{ns}.outcomes\"\nevents_exchange = \"{ns}.events\"\ndead_exchange = \"{ns}.dead\"\ndead_queue = \"{ns}.dead\"\ncontrol_exchange = \"{ns}.control\"\n\
          dispatched_events = false\n[http]\naddr = \"127.0.0.1:{hp}\"\n[metrics]\naddr = \"127.0.0.1:{mp}\"\n[log]\nlevel = \"warn\"\n\
          [limits]\nchallenges_per_minute = 1000000\nchallenge_burst = 1000000\n{}\
-         [fcm]\nendpoint = \"{}\"\nservice_account_file = \"{}\"\nmax_concurrent = 512\n",
+         [fcm]\nendpoint = \"{}\"\nservice_account_file = \"{}\"\nca_file = \"{}\"\nmax_concurrent = 512\n",
         apns.config_toml(),
         fcm.endpoint,
-        fcm.service_account_file
+        fcm.service_account_file,
+        fcm.ca_file
     );
     let path = dir.join(format!("{ns}.toml"));
     std::fs::write(&path, toml)?;
@@ -423,8 +424,10 @@ async fn bench() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
+    // HTTPS with HTTP/2, as Google serves it.
     let fcm = FcmSim::start(FcmSimOptions {
         max_recorded: 1000,
+        tls: true,
         ..Default::default()
     })
     .await?;
@@ -471,6 +474,16 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "daemon at half the ceiling ({half:.0}/s offered, {half_rate:.0}/s done): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms; decision→outcome p99 {:.1} ms",
         pct(&mut hp2p, 0.5), pct(&mut hp2p, 0.99), pct(&mut hp2p, 0.999), pct(&mut hd2o, 0.99)
+    );
+    // The ceiling's half can be beyond what the whole pipeline sustains on this machine;
+    // latency is then queueing. Also measure at half of the daemon's own flat-out rate.
+    let sustain = e2e_per_s / 2.0;
+    let (_, run, _) =
+        daemon_run(&conn, &d, &ns, &fcm, (sustain * 10.0) as u64, Some(sustain)).await?;
+    let mut sp2p = run.publish_to_push.snapshot();
+    println!(
+        "daemon at half its flat-out rate ({sustain:.0}/s): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
+        pct(&mut sp2p, 0.5), pct(&mut sp2p, 0.99), pct(&mut sp2p, 0.999)
     );
     drop(d);
 
@@ -560,6 +573,10 @@ async fn bench() -> anyhow::Result<()> {
         "p50_publish_to_push_ms_half_ceiling": pct(&mut hp2p, 0.5),
         "p99_publish_to_push_ms": pct(&mut hp2p, 0.99),
         "p999_publish_to_push_ms": pct(&mut hp2p, 0.999),
+        "half_flat_out_rate_per_s": sustain.round(),
+        "p50_publish_to_push_ms_half_flat_out": pct(&mut sp2p, 0.5),
+        "p99_publish_to_push_ms_half_flat_out": pct(&mut sp2p, 0.99),
+        "p999_publish_to_push_ms_half_flat_out": pct(&mut sp2p, 0.999),
         "p50_decision_to_outcome_ms": pct(&mut d2o, 0.5),
         "p99_decision_to_outcome_ms": pct(&mut d2o, 0.99),
         "inflight_challenges": held,
@@ -582,6 +599,7 @@ async fn bench() -> anyhow::Result<()> {
          | ceiling: bare lapin consume + ack, publisher flat out | {:.0} msg/s | |\n\
          | daemon flat out | {:.0} challenges/s ({:.2}× ceiling) | ≥ 0.8× |\n\
          | publish → push p50 / p99 / p99.9 at half the ceiling ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | p99 ≤ 5 ms |\n\
+         | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\
          | publish → push p99 flat out | {:.1} ms | |\n\
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
          | resident memory per in-flight challenge ({:.0} in flight) | {:.0} bytes | ≤ 2048 |\n\
@@ -591,7 +609,9 @@ async fn bench() -> anyhow::Result<()> {
          Reproduce: `cargo bench --bench e2e` (RabbitMQ on 127.0.0.1:5672).\n",
         report["date"].as_str().unwrap_or(""), report["machine"].as_str().unwrap_or(""),
         ceiling_per_s, e2e_per_s, e2e_per_s / ceiling_per_s, half,
-        pct(&mut hp2p, 0.5), pct(&mut hp2p, 0.99), pct(&mut hp2p, 0.999), pct(&mut p2p, 0.99),
+        pct(&mut hp2p, 0.5), pct(&mut hp2p, 0.99), pct(&mut hp2p, 0.999),
+        sustain, pct(&mut sp2p, 0.5), pct(&mut sp2p, 0.99), pct(&mut sp2p, 0.999),
+        pct(&mut p2p, 0.99),
         pct(&mut d2o, 0.5), pct(&mut d2o, 0.99), held, bytes_per,
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
         cpu.daemon, cpu.broker, cpu.bench, ccpu.broker, ccpu.bench

@@ -160,7 +160,11 @@ fn spawn_daemon(
     );
     let path = dir.join(format!("{ns}.toml"));
     std::fs::write(&path, toml)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
+    if let Ok(w) = std::env::var("E2E_DAEMON_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", w);
+    }
+    let child = cmd
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -524,12 +528,9 @@ async fn bench() -> anyhow::Result<()> {
     println!("memory: {held:.0} in flight, RSS {:.1} → {:.1} MiB: {bytes_per:.0} bytes per in-flight challenge", rss0 as f64 / 1048576.0, rss1 as f64 / 1048576.0);
 
     let http_n = inflight.min(50_000);
-    let base = d.http.clone();
-    let run2 = run.clone();
-    let http_decision_per_s = http_load(&c, http_n, 64, move |i| {
-        format!("{base}/v1/challenges/{}/decision", run2.id(i))
-    })
-    .await;
+    // The bare handler first, while the daemon sits idle holding its challenges: the
+    // decisions leave withdrawals and outcome publishes behind that would otherwise
+    // still be running during the baseline.
     let mut baseline = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
         .args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -544,6 +545,12 @@ async fn bench() -> anyhow::Result<()> {
     .await;
     let _ = baseline.kill();
     let _ = baseline.wait();
+    let base = d.http.clone();
+    let run2 = run.clone();
+    let http_decision_per_s = http_load(&c, http_n, 64, move |i| {
+        format!("{base}/v1/challenges/{}/decision", run2.id(i))
+    })
+    .await;
     println!(
         "HTTP decisions: {http_decision_per_s:.0}/s vs bare hyper handler {http_baseline_per_s:.0}/s ({:.2}×), 64 keep-alive connections",
         http_decision_per_s / http_baseline_per_s

@@ -101,11 +101,17 @@ async fn signal() {
     let _ = ctrl_c.await;
 }
 
+/// A multi-threaded runtime with `workers` threads (0: one per core).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(config) {
             Ok(c) => {
@@ -126,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             sca_dispatch::telemetry::init_tracing(&cfg.log.format, &cfg.log.level);
+            let rt = runtime(cfg.runtime.worker_threads)?;
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
@@ -140,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                 load,
                 duration: duration.map(std::time::Duration::from_secs),
             };
-            let ok = rt.block_on(sca_dispatch::demo::run(opts))?;
+            let ok = runtime(0)?.block_on(sca_dispatch::demo::run(opts))?;
             if !ok {
                 std::process::exit(1);
             }
@@ -148,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Simulate { which } => {
             sca_dispatch::telemetry::init_tracing("text", "info");
-            rt.block_on(async move {
+            runtime(0)?.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
                     Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,

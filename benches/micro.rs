@@ -148,6 +148,54 @@ fn limiter(c: &mut Criterion) {
     g.finish();
 }
 
+fn payloads(c: &mut Criterion) {
+    use sca_dispatch::challenge::model::Kind;
+    use sca_dispatch::push::{PushContent, PushMessage};
+    let (title, body) = sca_dispatch::texts::push_texts(
+        "it",
+        Kind::Payment,
+        Some(&sca_dispatch::challenge::model::Transaction {
+            amount: "125.40".into(),
+            currency: "EUR".into(),
+            payee: "Mario Rossi".into(),
+        }),
+    );
+    let msg = |token: &str| PushMessage {
+        challenge_id: "01JD3F6Y8W0QZ5N4B7K2M9XH1C".into(),
+        kind: Kind::Payment,
+        device_id: "d-iphone".into(),
+        token: token.into(),
+        content: PushContent::Challenge {
+            title: title.clone().into(),
+            body: body.clone().into(),
+            number_choices: None,
+        },
+        expires_at_ms: NOW + 120_000,
+    };
+    let apns = msg(&"ab".repeat(32));
+    let fcm = msg(&"f".repeat(152));
+    let mut g = c.benchmark_group("push_payload");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("apns request", |x| {
+        x.iter(|| black_box(sca_dispatch::push::apns::payload::build(black_box(&apns)).unwrap()))
+    });
+    g.bench_function("fcm body", |x| {
+        x.iter(|| {
+            black_box(sca_dispatch::push::fcm::message::build_body(
+                black_box(&fcm),
+                NOW,
+            ))
+        })
+    });
+    g.bench_function("localized texts", |x| {
+        x.iter(|| black_box(sca_dispatch::texts::push_texts("it", Kind::Login, None)))
+    });
+    g.bench_function("baseline: serde_json::to_vec of a small map", |x| {
+        x.iter(|| black_box(serde_json::to_vec(&serde_json::json!({"type": "challenge", "challenge_id": "01JD3F6Y8W0QZ5N4B7K2M9XH1C"})).unwrap()))
+    });
+    g.finish();
+}
+
 fn otp(c: &mut Criterion) {
     let h = OtpHasher::new([7; 32]);
     let stored = h.hash("123456", "01JD3F6Y8W0QZ5N4B7K2M9XH1C", "abc");
@@ -174,6 +222,6 @@ fn otp(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = validation, machine, table, limiter, otp
+    targets = validation, machine, table, limiter, payloads, otp
 }
 criterion_main!(benches);

@@ -13,8 +13,7 @@ use crate::sim::sms::{Shape, SmsSim, SmsSimOptions};
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -57,65 +56,25 @@ impl Timeline {
 
 /// The demo's broker client: publishes challenges, reads outcomes, events, dead letters.
 struct Broker {
-    _conn: Connection,
+    conn: Connection,
     ch: Channel,
     names: crate::config::AmqpConfig,
 }
 
-async fn tap(conn: &Connection, exchange: &str) -> anyhow::Result<lapin::Consumer> {
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().as_str(),
-        exchange,
-        "#",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    Ok(ch
-        .basic_consume(
-            q.name().as_str(),
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?)
-}
-
 impl Broker {
     async fn connect(cfg: &Config) -> anyhow::Result<Broker> {
-        let conn = Connection::connect(
-            &cfg.amqp.url,
-            ConnectionProperties::default()
-                .with_executor(tokio_executor_trait::Tokio::current())
-                .with_reactor(tokio_reactor_trait::Tokio)
-                .with_connection_name("sca-dispatch demo client".into()),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ at {}",
-                crate::amqp::redact_url(&cfg.amqp.url)
-            )
-        })?;
+        let conn = crate::amqp::client::connect(&cfg.amqp.url, "sca-dispatch demo client")
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to RabbitMQ at {}",
+                    crate::amqp::redact_url(&cfg.amqp.url)
+                )
+            })?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Broker {
-            _conn: conn,
+            conn,
             ch,
             names: cfg.amqp.clone(),
         })
@@ -361,20 +320,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     );
 
     let tl = Arc::new(Timeline::default());
-    let conn2 = Connection::connect(
-        &cfg.amqp.url,
-        ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio),
-    )
-    .await?;
     let observers = observe(
         tl.clone(),
         apns.clone(),
         fcm.clone(),
         &sms,
-        tap(&conn2, &cfg.amqp.outcomes_exchange).await?,
-        tap(&conn2, &cfg.amqp.events_exchange).await?,
+        crate::amqp::client::tap(&broker.conn, &cfg.amqp.outcomes_exchange).await?,
+        crate::amqp::client::tap(&broker.conn, &cfg.amqp.events_exchange).await?,
     );
     let http = Http {
         base: format!("http://{}", daemon.http_addr),
@@ -633,7 +585,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     if let Some(rate) = opts.load {
         crate::loadgen::demo_load(
-            &broker.ch,
+            &broker.conn,
             &cfg,
             &http.base,
             fcm.clone(),

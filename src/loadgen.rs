@@ -256,7 +256,7 @@ impl Run {
 /// The `--load RATE` phase of the demo: runs until Ctrl-C or `duration`, printing one
 /// line per second.
 pub async fn demo_load(
-    ch: &Channel,
+    conn: &lapin::Connection,
     cfg: &crate::config::Config,
     base: &str,
     fcm: Arc<FcmSim>,
@@ -277,38 +277,10 @@ pub async fn demo_load(
     );
     let run = Run::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer = {
-        let c = ch.clone();
-        let q = c
-            .queue_declare(
-                "",
-                lapin::options::QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await?;
-        c.queue_bind(
-            q.name().as_str(),
-            &cfg.amqp.outcomes_exchange,
-            "#",
-            Default::default(),
-            Default::default(),
-        )
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await?;
-        c.basic_consume(
-            q.name().as_str(),
-            "",
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await?
-    };
+    let consumer = crate::amqp::client::tap(conn, &cfg.amqp.outcomes_exchange).await?;
     let r = run.clone();
     let outcomes = tokio::spawn(async move { r.outcomes(consumer, u64::MAX).await });
     let r = run.clone();

@@ -83,7 +83,7 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
 
     // The harness only publishes and reads outcomes here: no in-process daemon.
     let (conn, ch) = amqp().await;
-    let mut outcomes = tap(&conn, &a.outcomes_exchange, lapin::ExchangeKind::Topic).await;
+    let mut outcomes = tap(&conn, &a.outcomes_exchange).await;
     let mut child = spawn_daemon(&path);
     wait_ready(http_port).await;
 

@@ -3,6 +3,7 @@
 //! itself. This is the only module that knows lapin.
 
 pub mod acks;
+pub mod client;
 pub mod consumer;
 pub mod control;
 pub mod publisher;
@@ -12,7 +13,6 @@ use crate::config::AmqpConfig;
 use crate::engine::Engine;
 use crate::telemetry as t;
 use lapin::options::BasicCancelOptions;
-use lapin::{Connection, ConnectionProperties};
 use publisher::AmqpPublisher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,14 +45,6 @@ pub fn redact_url(url: &str) -> String {
         Ok(u) => u.to_string(),
         Err(_) => "<invalid url>".into(),
     }
-}
-
-async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name(name.into());
-    Connection::connect(url, props).await
 }
 
 /// Resolves once the flag is true (or its sender is gone); holds no borrow after.
@@ -133,7 +125,9 @@ async fn session(
         cfg.challenges_queue,
         std::process::id()
     );
-    let conn = connect(&cfg.url, &name).await.map_err(|e| e.to_string())?;
+    let conn = client::connect(&cfg.url, &name)
+        .await
+        .map_err(|e| e.to_string())?;
     let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let tx = err_tx.clone();
     conn.on_error(move |e| {

@@ -9,8 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use sca_dispatch::challenge::machine::PushResult;
 use sca_dispatch::challenge::model::Platform;
 use sca_dispatch::push::{BoxFuture, PushMessage, PushProvider};
@@ -145,14 +144,9 @@ pub struct Harness {
 }
 
 pub async fn amqp() -> (Connection, Channel) {
-    let conn = Connection::connect(
-        AMQP_URL,
-        ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio),
-    )
-    .await
-    .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
+    let conn = sca_dispatch::amqp::client::connect(AMQP_URL, "sca-dispatch tests")
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -161,51 +155,10 @@ pub async fn amqp() -> (Connection, Channel) {
 }
 
 /// An exclusive queue bound to `exchange` with `#`, consumed with auto-ack.
-pub async fn tap(conn: &Connection, exchange: &str, kind: ExchangeKind) -> lapin::Consumer {
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        exchange,
-        kind,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let q = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+pub async fn tap(conn: &Connection, exchange: &str) -> lapin::Consumer {
+    sca_dispatch::amqp::client::tap(conn, exchange)
         .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().as_str(),
-        exchange,
-        "#",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.basic_consume(
-        q.name().as_str(),
-        "",
-        BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
+        .unwrap()
 }
 
 impl Harness {
@@ -228,8 +181,8 @@ impl Harness {
         let push = Arc::new(Recorder::default());
         let sms = Arc::new(FakeSms::default());
         let (conn, ch) = amqp().await;
-        let outcomes = tap(&conn, &cfg.amqp.outcomes_exchange, ExchangeKind::Topic).await;
-        let events = tap(&conn, &cfg.amqp.events_exchange, ExchangeKind::Topic).await;
+        let outcomes = tap(&conn, &cfg.amqp.outcomes_exchange).await;
+        let events = tap(&conn, &cfg.amqp.events_exchange).await;
         let mut h = Harness {
             ns,
             cfg,

@@ -1,0 +1,57 @@
+//! A small AMQP client for the tooling that plays the backend's part — the demo, the load
+//! generator, benchmarks and tests — and for the daemon's own connection: connect on the
+//! tokio runtime, and tap a topic exchange into an exclusive queue.
+
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+/// Connects on the current tokio runtime; `name` shows in `rabbitmqctl list_connections`.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    Connection::connect(url, props).await
+}
+
+/// Everything published to the topic `exchange` (declared if missing) from now on,
+/// through an exclusive, auto-deleted queue, without acks.
+pub async fn tap(conn: &Connection, exchange: &str) -> lapin::Result<Consumer> {
+    let ch = conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange,
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare("", exclusive, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        q.name().as_str(),
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    ch.basic_consume(q.name().as_str(), "", no_ack, FieldTable::default())
+        .await
+}

@@ -141,19 +141,24 @@ fn spawn_daemon(
     consumers: u32,
 ) -> anyhow::Result<Daemon> {
     let (hp, mp) = (free_port(), free_port());
-    let toml = format!(
-        "[amqp]\nurl = \"{URL}\"\nprefetch = {prefetch}\nconsumers = {consumers}\nchallenges_queue = \"{ns}.challenges\"\nresponses_queue = \"{ns}.responses\"\n\
-         outcomes_exchange = \"{ns}.outcomes\"\nevents_exchange = \"{ns}.events\"\ndead_exchange = \"{ns}.dead\"\ndead_queue = \"{ns}.dead\"\ncontrol_exchange = \"{ns}.control\"\n\
-         dispatched_events = false\n[http]\naddr = \"127.0.0.1:{hp}\"\n[metrics]\naddr = \"127.0.0.1:{mp}\"\n[log]\nlevel = \"warn\"\n\
-         [limits]\nchallenges_per_minute = 1000000\nchallenge_burst = 1000000\n{}\
-         [fcm]\nendpoint = \"{}\"\nservice_account_file = \"{}\"\nca_file = \"{}\"\nmax_concurrent = 512\n",
-        apns.config_toml(),
-        fcm.endpoint,
-        fcm.service_account_file,
-        fcm.ca_file
-    );
+    let mut cfg = sca_dispatch::Config::default();
+    cfg.amqp = cfg.amqp.namespaced(ns);
+    cfg.amqp.url = URL.into();
+    cfg.amqp.prefetch = prefetch;
+    cfg.amqp.consumers = consumers;
+    // One broker publish less per challenge; the outcome is what the bench waits for.
+    cfg.amqp.dispatched_events = false;
+    cfg.http.addr = format!("127.0.0.1:{hp}");
+    cfg.metrics.addr = format!("127.0.0.1:{mp}");
+    cfg.log.level = "warn".into();
+    // Every load user is distinct; the per-user limit never applies.
+    cfg.limits.challenges_per_minute = 1_000_000;
+    cfg.limits.challenge_burst = 1_000_000;
+    cfg.apns = apns.config();
+    cfg.fcm = fcm.clone();
+    cfg.fcm.max_concurrent = 512;
     let path = dir.join(format!("{ns}.toml"));
-    std::fs::write(&path, toml)?;
+    std::fs::write(&path, toml::to_string(&cfg)?)?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
     if let Ok(w) = std::env::var("E2E_DAEMON_WORKERS") {
         cmd.env("TOKIO_WORKER_THREADS", w);

@@ -77,6 +77,21 @@ pub struct AmqpConfig {
     pub publish_window: u32,
 }
 
+impl AmqpConfig {
+    /// Every queue and exchange name as `{ns}.challenges`, `{ns}.outcomes`, … (the
+    /// defaults are the `sca` namespace): a separate topology on a shared broker.
+    pub fn namespaced(mut self, ns: &str) -> Self {
+        self.challenges_queue = format!("{ns}.challenges");
+        self.responses_queue = format!("{ns}.responses");
+        self.outcomes_exchange = format!("{ns}.outcomes");
+        self.events_exchange = format!("{ns}.events");
+        self.dead_exchange = format!("{ns}.dead");
+        self.dead_queue = format!("{ns}.dead");
+        self.control_exchange = format!("{ns}.control");
+        self
+    }
+}
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
@@ -723,6 +738,13 @@ mod tests {
         let c = Config::from_toml_with_env(text, "example", &[]).unwrap();
         let d = Config::default();
         assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn the_sca_namespace_is_the_default_topology() {
+        let d = AmqpConfig::default();
+        let n = AmqpConfig::default().namespaced("sca");
+        assert_eq!(toml::to_string(&d).unwrap(), toml::to_string(&n).unwrap());
     }
 
     #[test]

@@ -249,15 +249,8 @@ async fn until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 /// The demo's own namespace, so it never touches a production `sca.*` topology.
 pub fn demo_config(amqp_url: &str) -> Config {
     let mut c = Config::default();
+    c.amqp = c.amqp.namespaced("sca-demo");
     c.amqp.url = amqp_url.to_string();
-    let ns = "sca-demo";
-    c.amqp.challenges_queue = format!("{ns}.challenges");
-    c.amqp.responses_queue = format!("{ns}.responses");
-    c.amqp.outcomes_exchange = format!("{ns}.outcomes");
-    c.amqp.events_exchange = format!("{ns}.events");
-    c.amqp.dead_exchange = format!("{ns}.dead");
-    c.amqp.dead_queue = format!("{ns}.dead");
-    c.amqp.control_exchange = format!("{ns}.control");
     c.http.addr = "127.0.0.1:0".into();
     c.metrics.addr = "127.0.0.1:0".into();
     c.shutdown.grace_seconds = 3;

@@ -69,17 +69,12 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
     let (http_port, metrics_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sca.toml");
+    let mut file_cfg = cfg.clone();
+    file_cfg.http.addr = format!("127.0.0.1:{http_port}");
+    file_cfg.metrics.addr = format!("127.0.0.1:{metrics_port}");
+    file_cfg.sms = sim.config(Shape::Webhook);
+    std::fs::write(&path, toml::to_string(&file_cfg).unwrap()).unwrap();
     let a = &cfg.amqp;
-    std::fs::write(
-        &path,
-        format!(
-            "[amqp]\nurl = {:?}\nchallenges_queue = {:?}\nresponses_queue = {:?}\noutcomes_exchange = {:?}\nevents_exchange = {:?}\ndead_exchange = {:?}\ndead_queue = {:?}\ncontrol_exchange = {:?}\n\
-             [http]\naddr = \"127.0.0.1:{http_port}\"\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n{}",
-            a.url, a.challenges_queue, a.responses_queue, a.outcomes_exchange, a.events_exchange, a.dead_exchange, a.dead_queue, a.control_exchange,
-            sim.config_toml(Shape::Webhook)
-        ),
-    )
-    .unwrap();
 
     // The harness only publishes and reads outcomes here: no in-process daemon.
     let (conn, ch) = amqp().await;

@@ -29,14 +29,8 @@ pub fn unique(prefix: &str) -> String {
 /// A config with every queue/exchange name unique to this test.
 pub fn test_config(ns: &str) -> Config {
     let mut c = Config::default();
+    c.amqp = c.amqp.namespaced(ns);
     c.amqp.url = AMQP_URL.into();
-    c.amqp.challenges_queue = format!("{ns}.challenges");
-    c.amqp.responses_queue = format!("{ns}.responses");
-    c.amqp.outcomes_exchange = format!("{ns}.outcomes");
-    c.amqp.events_exchange = format!("{ns}.events");
-    c.amqp.dead_exchange = format!("{ns}.dead");
-    c.amqp.dead_queue = format!("{ns}.dead");
-    c.amqp.control_exchange = format!("{ns}.control");
     c.amqp.prefetch = 200;
     c.amqp.consumers = 2;
     c.http.addr = "127.0.0.1:0".into();

@@ -75,10 +75,22 @@ pub enum Classification {
 
 /// Masks a device token for logs and events: first 6 and last 4 characters.
 pub fn mask_token(token: &str) -> String {
-    if token.len() <= 12 {
-        return "*".repeat(token.len().min(8));
+    MaskedToken(token).to_string()
+}
+
+/// A token shown masked, formatted only when displayed (a disabled log line costs
+/// nothing).
+#[derive(Clone, Copy)]
+pub struct MaskedToken<'a>(pub &'a str);
+
+impl std::fmt::Display for MaskedToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.0;
+        match (t.get(..6), t.len().checked_sub(4).and_then(|i| t.get(i..))) {
+            (Some(head), Some(tail)) if t.len() > 12 => write!(f, "{head}…{tail}"),
+            _ => f.write_str(&"*".repeat(t.len().min(8))),
+        }
     }
-    format!("{}…{}", &token[..6], &token[token.len() - 4..])
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub use classify::classify;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
 use crate::config::ApnsConfig;
-use crate::push::{mask_token, BoxFuture, Classification, PushMessage, PushProvider};
+use crate::push::{BoxFuture, Classification, MaskedToken, PushMessage, PushProvider};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -194,7 +194,7 @@ impl Inner {
     }
 
     async fn send(&self, msg: PushMessage) -> PushResult {
-        let masked = mask_token(&msg.token);
+        let masked = MaskedToken(&msg.token);
         let req = match payload::build(&msg) {
             Ok(r) => r,
             Err(e) => {

@@ -16,7 +16,7 @@ pub mod message;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
 use crate::config::FcmConfig;
-use crate::push::{mask_token, BoxFuture, Classification, PushMessage, PushProvider};
+use crate::push::{BoxFuture, Classification, MaskedToken, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};
 use bytes::Bytes;
@@ -207,7 +207,7 @@ impl Inner {
     /// The retry loop of one push. The caller bounds it by the challenge's life plus one
     /// request timeout.
     async fn deliver(&self, msg: PushMessage) -> PushResult {
-        let masked = mask_token(&msg.token);
+        let masked = MaskedToken(&msg.token);
         let mut attempt: u32 = 0;
         let mut renewed = false;
         let mut token: Option<Arc<AccessToken>> = None;

@@ -100,3 +100,63 @@ async fn any_instance_answers_for_any_challenge() {
     second.wait().await;
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_device_decisions_need_no_token_on_any_instance() {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::EncodePublicKey;
+    let h = Harness::start_with(|c| c.http.api_tokens = "backend-token".into()).await;
+    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
+    for _ in 0..100 {
+        if second.status.connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let pk = base64::engine::general_purpose::STANDARD
+        .encode(sk.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let ids: Vec<String> = (0..4).map(|i| format!("sso-{i}")).collect();
+    for id in &ids {
+        let mut c = challenge(id);
+        c["devices"][0]["public_key"] = json!(pk);
+        h.publish(&c).await;
+    }
+    h.pushes(8, 10).await;
+    let first = h.daemon.as_ref().unwrap();
+    for id in &ids {
+        // Ask the instance that does NOT hold the challenge.
+        let other = if first.engine.holds(id) {
+            second.http_addr
+        } else {
+            first.http_addr
+        };
+        let (st, _) = call(
+            other,
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
+        )
+        .await;
+        assert_eq!(st, 401, "{id}: an unsigned device needs the token");
+        let sig: p256::ecdsa::Signature = sk.sign(format!("sca-v1|{id}|approve|").as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+        let (st, v) = call(
+            other,
+            "POST",
+            &format!("/v1/challenges/{id}/decision"),
+            Some(json!({"device_id": "d-iphone", "decision": "approve", "signature": sig})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["outcome"].as_str()),
+            (200, Some("approved")),
+            "{id}: {v}"
+        );
+    }
+    second.shutdown();
+    second.wait().await;
+    h.cleanup().await;
+}

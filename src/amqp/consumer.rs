@@ -81,7 +81,7 @@ pub(crate) async fn run_responses(
     mut consumer: Consumer,
     acks: mpsc::UnboundedSender<super::acks::AckOp>,
     engine: Arc<Engine>,
-    queue: &'static str,
+    queue: std::sync::Arc<str>,
 ) -> String {
     while let Some(d) = consumer.next().await {
         let d = match d {
@@ -97,6 +97,7 @@ pub(crate) async fn run_responses(
                 let engine = engine.clone();
                 let body = d.data.clone();
                 let sink_reply = reply.clone();
+                let queue = queue.clone();
                 tokio::spawn(async move {
                     let dead = engine.sink().dead_letter(queue, body, reason.clone()).await;
                     if let Some(r) = sink_reply {

@@ -159,8 +159,8 @@ async fn session(
             running.push(r);
             consumer_tasks.spawn(consumer::run_challenges(c, acks, engine.clone()));
         }
-        let queue: &'static str = Box::leak(cfg.responses_queue.clone().into_boxed_str());
-        let (r, c, acks) = consumer::open(&conn, queue, 500, format!("sca-dispatch-{host}-r"))
+        let queue: std::sync::Arc<str> = cfg.responses_queue.as_str().into();
+        let (r, c, acks) = consumer::open(&conn, &queue, 500, format!("sca-dispatch-{host}-r"))
             .await
             .map_err(|e| format!("consuming {queue}: {e}"))?;
         running.push(r);

@@ -161,7 +161,7 @@ impl OutcomeSink for AmqpPublisher {
 
     fn dead_letter(
         &self,
-        source_queue: &'static str,
+        source_queue: std::sync::Arc<str>,
         body: Vec<u8>,
         reason: String,
     ) -> BoxFuture<'_, bool> {
@@ -170,12 +170,12 @@ impl OutcomeSink for AmqpPublisher {
             headers.insert("x-sca-reason".into(), AMQPValue::LongString(reason.into()));
             headers.insert(
                 "x-sca-source-queue".into(),
-                AMQPValue::LongString(source_queue.into()),
+                AMQPValue::LongString(source_queue.as_ref().into()),
             );
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_headers(headers);
-            self.publish(&self.dead, source_queue, &body, props).await
+            self.publish(&self.dead, &source_queue, &body, props).await
         })
     }
 

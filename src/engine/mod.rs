@@ -93,7 +93,7 @@ struct Settings {
     retain_ms: i64,
     max_skew_ms: i64,
     dispatched_events: bool,
-    challenges_queue: &'static str,
+    challenges_queue: Arc<str>,
 }
 
 /// The challenge engine.
@@ -124,8 +124,7 @@ impl Engine {
                 retain_ms: cfg.challenge.retain_completed_seconds as i64 * 1000,
                 max_skew_ms: cfg.challenge.max_clock_skew_seconds as i64 * 1000,
                 dispatched_events: cfg.amqp.dispatched_events,
-                // Leaked once per engine: the name is used as a static label.
-                challenges_queue: Box::leak(cfg.amqp.challenges_queue.clone().into_boxed_str()),
+                challenges_queue: cfg.amqp.challenges_queue.as_str().into(),
             },
             table: DashMap::new(),
             timers: Timers::default(),
@@ -263,7 +262,7 @@ impl Engine {
         tokio::spawn(async move {
             let dead = engine
                 .sink
-                .dead_letter(engine.settings.challenges_queue, body, reason)
+                .dead_letter(engine.settings.challenges_queue.clone(), body, reason)
                 .await;
             if let Some((rk, out)) = outcome {
                 engine.sink.publish_outcome(rk, out, meta.reply_to).await;
@@ -346,13 +345,46 @@ impl Engine {
     /// Runs an operation on a challenge wherever it is held: here, or at the instance
     /// that consumed it.
     pub async fn operate_anywhere(self: &Arc<Self>, id: &str, op: Op<'_>) -> Answer {
+        self.route(id, op, false).await
+    }
+
+    /// A decision from a caller without a bearer token (the device itself): taken only
+    /// when the device signs its decisions, wherever the challenge is held.
+    pub async fn decide_signed_only(self: &Arc<Self>, id: &str, op: Op<'_>) -> Answer {
+        self.route(id, op, true).await
+    }
+
+    fn unsigned_refused() -> Answer {
+        Answer::error(
+            401,
+            "unauthorized",
+            "missing or invalid bearer token (or device signature)",
+        )
+    }
+
+    fn operate_checked(self: &Arc<Self>, id: &str, op: Op<'_>, signed_only: bool) -> Answer {
+        if signed_only {
+            let signs =
+                matches!(op, Op::Decision { device_id, .. } if self.device_signs(id, device_id));
+            if !signs && self.holds(id) {
+                return Self::unsigned_refused();
+            }
+        }
+        self.operate(id, op)
+    }
+
+    async fn route(self: &Arc<Self>, id: &str, op: Op<'_>, signed_only: bool) -> Answer {
         if self.holds(id) {
-            return self.operate(id, op);
+            return self.operate_checked(id, op, signed_only);
         }
         if let Some(p) = self.peers.get() {
+            let mut body = requests::op_json(id, op);
+            if signed_only {
+                body["signed_only"] = true.into();
+            }
             let req = peers::PeerRequest {
                 challenge_id: id.to_string(),
-                op: requests::op_json(id, op),
+                op: body,
                 wait: Duration::ZERO,
             };
             if let Some(a) = p.ask(req).await {
@@ -360,7 +392,7 @@ impl Engine {
             }
         }
         // It may have arrived here meanwhile.
-        self.operate(id, op)
+        self.operate_checked(id, op, signed_only)
     }
 
     /// The view of a challenge wherever it is held, waiting up to `wait` for a decision.
@@ -397,8 +429,13 @@ impl Engine {
                 .await?;
             return Some(Answer::new(200, v));
         }
+        let signed_only = op.get("signed_only").and_then(|v| v.as_bool()) == Some(true);
+        let mut op = op.clone();
+        if let Some(o) = op.as_object_mut() {
+            o.remove("signed_only");
+        }
         match requests::ResponseMessage::parse(op.to_string().as_bytes()) {
-            Ok(m) => Some(self.operate(m.challenge_id(), m.op())),
+            Ok(m) => Some(self.operate_checked(m.challenge_id(), m.op(), signed_only)),
             Err(e) => Some(Answer::error(422, "invalid_body", &e)),
         }
     }

@@ -25,7 +25,7 @@ pub trait OutcomeSink: Send + Sync + 'static {
     /// Put a refused message on the dead-letter exchange with header `x-sca-reason`.
     fn dead_letter(
         &self,
-        source_queue: &'static str,
+        source_queue: std::sync::Arc<str>,
         body: Vec<u8>,
         reason: String,
     ) -> BoxFuture<'_, bool>;

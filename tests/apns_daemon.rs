@@ -116,3 +116,35 @@ async fn unregistered_token_event_and_transient_errors_retried() {
     }
     panic!("503 twice then delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let sim = ApnsSim::start(ApnsSimOptions::default()).await.unwrap();
+    let mut cfg = sim.config();
+    cfg.request_timeout_ms = 500;
+    let apns = ApnsProvider::new(&cfg).unwrap();
+    let providers = Providers {
+        apns: Some(Arc::new(apns)),
+        ..Default::default()
+    };
+    let h = Harness::start_custom(|c| c.apns = cfg.clone(), Some(providers)).await;
+    let token = apns_token(0x5a);
+    sim.script(&token, Behaviour::Stall { times: 1 });
+    h.publish(&ios_challenge("apns-stall", &[token.clone()]))
+        .await;
+    for _ in 0..100 {
+        let (_, v) = h.http("GET", "/v1/challenges/apns-stall", None, None).await;
+        if v["devices"][0]["push"] == "delivered" {
+            let tries = sim
+                .pushes()
+                .into_iter()
+                .filter(|p| p.token == token)
+                .count();
+            assert!(tries >= 2, "stalled once, then retried ({tries} requests)");
+            h.cleanup().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the stalled push was not retried to delivery");
+}

@@ -12,6 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 async fn start() -> (Harness, FcmSim, tempfile::TempDir) {
+    start_with(|_| {}).await
+}
+
+async fn start_with(
+    tweak: impl FnOnce(&mut sca_dispatch::Config),
+) -> (Harness, FcmSim, tempfile::TempDir) {
     let sim = FcmSim::start(FcmSimOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = sim.write_config_files(dir.path()).unwrap();
@@ -20,7 +26,14 @@ async fn start() -> (Harness, FcmSim, tempfile::TempDir) {
         fcm: Some(Arc::new(fcm)),
         ..Default::default()
     };
-    let h = Harness::start_custom(|c| c.fcm = cfg.clone(), Some(providers)).await;
+    let h = Harness::start_custom(
+        |c| {
+            c.fcm = cfg.clone();
+            tweak(c);
+        },
+        Some(providers),
+    )
+    .await;
     (h, sim, dir)
 }
 
@@ -99,5 +112,56 @@ async fn unregistered_token_publishes_token_invalid_and_falls_back() {
     let (rk, o) = h.outcome(10).await;
     assert_eq!(rk, "outcome.payment.undeliverable");
     assert_eq!(o["reason"], "no_reachable_device");
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exceeded_with_retry_after_is_honoured() {
+    let (h, sim, _dir) = start().await;
+    sim.script(
+        "tok-quota",
+        Behaviour::QuotaExceeded {
+            retry_after_s: Some(1),
+            times: 1,
+        },
+    );
+    h.publish(&fcm_challenge("fcm-429", &["tok-quota"])).await;
+    assert!(sim.wait_for_delivered(1, Duration::from_secs(10)).await);
+    let m = sim.messages();
+    let tries: Vec<_> = m.iter().filter(|m| m.token == "tok-quota").collect();
+    assert_eq!(tries.len(), 2, "one 429, then the retry");
+    assert_eq!((tries[0].status, tries[1].status), (429, 200));
+    let waited = tries[1].received_at.duration_since(tries[0].received_at);
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After honoured: waited {waited:?}"
+    );
+    let (_, v) = h.http("GET", "/v1/challenges/fcm-429", None, None).await;
+    assert_eq!(v["devices"][0]["push"], "delivered");
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_access_token_under_a_thousand_sends_is_renewed_once() {
+    // Room for all 500 undecided challenges in flight at once.
+    let (h, sim, _dir) = start_with(|c| c.amqp.prefetch = 1000).await;
+    // Warm up: the first token is minted.
+    h.publish(&fcm_challenge("fcm-warm", &["tok-warm"])).await;
+    assert!(sim.wait_for_delivered(1, Duration::from_secs(10)).await);
+    assert_eq!(sim.token_mints(), 1);
+    sim.revoke_access_tokens();
+    // 500 challenges × 2 devices: 1,000 sends meet the refused token at once.
+    for i in 0..500 {
+        let c = fcm_challenge(
+            &format!("fcm-burst-{i}"),
+            &[&format!("tok-a{i}"), &format!("tok-b{i}")],
+        );
+        h.publish(&c).await;
+    }
+    assert!(
+        sim.wait_for_delivered(1001, Duration::from_secs(30)).await,
+        "every send delivered"
+    );
+    assert_eq!(sim.token_mints(), 2, "exactly one renewal");
     h.cleanup().await;
 }

@@ -130,7 +130,7 @@ async fn a_stalled_request_times_out_and_is_retried() {
     let h = Harness::start_custom(|c| c.apns = cfg.clone(), Some(providers)).await;
     let token = apns_token(0x5a);
     sim.script(&token, Behaviour::Stall { times: 1 });
-    h.publish(&ios_challenge("apns-stall", &[token.clone()]))
+    h.publish(&ios_challenge("apns-stall", std::slice::from_ref(&token)))
         .await;
     for _ in 0..100 {
         let (_, v) = h.http("GET", "/v1/challenges/apns-stall", None, None).await;

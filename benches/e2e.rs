@@ -563,7 +563,7 @@ async fn bench() -> anyhow::Result<()> {
         "http_decision_ratio": (http_decision_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
         "cpu_us_per_message_ceiling": {"broker": ccpu.broker.round(), "publisher_and_consumer": ccpu.bench.round()},
-        "config": "daemon: release build, prefetch 5000 x 4 consumers, dispatched_events = false; devices approve 20 ms after their push; broker, daemon, simulators and load tool share the machine",
+        "config": "daemon: release build, prefetch 5000 x 4 consumers, dispatched_events = false, log level warn; devices approve 20 ms after their push; broker, daemon, simulators and load tool share the machine",
     });
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&out)?;

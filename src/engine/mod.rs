@@ -669,7 +669,9 @@ impl Engine {
         {
             self.sms_limits.confirmed(&m.spec.user_id);
         }
-        tracing::info!(challenge_id = %id, outcome = o.kind.as_str(), channel, "challenge decided");
+        // Debug, not info: the outcome event on RabbitMQ is the audit trail, and a line per
+        // challenge at tens of thousands per second is a cost of its own.
+        tracing::debug!(challenge_id = %id, outcome = o.kind.as_str(), channel, "challenge decided");
         let rk = json::routing_key(kind, o.kind);
         let body = serde_json::to_vec(&json::outcome(m)).unwrap_or_default();
         let reply = entry.reply_to.as_deref().cloned();

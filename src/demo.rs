@@ -234,6 +234,25 @@ impl Http {
     }
 }
 
+impl Http {
+    /// A device's decision, noted on the challenge's timeline as `who`.
+    async fn decide(
+        &self,
+        tl: &Timeline,
+        id: &str,
+        device: &str,
+        decision: &str,
+        who: &str,
+    ) -> anyhow::Result<()> {
+        let body = json!({"device_id": device, "decision": decision});
+        let (st, b) = self
+            .call("POST", &format!("/v1/challenges/{id}/decision"), Some(body))
+            .await?;
+        tl.note(id, format!("{who}: POST /decision → {st} {b}"));
+        Ok(())
+    }
+}
+
 /// Waits until `cond` holds, up to `secs`.
 async fn until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -357,27 +376,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .await?;
     tl.note(&id, "published to sca-demo.challenges");
     until(10, || pushes_for(&id) >= 2).await;
-    let (st, b) = http
-        .call(
-            "POST",
-            &format!("/v1/challenges/{id}/decision"),
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-        )
+    http.decide(&tl, &id, "d-pixel", "approve", "Pixel approves")
         .await?;
-    tl.note(&id, format!("Pixel approves: POST /decision → {st} {b}"));
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (st, b) = http
-        .call(
-            "POST",
-            &format!("/v1/challenges/{id}/decision"),
-            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
-        )
+    http.decide(&tl, &id, "d-iphone", "deny", "iPhone answers late")
         .await?;
-    tl.note(
-        &id,
-        format!("iPhone answers late: POST /decision → {st} {b}"),
-    );
     tl.print(&id);
     results.push((
         "login approved on one device",
@@ -454,14 +458,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .await?;
     tl.note(&id, "published");
     until(10, || pushes_for(&id) >= 2).await;
-    let (st, b) = http
-        .call(
-            "POST",
-            &format!("/v1/challenges/{id}/decision"),
-            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
-        )
+    http.decide(&tl, &id, "d-iphone", "deny", "iPhone denies")
         .await?;
-    tl.note(&id, format!("iPhone denies: POST /decision → {st} {b}"));
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tl.print(&id);

@@ -160,3 +160,50 @@ async fn signed_device_decisions_need_no_token_on_any_instance() {
     second.wait().await;
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_limits_hold_across_instances() {
+    let h = Harness::start().await;
+    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
+    for _ in 0..100 {
+        if second.status.connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = (0..4).map(|i| format!("lim-{i}")).collect();
+    for id in &ids {
+        let mut c = challenge(id);
+        c["user_id"] = json!("one-user");
+        c["sms"]["fallback_after_seconds"] = json!(600);
+        h.publish(&c).await;
+    }
+    h.pushes(8, 10).await;
+    let first = h.daemon.as_ref().unwrap();
+    let held_here = ids.iter().filter(|id| first.engine.holds(id)).count();
+    assert!(
+        held_here > 0 && held_here < ids.len(),
+        "spread over both instances ({held_here}/4 here)"
+    );
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let (st, _) = call(
+            first.http_addr,
+            "POST",
+            &format!("/v1/challenges/{id}/sms"),
+            None,
+        )
+        .await;
+        statuses.push(st);
+        tokio::time::sleep(Duration::from_millis(200)).await; // the note reaches the peer
+    }
+    assert_eq!(
+        statuses,
+        vec![202, 202, 202, 429],
+        "3 SMS per user per window, whichever instance sends"
+    );
+    second.shutdown();
+    second.wait().await;
+    h.cleanup().await;
+}

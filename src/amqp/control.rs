@@ -201,6 +201,10 @@ impl Control {
                     }
                 });
             }
+            Some("note") => {
+                self.peers.insert(from.to_string(), Instant::now());
+                engine.apply_peer_note(&v["note"]);
+            }
             Some("rep") => {
                 let Some(corr) = v["corr"].as_str() else {
                     return;
@@ -222,6 +226,15 @@ impl Control {
 }
 
 impl Peers for Control {
+    fn tell(&self, note: Value) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.live_peers() > 0 {
+                self.broadcast(&json!({"t": "note", "from": self.id, "note": note}))
+                    .await;
+            }
+        })
+    }
+
     fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<Answer>> {
         Box::pin(async move {
             let peers = self.live_peers();

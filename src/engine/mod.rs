@@ -412,6 +412,33 @@ impl Engine {
         }
     }
 
+    /// Shares what the per-user SMS limits count with the other instances, so a user's
+    /// quota holds across them.
+    fn tell_peers(self: &Arc<Self>, note: serde_json::Value) {
+        if let Some(p) = self.peers.get() {
+            let p = p.clone();
+            tokio::spawn(async move { p.tell(note).await });
+        }
+    }
+
+    /// Applies what another instance told (see [`Engine::tell_peers`]).
+    pub fn apply_peer_note(&self, note: &serde_json::Value) {
+        let Some(user) = note["user"]
+            .as_str()
+            .filter(|u| !u.is_empty() && u.len() <= 128)
+        else {
+            return;
+        };
+        match note["kind"].as_str() {
+            Some("sms_sent") => {
+                let at = note["at"].as_i64().unwrap_or_else(now_ms);
+                self.sms_limits.record_remote(user, at.min(now_ms()));
+            }
+            Some("sms_confirmed") => self.sms_limits.confirmed(user),
+            _ => {}
+        }
+    }
+
     /// Answers a peer's request if this instance holds the challenge.
     pub async fn answer_peer(self: &Arc<Self>, op: &serde_json::Value) -> Option<Answer> {
         let id = op.get("challenge_id")?.as_str()?;
@@ -609,6 +636,7 @@ impl Engine {
             let cmds = refused(self, entry, r.label());
             return (Err(SmsBlock::Limit(r)), cmds);
         }
+        self.tell_peers(serde_json::json!({"kind": "sms_sent", "user": &*spec.user_id, "at": now}));
         let code = otp::generate_code();
         let hash = self.otp.hash(&code, id, &spec.tx_digest());
         let msg = SmsMessage {
@@ -668,6 +696,7 @@ impl Engine {
             && o.channel == Some(crate::challenge::model::Channel::Sms)
         {
             self.sms_limits.confirmed(&m.spec.user_id);
+            self.tell_peers(serde_json::json!({"kind": "sms_confirmed", "user": &*m.spec.user_id}));
         }
         // Debug, not info: the outcome event on RabbitMQ is the audit trail, and a line per
         // challenge at tens of thousands per second is a cost of its own.

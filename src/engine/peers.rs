@@ -21,4 +21,6 @@ pub struct PeerRequest {
 pub trait Peers: Send + Sync + 'static {
     /// Asks the other instances; `None` when none holds the challenge (or none answered).
     fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<Answer>>;
+    /// Tells every other instance something they should count too (fire and forget).
+    fn tell(&self, note: Value) -> BoxFuture<'_, ()>;
 }

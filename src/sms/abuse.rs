@@ -72,6 +72,22 @@ impl SmsLimits {
         if now < u.blocked_until {
             return Err(SmsRefusal::Blocked);
         }
+        self.expire(&mut u, now);
+        if u.sent.len() >= self.max_per_window {
+            return Err(SmsRefusal::Window);
+        }
+        self.count(&mut u, now);
+        Ok(())
+    }
+
+    /// Records an SMS another instance sent, so the limits hold across instances.
+    pub fn record_remote(&self, user: &str, at: i64) {
+        let mut u = self.users.entry(user.into()).or_default();
+        self.expire(&mut u, at);
+        self.count(&mut u, at);
+    }
+
+    fn expire(&self, u: &mut UserSms, now: i64) {
         let (w, uw) = (self.window_ms, self.unconfirmed_window_ms);
         while u.sent.front().is_some_and(|t| now - t >= w) {
             u.sent.pop_front();
@@ -79,9 +95,9 @@ impl SmsLimits {
         while u.unconfirmed.front().is_some_and(|t| now - t >= uw) {
             u.unconfirmed.pop_front();
         }
-        if u.sent.len() >= self.max_per_window {
-            return Err(SmsRefusal::Window);
-        }
+    }
+
+    fn count(&self, u: &mut UserSms, now: i64) {
         u.sent.push_back(now);
         u.unconfirmed.push_back(now);
         if u.unconfirmed.len() >= self.max_unconfirmed {
@@ -89,7 +105,6 @@ impl SmsLimits {
             u.blocked_until = now + self.block_ms;
             u.unconfirmed.clear();
         }
-        Ok(())
     }
 
     /// A code was confirmed: the user is genuine, forget their unconfirmed codes.
@@ -166,6 +181,15 @@ mod tests {
             l.confirmed("u");
             t += 15 * 60_000;
         }
+    }
+
+    #[test]
+    fn sms_sent_elsewhere_count_here() {
+        let l = limits();
+        l.record_remote("u", 0);
+        l.record_remote("u", 1);
+        l.try_send("u", "+393401234567", 2).unwrap();
+        assert_eq!(l.try_send("u", "+393401234567", 3), Err(SmsRefusal::Window));
     }
 
     #[test]

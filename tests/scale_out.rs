@@ -196,7 +196,7 @@ async fn sms_limits_hold_across_instances() {
         )
         .await;
         statuses.push(st);
-        tokio::time::sleep(Duration::from_millis(200)).await; // the note reaches the peer
+        tokio::time::sleep(Duration::from_millis(500)).await; // the note reaches the peer
     }
     assert_eq!(
         statuses,

@@ -9,10 +9,21 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) enum AckOp {
     Ack(u64),
     Reject(u64),
+    /// Send everything settled so far, then answer (before the channel is closed).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Asks a batcher to send what is settled and waits (bounded) for it: used right before
+/// a connection is closed, so a decided challenge is not redelivered.
+pub(crate) async fn flush(tx: &mpsc::UnboundedSender<AckOp>) {
+    let (done, wait) = tokio::sync::oneshot::channel();
+    if tx.send(AckOp::Flush(done)).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+    }
 }
 
 /// The right to settle one delivery. Dropping it without settling leaves the delivery
@@ -115,6 +126,10 @@ impl AckState {
                     .basic_reject(t, BasicRejectOptions { requeue: false })
                     .await?;
                 self.mark_done(t);
+            }
+            AckOp::Flush(done) => {
+                self.flush(channel).await?;
+                let _ = done.send(());
             }
         }
         Ok(())

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 pub struct Running {
     pub channel: Channel,
     pub tag: String,
+    /// The channel's ack batcher, to flush before closing.
+    pub(crate) acks: mpsc::UnboundedSender<super::acks::AckOp>,
 }
 
 pub(crate) async fn open(
@@ -40,7 +42,12 @@ pub(crate) async fn open(
         .await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run_batcher(channel.clone(), rx));
-    Ok((Running { channel, tag }, consumer, tx))
+    let running = Running {
+        channel,
+        tag,
+        acks: tx.clone(),
+    };
+    Ok((running, consumer, tx))
 }
 
 fn reply_to(d: &Delivery) -> Option<ReplyTo> {

@@ -193,6 +193,11 @@ async fn session(
                 tracing::info!("stopped consuming; finishing what is decided");
             }
             _ = until_true(&mut signals.close) => {
+                // Acks queued for outcomes confirmed just before the close must reach
+                // the broker first, or those challenges would come back.
+                for r in &running {
+                    acks::flush(&r.acks).await;
+                }
                 publisher.set_channel(None);
                 status.set(false);
                 let _ = conn.close(200, "sca-dispatch shutting down").await;

@@ -30,9 +30,8 @@ async fn call(
     (st, serde_json::from_slice(&b).unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_instance_answers_for_any_challenge() {
-    let h = Harness::start().await;
+/// A second daemon on the harness's topology, connected and known to the first.
+async fn second_instance(h: &Harness) -> Daemon {
     let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
     for _ in 0..100 {
         if second.status.connected() {
@@ -41,6 +40,13 @@ async fn any_instance_answers_for_any_challenge() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // hellos exchanged
+    second
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_answers_for_any_challenge() {
+    let h = Harness::start().await;
+    let second = second_instance(&h).await;
     let a = h.daemon.as_ref().unwrap().http_addr;
     let b = second.http_addr;
     let ids: Vec<String> = (0..6).map(|i| format!("so-{i}")).collect();
@@ -107,14 +113,7 @@ async fn signed_device_decisions_need_no_token_on_any_instance() {
     use p256::ecdsa::signature::Signer;
     use p256::pkcs8::EncodePublicKey;
     let h = Harness::start_with(|c| c.http.api_tokens = "backend-token".into()).await;
-    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
-    for _ in 0..100 {
-        if second.status.connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = second_instance(&h).await;
     let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let pk = base64::engine::general_purpose::STANDARD
         .encode(sk.verifying_key().to_public_key_der().unwrap().as_bytes());
@@ -164,14 +163,7 @@ async fn signed_device_decisions_need_no_token_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_limits_hold_across_instances() {
     let h = Harness::start().await;
-    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
-    for _ in 0..100 {
-        if second.status.connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = second_instance(&h).await;
     let ids: Vec<String> = (0..4).map(|i| format!("lim-{i}")).collect();
     for id in &ids {
         let mut c = challenge(id);

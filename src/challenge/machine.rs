@@ -223,18 +223,7 @@ impl Challenge {
             now + (secs.min(24 * 3600) as i64) * 1000
         });
         let number = if spec.number_match { number } else { None };
-        let mut c = Challenge {
-            spec,
-            devices,
-            sms: SmsState::Idle,
-            sms_sent: 0,
-            otp: None,
-            otp_failures: 0,
-            fallback_at_ms,
-            dispatched_at_ms: now,
-            number,
-            outcome: None,
-        };
+        let mut c = Challenge::fresh(spec, now, devices, fallback_at_ms, number);
         let mut cmds = Vec::new();
         if now >= c.spec.expires_at_ms() {
             c.devices
@@ -260,6 +249,28 @@ impl Challenge {
         (c, cmds)
     }
 
+    /// A challenge with nothing done yet.
+    fn fresh(
+        spec: ChallengeSpec,
+        now: i64,
+        devices: Vec<DeviceSlot>,
+        fallback_at_ms: Option<i64>,
+        number: Option<NumberMatch>,
+    ) -> Challenge {
+        Challenge {
+            spec,
+            devices,
+            sms: SmsState::Idle,
+            sms_sent: 0,
+            otp: None,
+            otp_failures: 0,
+            fallback_at_ms,
+            dispatched_at_ms: now,
+            number,
+            outcome: None,
+        }
+    }
+
     /// A challenge refused at intake (e.g. rate limited): settled at once, nothing sent.
     pub fn refused(
         spec: ChallengeSpec,
@@ -267,13 +278,12 @@ impl Challenge {
         kind: OutcomeKind,
         reason: &'static str,
     ) -> (Challenge, Vec<Command>) {
-        let n = spec.devices.len();
-        let (mut c, _) = Challenge::start(spec, now, &vec![false; n], 0, None);
-        c.devices
-            .iter_mut()
-            .for_each(|d| d.push = PushState::NotSent);
-        c.sms = SmsState::Idle;
-        c.outcome = None;
+        let not_sent = DeviceSlot {
+            push: PushState::NotSent,
+            withdrawn: false,
+        };
+        let devices = vec![not_sent; spec.devices.len()];
+        let mut c = Challenge::fresh(spec, now, devices, None, None);
         let mut cmds = Vec::new();
         c.finish(now, kind, None, None, Some(reason), &mut cmds);
         (c, cmds)

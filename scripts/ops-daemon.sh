@@ -72,8 +72,8 @@ TOML
 }
 
 stop_ops_daemon() {
-  [ -n "${OPS_PID:-}" ] && kill "$OPS_PID" 2>/dev/null && wait "$OPS_PID" 2>/dev/null
-  [ -n "${OPS_SIM_PID:-}" ] && kill "$OPS_SIM_PID" 2>/dev/null && wait "$OPS_SIM_PID" 2>/dev/null
+  if [ -n "${OPS_PID:-}" ]; then kill "$OPS_PID" 2>/dev/null || true; wait "$OPS_PID" 2>/dev/null || true; fi
+  if [ -n "${OPS_SIM_PID:-}" ]; then kill "$OPS_SIM_PID" 2>/dev/null || true; wait "$OPS_SIM_PID" 2>/dev/null || true; fi
   OPS_PID=""; OPS_SIM_PID=""
   if [ -n "${OPS_NS:-}" ]; then
     "$TOOLS_BIN/python" - "$OPS_NS" <<'PY' || true
@@ -89,7 +89,7 @@ c.close()
 PY
     OPS_NS=""
   fi
-  [ -n "${OPS_DIR:-}" ] && rm -rf "$OPS_DIR"
+  if [ -n "${OPS_DIR:-}" ]; then rm -rf "$OPS_DIR"; fi
   OPS_DIR=""
   return 0
 }

@@ -3,10 +3,13 @@
 publisher confirms, `reply_to` (a private queue) and `correlation_id`, then wait for its
 outcome on that queue.
 
-    backend.py --amqp URL --queue sca.challenges --challenge-id ID --user-id U \
+    backend.py --amqp URL [--exchange sca.challenges.in | --queue sca.challenges] \
+        --challenge-id ID --user-id U \
         [--public-key B64] [--payment AMOUNT CURRENCY PAYEE] [--expect approved] [--timeout 30]
 
-Prints the outcome JSON; exits 0 when it arrived (and matches --expect, if given).
+With the least-privilege users of deploy/rabbitmq/, backends publish to the ingress
+exchange (`--exchange sca.challenges.in`); with a broker-wide user, to the queue through
+the default exchange (`--queue`). Prints the outcome JSON; exits 0 when it arrived (and matches --expect, if given).
 """
 import argparse
 import datetime
@@ -20,6 +23,7 @@ import pika
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2f")
+    ap.add_argument("--exchange", default="", help="ingress exchange (routing key: the queue)")
     ap.add_argument("--queue", default="sca.challenges")
     ap.add_argument("--challenge-id", required=True)
     ap.add_argument("--user-id", required=True)
@@ -55,7 +59,7 @@ def main():
     ch.confirm_delivery()  # basic_publish now raises unless the broker confirms
     try:
         ch.basic_publish(
-            exchange="",
+            exchange=a.exchange,
             routing_key=a.queue,
             body=json.dumps(challenge).encode(),
             properties=pika.BasicProperties(
@@ -67,7 +71,7 @@ def main():
             mandatory=True,  # unroutable (no such queue) is an error, not a silent drop
         )
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as e:
-        sys.exit(f"the broker did not take the challenge: {e}")
+        sys.exit(f"the broker did not take the challenge: {e!r}")
     print(f"published {a.challenge_id} (confirmed); waiting for its outcome on {reply_queue}", file=sys.stderr)
 
     deadline = time.monotonic() + a.timeout

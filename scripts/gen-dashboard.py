@@ -43,7 +43,7 @@ ROWS = [
             (f"histogram_quantile(0.99, sum by (le, provider) (rate(sca_push_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p99 {{provider}}")],
          "timeseries", "One HTTP/2 request to the provider."),
         ("Push failure ratio by provider", "percentunit", [
-            (f'sum by (provider) (rate(sca_push_requests_total{{{I}, result!~"delivered|token_gone"}}[{RI}])) / sum by (provider) (rate(sca_push_requests_total{{{I}}}[{RI}]))', "{{provider}}")],
+            (f'1 - sum by (provider) (rate(sca_push_requests_total{{{I}, result=~"delivered|token_gone"}}[{RI}])) / sum by (provider) (rate(sca_push_requests_total{{{I}}}[{RI}]))', "{{provider}}")],
          "timeseries", "Alert ScaDispatchPushFailureRatio fires above 5%."),
         ("Device tokens invalid", "reqps", [
             (f'sum by (provider) (rate(sca_push_requests_total{{{I}, result="token_gone"}}[{RI}]))', "{{provider}}")],
@@ -149,8 +149,8 @@ dashboard = {
          "definition": "label_values(sca_amqp_connected, instance)",
          "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"},
          "refresh": 2, "sort": 1},
-        {"name": "queue", "label": "Queues (regex)", "type": "textbox", "query": "sca\\..*",
-         "current": {"text": "sca\\..*", "value": "sca\\..*"}},
+        {"name": "queue", "label": "Queues (regex)", "type": "textbox", "query": "sca[.].*",
+         "current": {"text": "sca[.].*", "value": "sca[.].*"}},
     ]},
     "annotations": {"list": []},
     "panels": panels,

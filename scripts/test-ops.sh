@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 ./scripts/ensure-rabbitmq.sh
 TOOLS_BIN="$(./scripts/setup-tools.sh | tail -1)"
 export TOOLS_BIN
+# Where cargo puts binaries and integration-test scratch files (CARGO_TARGET_DIR aware).
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps \
+  | "$TOOLS_BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+export OPS_BIN="$TARGET_DIR/debug/sca-dispatch"
 step() { printf '\n== %s\n' "$*"; }
 
 step "alert rules: promtool check rules + test rules"
@@ -39,7 +43,7 @@ step "JSON Schemas: examples (valid and invalid)"
 
 step "JSON Schemas: bodies the daemon publishes"
 cargo test --locked --all-features --test ops_contract
-"$TOOLS_BIN/python" scripts/validate-schemas.py target/tmp/captured-bodies
+"$TOOLS_BIN/python" scripts/validate-schemas.py "$TARGET_DIR/tmp/captured-bodies"
 
 step "schemathesis against a live daemon"
 cargo build --locked --bin sca-dispatch

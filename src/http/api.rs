@@ -83,6 +83,7 @@ impl Api {
                 ("healthz", json_response(200, &json!({"status": "ok"})))
             }
             (&Method::GET, ["readyz"]) => ("readyz", self.readyz()),
+            (&Method::GET, ["openapi.json"]) => ("openapi", super::openapi::response()),
             (m, ["v1", "challenges", id, rest @ ..]) => {
                 let id = id.to_string();
                 match (m, rest) {

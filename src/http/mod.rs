@@ -3,6 +3,8 @@
 //! request bodies are bounded; every error answers JSON.
 
 pub mod api;
+pub mod openapi;
+pub mod routes;
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -21,6 +21,11 @@ pub const AMQP_UNROUTABLE: &str = "sca_amqp_unroutable_total";
 pub const PUBLISH_FAILURES: &str = "sca_amqp_publish_failures_total";
 pub const HTTP_REQUESTS: &str = "sca_http_requests_total";
 pub const PROVIDER_TOKEN_RENEWALS: &str = "sca_provider_token_renewals_total";
+pub const HTTP_CLOSED: &str = "sca_http_connections_closed_total";
+pub const HTTP_REFUSED: &str = "sca_http_requests_refused_total";
+pub const AMQP_REPLIES_DROPPED: &str = "sca_amqp_replies_dropped_total";
+pub const AMQP_EVENTS_LOST: &str = "sca_amqp_events_lost_total";
+pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,6 +94,26 @@ fn describe() {
     describe_counter!(
         PROVIDER_TOKEN_RENEWALS,
         "Provider auth tokens minted, by provider."
+    );
+    describe_counter!(
+        HTTP_CLOSED,
+        "HTTP connections closed by a timeout, by listener and reason (header_timeout, idle)."
+    );
+    describe_counter!(
+        HTTP_REFUSED,
+        "HTTP requests refused, by listener and reason (overloaded, body_timeout)."
+    );
+    describe_counter!(
+        AMQP_REPLIES_DROPPED,
+        "reply_to publishes given up after bounded retries (the outcome itself still goes out)."
+    );
+    describe_counter!(
+        AMQP_EVENTS_LOST,
+        "Events given up: their publish failed on a channel closed by an error."
+    );
+    describe_counter!(
+        AMQP_CHANNELS_REPLACED,
+        "Publishing channels closed by a channel error and opened again."
     );
 }
 

@@ -127,10 +127,22 @@ pub fn record_rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
+/// lapin logs every message the broker returns (unroutable) at WARN with its whole body,
+/// and a returned dead letter carries a refused challenge: device tokens, phone number.
+/// The publisher counts returns itself (`sca_amqp_unroutable_total`), so that line is
+/// turned off whatever the configured level.
+fn quiet_returned_messages() -> tracing_subscriber::filter::Directive {
+    "lapin::returned_messages=off"
+        .parse()
+        .expect("a static, valid directive")
+}
+
 /// Sets up `tracing` once; later calls are no-ops.
 pub fn init_tracing(format: &str, level: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(quiet_returned_messages());
     let _ = if format == "json" {
         fmt()
             .with_env_filter(filter)

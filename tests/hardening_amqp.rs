@@ -84,10 +84,22 @@ impl Rig {
         assert!(c.is_ack());
     }
 
-    async fn pushes(&self, n: usize) {
+    /// Waits until both devices of challenge `id` have been pushed to.
+    async fn pushed(&self, id: &str) {
         let until = tokio::time::Instant::now() + PATIENCE;
-        while self.push.pushes.lock().unwrap().len() < n {
-            assert!(tokio::time::Instant::now() < until, "{n} pushes in time");
+        loop {
+            let n = self
+                .push
+                .pushes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| &*p.challenge_id == id && !p.is_withdraw())
+                .count();
+            if n >= 2 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < until, "{id} pushed in time");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -250,7 +262,7 @@ async fn an_unroutable_outcome_is_retried_until_a_queue_is_bound() {
     let tap = r.queue("late-tap", FieldTable::default()).await;
     r.publish(&challenge("unroutable-1"), BasicProperties::default())
         .await;
-    r.pushes(2).await;
+    r.pushed("unroutable-1").await;
     r.approve("unroutable-1").await;
     // Nobody is bound to the outcomes exchange: returned, counted, retried.
     r.metric_reaches(
@@ -312,8 +324,8 @@ async fn a_full_or_missing_reply_queue_never_holds_outcomes_back() {
         .await;
     r.publish(&challenge("reply-none"), BasicProperties::default())
         .await;
-    r.pushes(6).await;
     for id in ["reply-full", "reply-missing", "reply-none"] {
+        r.pushed(id).await;
         r.approve(id).await;
     }
     let got = outcomes_for(&mut c, &["reply-full", "reply-missing", "reply-none"]).await;
@@ -346,7 +358,7 @@ async fn a_full_or_missing_reply_queue_never_holds_outcomes_back() {
     // Later challenges are not stalled either.
     r.publish(&challenge("after-replies"), BasicProperties::default())
         .await;
-    r.pushes(8).await;
+    r.pushed("after-replies").await;
     r.approve("after-replies").await;
     outcomes_for(&mut c, &["after-replies"]).await;
     r.stop().await;
@@ -367,7 +379,7 @@ async fn a_channel_closed_by_a_channel_error_is_replaced() {
         .unwrap();
     r.publish(&challenge("chan-err-1"), BasicProperties::default())
         .await;
-    r.pushes(2).await;
+    r.pushed("chan-err-1").await;
     r.metric_reaches("sca_amqp_channels_replaced_total", &[], 1.0)
         .await;
     assert!(r.daemon.status.connected(), "the connection stayed up");

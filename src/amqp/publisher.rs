@@ -212,6 +212,7 @@ impl Inner {
         let _pending = Pending(self);
         let mut attempt = 0;
         let mut failures = 0;
+        let mut warned = false;
         loop {
             let sent = if kind.uses_window() {
                 // The window bounds publishes awaiting a confirm, not retries waiting out
@@ -240,11 +241,16 @@ impl Inner {
                         }
                         return kind == Kind::Event;
                     }
-                    tracing::warn!(
-                        exchange,
-                        routing_key = rk,
-                        "no queue is bound to take this message; retrying"
-                    );
+                    // Once per message: thousands of stuck outcomes must not flood the log
+                    // (the counter and its alert carry the rest).
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            exchange,
+                            routing_key = rk,
+                            "no queue is bound to take this message; retrying until one is"
+                        );
+                    }
                 }
                 Err(e) => {
                     if *self.stop.borrow() {

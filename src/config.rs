@@ -122,6 +122,21 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     pub max_wait_seconds: u64,
     pub max_connections: usize,
+    /// A connection whose request headers are not complete this long after the
+    /// connection opened, or after it started sending them, is closed.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in progress for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// A request that carries a body is answered 408 unless its body is read and the
+    /// request answered within this (slow bodies).
+    pub body_timeout_ms: u64,
+    /// Concurrent HTTP/2 streams allowed per connection.
+    pub max_streams_per_connection: u32,
+    /// Requests in progress at once on the listener, all connections together; over it
+    /// a request is answered 503 at once.
+    pub max_requests_in_flight: usize,
+    /// TCP keep-alive idle time on accepted sockets (probes find dead peers); 0 = off.
+    pub tcp_keepalive_seconds: u64,
 }
 
 impl Default for HttpConfig {
@@ -132,6 +147,12 @@ impl Default for HttpConfig {
             max_body_bytes: 8192,
             max_wait_seconds: 30,
             max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_seconds: 60,
+            body_timeout_ms: 10_000,
+            max_streams_per_connection: 100,
+            max_requests_in_flight: 10_000,
+            tcp_keepalive_seconds: 60,
         }
     }
 }
@@ -306,6 +327,11 @@ pub struct SmsConfig {
     pub block_seconds: u64,
     /// Comma-separated E.164 country prefixes (`+39,+355`); empty = every country.
     pub allowed_country_prefixes: String,
+    /// Abuse limit: SMS per phone number per `window_seconds`, whichever users ask
+    /// (the same number behind many user ids is SMS pumping).
+    pub max_per_phone_per_window: u32,
+    /// SMS per minute per instance, all users together.
+    pub max_per_minute_global: u32,
 }
 
 impl Default for SmsConfig {
@@ -325,6 +351,8 @@ impl Default for SmsConfig {
             unconfirmed_window_seconds: 24 * 3600,
             block_seconds: 24 * 3600,
             allowed_country_prefixes: String::new(),
+            max_per_phone_per_window: 3,
+            max_per_minute_global: 600,
         }
     }
 }
@@ -455,6 +483,7 @@ impl Config {
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
+        self.validate_http_timeouts()?;
         if self.log.format != "text" && self.log.format != "json" {
             return Err(invalid("log.format", "must be `text` or `json`"));
         }
@@ -490,6 +519,35 @@ impl Config {
         }
         if self.shutdown.grace_seconds > 600 {
             return Err(invalid("shutdown.grace_seconds", "must be at most 600"));
+        }
+        Ok(())
+    }
+
+    fn validate_http_timeouts(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if !(100..=300_000).contains(&h.header_read_timeout_ms) {
+            return Err(invalid(
+                "http.header_read_timeout_ms",
+                "must be 100..=300000",
+            ));
+        }
+        if !(1..=3600).contains(&h.idle_timeout_seconds) {
+            return Err(invalid("http.idle_timeout_seconds", "must be 1..=3600"));
+        }
+        if !(100..=300_000).contains(&h.body_timeout_ms) {
+            return Err(invalid("http.body_timeout_ms", "must be 100..=300000"));
+        }
+        if !(1..=1000).contains(&h.max_streams_per_connection) {
+            return Err(invalid(
+                "http.max_streams_per_connection",
+                "must be 1..=1000",
+            ));
+        }
+        if h.max_requests_in_flight == 0 {
+            return Err(invalid("http.max_requests_in_flight", "must be at least 1"));
+        }
+        if h.tcp_keepalive_seconds > 7200 {
+            return Err(invalid("http.tcp_keepalive_seconds", "must be 0..=7200"));
         }
         Ok(())
     }
@@ -581,6 +639,15 @@ impl Config {
                 "sms.max_unconfirmed",
                 "sms.max_unconfirmed, sms.unconfirmed_window_seconds and sms.block_seconds must be at least 1",
             ));
+        }
+        if c.max_per_phone_per_window == 0 {
+            return Err(invalid(
+                "sms.max_per_phone_per_window",
+                "must be at least 1",
+            ));
+        }
+        if c.max_per_minute_global == 0 || c.max_per_minute_global > 1_000_000 {
+            return Err(invalid("sms.max_per_minute_global", "must be 1..=1000000"));
         }
         for p in c.allowed_prefixes() {
             if !p.starts_with('+')
@@ -778,5 +845,33 @@ mod tests {
         let e = Config::from_toml_with_env("[apns]\nkey_file = \"/nonexistent.p8\"\n", "t", &[])
             .unwrap_err();
         assert!(e.to_string().contains("apns.key_file"), "{e}");
+    }
+
+    #[test]
+    fn hardening_keys_are_validated_by_name() {
+        for (toml, key) in [
+            ("[http]\nheader_read_timeout_ms = 0\n", "http.header_read_timeout_ms"),
+            ("[http]\nidle_timeout_seconds = 0\n", "http.idle_timeout_seconds"),
+            ("[http]\nbody_timeout_ms = 5\n", "http.body_timeout_ms"),
+            ("[http]\nmax_streams_per_connection = 0\n", "http.max_streams_per_connection"),
+            ("[http]\nmax_requests_in_flight = 0\n", "http.max_requests_in_flight"),
+            ("[http]\ntcp_keepalive_seconds = 99999\n", "http.tcp_keepalive_seconds"),
+            (
+                "[sms]\ngateway = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\nmax_per_phone_per_window = 0\n",
+                "sms.max_per_phone_per_window",
+            ),
+            (
+                "[sms]\ngateway = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\nmax_per_minute_global = 0\n",
+                "sms.max_per_minute_global",
+            ),
+        ] {
+            let e = Config::from_toml_with_env(toml, "t", &[]).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+        let c = Config::default();
+        assert_eq!(c.http.header_read_timeout_ms, 10_000);
+        assert_eq!(c.http.idle_timeout_seconds, 60);
+        assert_eq!(c.sms.max_per_phone_per_window, 3);
+        assert_eq!(c.sms.max_per_minute_global, 600);
     }
 }

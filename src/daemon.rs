@@ -117,6 +117,7 @@ impl Daemon {
         let (hard_tx, hard_rx) = watch::channel(false);
         let status = Arc::new(BrokerStatus::default());
         let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
+        let drain_publisher = publisher.clone();
         let engine = Engine::new(&cfg, providers.clone(), publisher.clone());
         let control = amqp::control::Control::new(&cfg.amqp.control_exchange);
         engine.set_peers(control.clone());
@@ -153,15 +154,15 @@ impl Daemon {
                 providers,
             }),
         });
-        let http = tokio::spawn(crate::http::serve(
+        let http = tokio::spawn(crate::http::serve_with(
             http_l,
-            cfg.http.max_connections,
+            crate::http::Limits::from_config("api", &cfg.http),
             move |req, _| api.clone().handle(req),
             until(&close_tx.subscribe()),
         ));
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(crate::http::serve_with(
             metrics_l,
-            64,
+            crate::http::Limits::from_config("metrics", &cfg.http).with_max_connections(64),
             move |req, _| {
                 let prom = prom.clone();
                 async move {
@@ -184,11 +185,21 @@ impl Daemon {
         let mut stop_wait = stop_rx;
         let done = tokio::spawn(async move {
             let _ = stop_wait.wait_for(|s| *s).await;
+            let started = tokio::time::Instant::now();
             tracing::info!("shutting down: no new challenges");
             let _ = consume_tx.send(true);
             let left = eng.drain(grace).await;
+            let events_left = drain_publisher
+                .drain(grace.saturating_sub(started.elapsed()))
+                .await;
             if left > 0 {
                 tracing::warn!(unconfirmed = left, "grace period over with outcomes unconfirmed; their challenges will be redelivered");
+            }
+            if events_left > 0 {
+                tracing::warn!(
+                    unconfirmed = events_left,
+                    "grace period over with publishes unconfirmed"
+                );
             }
             let _ = hard_tx.send(true);
             let _ = close_tx.send(true);

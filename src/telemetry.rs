@@ -21,6 +21,11 @@ pub const AMQP_UNROUTABLE: &str = "sca_amqp_unroutable_total";
 pub const PUBLISH_FAILURES: &str = "sca_amqp_publish_failures_total";
 pub const HTTP_REQUESTS: &str = "sca_http_requests_total";
 pub const PROVIDER_TOKEN_RENEWALS: &str = "sca_provider_token_renewals_total";
+pub const HTTP_CLOSED: &str = "sca_http_connections_closed_total";
+pub const HTTP_REFUSED: &str = "sca_http_requests_refused_total";
+pub const AMQP_REPLIES_DROPPED: &str = "sca_amqp_replies_dropped_total";
+pub const AMQP_EVENTS_LOST: &str = "sca_amqp_events_lost_total";
+pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -90,6 +95,26 @@ fn describe() {
         PROVIDER_TOKEN_RENEWALS,
         "Provider auth tokens minted, by provider."
     );
+    describe_counter!(
+        HTTP_CLOSED,
+        "HTTP connections closed by a timeout, by listener and reason (header_timeout, idle)."
+    );
+    describe_counter!(
+        HTTP_REFUSED,
+        "HTTP requests refused, by listener and reason (overloaded, body_timeout)."
+    );
+    describe_counter!(
+        AMQP_REPLIES_DROPPED,
+        "reply_to publishes given up after bounded retries (the outcome itself still goes out)."
+    );
+    describe_counter!(
+        AMQP_EVENTS_LOST,
+        "Events given up: their publish failed on a channel closed by an error."
+    );
+    describe_counter!(
+        AMQP_CHANNELS_REPLACED,
+        "Publishing channels closed by a channel error and opened again."
+    );
 }
 
 /// Records one push request to a provider (`apns`/`fcm`) with its result label.
@@ -102,10 +127,22 @@ pub fn record_rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
+/// lapin logs every message the broker returns (unroutable) at WARN with its whole body,
+/// and a returned dead letter carries a refused challenge: device tokens, phone number.
+/// The publisher counts returns itself (`sca_amqp_unroutable_total`), so that line is
+/// turned off whatever the configured level.
+fn quiet_returned_messages() -> tracing_subscriber::filter::Directive {
+    "lapin::returned_messages=off"
+        .parse()
+        .expect("a static, valid directive")
+}
+
 /// Sets up `tracing` once; later calls are no-ops.
 pub fn init_tracing(format: &str, level: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(quiet_returned_messages());
     let _ = if format == "json" {
         fmt()
             .with_env_filter(filter)

@@ -73,6 +73,8 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
     file_cfg.http.addr = format!("127.0.0.1:{http_port}");
     file_cfg.metrics.addr = format!("127.0.0.1:{metrics_port}");
     file_cfg.sms = sim.config(Shape::Webhook);
+    // Twenty users share the test number: above the default per-number SMS limit.
+    file_cfg.sms.max_per_phone_per_window = 100;
     std::fs::write(&path, toml::to_string(&file_cfg).unwrap()).unwrap();
     let a = &cfg.amqp;
 

@@ -136,11 +136,8 @@ async fn session(
     topology::declare(&conn, cfg)
         .await
         .map_err(|e| format!("declaring topology: {e}"))?;
-    let pub_ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    pub_ch
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let (pub_err_tx, mut pub_err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let pub_ch = publishing_channel(&conn, &pub_err_tx).await?;
     publisher.set_channel(Some(pub_ch));
 
     let mut running = Vec::new();
@@ -181,6 +178,21 @@ async fn session(
     loop {
         tokio::select! {
             Some(e) = err_rx.recv() => return Err(e),
+            Some(e) = pub_err_rx.recv() => {
+                // A channel error (an exchange deleted under us, say) closes the channel,
+                // not the connection: without a new one every publish would wait forever.
+                publisher.set_channel(None);
+                if !conn.status().connected() {
+                    return Err(format!("publishing channel closed with the connection: {e}"));
+                }
+                tracing::warn!("publishing channel closed by the broker: {e}; opening a new one");
+                if let Err(e) = topology::declare(&conn, cfg).await {
+                    tracing::warn!("declaring the topology again failed: {e}");
+                }
+                let ch = publishing_channel(&conn, &pub_err_tx).await?;
+                publisher.set_channel(Some(ch));
+                metrics::counter!(t::AMQP_CHANNELS_REPLACED).increment(1);
+            }
             Some(ended) = consumer_tasks.join_next(), if !cancelled => {
                 let why = ended.unwrap_or_else(|e| e.to_string());
                 return Err(why);
@@ -205,4 +217,20 @@ async fn session(
             }
         }
     }
+}
+
+/// A confirm-mode channel whose errors are sent to `errors`.
+async fn publishing_channel(
+    conn: &lapin::Connection,
+    errors: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<lapin::Channel, String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let tx = errors.clone();
+    ch.on_error(move |e| {
+        let _ = tx.send(e.to_string());
+    });
+    Ok(ch)
 }

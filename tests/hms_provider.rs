@@ -350,6 +350,10 @@ async fn a_wrong_secret_fails_the_push_without_hammering_the_token_endpoint() {
     );
     assert_eq!(sim.token_mints(), 0);
     assert_eq!(sim.send_requests(), 0);
+    // Retries within the challenge's 1.5 s each wanted a token, but a refusal is held
+    // for a second: the token endpoint was asked at most twice (once more for slack).
+    let asked = sim.token_requests();
+    assert!((1..=3).contains(&asked), "{asked} token requests");
 }
 
 #[tokio::test]

@@ -151,6 +151,7 @@ struct State {
     scripts: Mutex<HashMap<String, Behaviour>>,
     recorded: Mutex<Vec<RecordedMessage>>,
     mints: AtomicU64,
+    token_requests: AtomicU64,
     send_requests: AtomicU64,
     next_id: AtomicU64,
     delivered: watch::Sender<usize>,
@@ -206,6 +207,7 @@ impl HmsSim {
             scripts: Mutex::new(HashMap::new()),
             recorded: Mutex::new(Vec::new()),
             mints: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
             send_requests: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             delivered: watch::channel(0usize).0,
@@ -313,6 +315,11 @@ impl HmsSim {
     /// Access tokens issued through the token endpoint.
     pub fn token_mints(&self) -> u64 {
         self.state.mints.load(Ordering::SeqCst)
+    }
+
+    /// Requests to the token endpoint, whatever the answer.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
     }
 
     /// `messages:send` requests received, whatever the answer.
@@ -522,6 +529,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
 }
 
 async fn token_endpoint(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
     let Ok(body) = read_body(req).await else {
         return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, 1102, 20001, "body too large");
     };

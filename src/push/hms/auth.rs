@@ -188,7 +188,7 @@ impl TokenSource {
                             return;
                         }
                         if let Err(e) = this.mint().await {
-                            tracing::warn!(error = %e, "hms: ahead-of-expiry token renewal failed");
+                            tracing::debug!(error = %e, "hms: ahead-of-expiry token renewal failed");
                         }
                     });
                 }
@@ -239,7 +239,10 @@ impl TokenSource {
                 metrics::counter!(telemetry::PROVIDER_TOKEN_RENEWALS, "provider" => "hms")
                     .increment(1);
             }
-            Err(e) => *last = Some((Instant::now(), e.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "hms: no access token from the token endpoint");
+                *last = Some((Instant::now(), e.clone()));
+            }
         }
         result
     }

@@ -145,8 +145,9 @@ impl Inner {
         let token = match self.auth.token().await {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(error = %e, "hms: no access token");
-                crate::telemetry::record_push("hms", "error", Duration::ZERO);
+                // Nothing was sent. The failed request itself is logged once per hold
+                // period by the token source, not once per push.
+                tracing::debug!(challenge_id = %msg.challenge_id, error = %e, "hms: no access token");
                 return Class::Retry { after: None };
             }
         };

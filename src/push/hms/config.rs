@@ -128,6 +128,31 @@ mod tests {
     }
 
     #[test]
+    fn the_section_is_read_from_toml_and_the_environment() {
+        use crate::config::Config;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let toml = format!(
+            "[hms]\napp_id = \"101234567\"\napp_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let env = vec![(
+            "SCA_HMS_ENDPOINT".to_string(),
+            "http://127.0.0.1:9999".to_string(),
+        )];
+        let c = Config::from_toml_with_env(&toml, "t", &env).unwrap();
+        assert!(c.hms.is_configured());
+        assert_eq!(c.hms.app_id, "101234567");
+        assert_eq!(c.hms.endpoint, "http://127.0.0.1:9999");
+        assert!(c.provider_summary().contains("hms=configured"));
+        let e = Config::from_toml_with_env("[hms]\napp_id = \"1\"\n", "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("hms.app_secret_file"), "{e}");
+        let e = Config::from_toml_with_env("[hms]\nbogus = 1\n", "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");

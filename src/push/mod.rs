@@ -1,6 +1,6 @@
 //! Push delivery: the [`PushProvider`] trait the engine talks to, the message it hands
-//! over, the outcome classes every provider answer maps to, and the APNs, FCM and Huawei Push
-//! Kit transports. Only this module knows provider protocols.
+//! over, the outcome classes every provider answer maps to, and the APNs, FCM and
+//! Huawei Push Kit transports. Only this module knows provider protocols.
 
 pub mod apns;
 pub mod fcm;

@@ -1,6 +1,7 @@
 //! Typed configuration: a TOML file plus `SCA_<SECTION>_<KEY>` environment overrides,
 //! parsed and validated before any port is bound. Every error names the offending key.
 
+pub use crate::push::hms::config::HmsConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub struct Config {
     pub challenge: ChallengeConfig,
     pub apns: ApnsConfig,
     pub fcm: FcmConfig,
+    pub hms: HmsConfig,
     pub sms: SmsConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
@@ -513,6 +515,7 @@ impl Config {
         }
         self.validate_apns()?;
         self.validate_fcm()?;
+        self.hms.validate()?;
         self.validate_sms()?;
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
@@ -667,13 +670,18 @@ impl Config {
     /// One line per provider saying whether it is configured (for start-up logs).
     pub fn provider_summary(&self) -> String {
         format!(
-            "apns={} fcm={} sms={}",
+            "apns={} fcm={} hms={} sms={}",
             if self.apns.is_configured() {
                 "configured"
             } else {
                 "not configured"
             },
             if self.fcm.is_configured() {
+                "configured"
+            } else {
+                "not configured"
+            },
+            if self.hms.is_configured() {
                 "configured"
             } else {
                 "not configured"

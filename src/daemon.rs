@@ -39,6 +39,11 @@ pub fn providers_from_config(cfg: &Config) -> Result<Providers, StartError> {
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.fcm = Some(Arc::new(f));
     }
+    if cfg.hms.is_configured() {
+        let h = crate::push::hms::HmsProvider::new(&cfg.hms)
+            .map_err(|e| StartError::Provider(e.to_string()))?;
+        p.hms = Some(Arc::new(h));
+    }
     p.sms = crate::sms::gateway::from_config(&cfg.sms)
         .map_err(|e| StartError::Provider(e.to_string()))?;
     Ok(p)
@@ -58,12 +63,14 @@ impl Readiness for Ready {
         serde_json::json!({
             "apns": s(self.providers.apns.is_some()),
             "fcm": s(self.providers.fcm.is_some()),
+            "hms": s(self.providers.hms.is_some()),
             "sms": s(self.providers.sms.is_some()),
         })
     }
     fn any_provider(&self) -> bool {
         self.providers.apns.is_some()
             || self.providers.fcm.is_some()
+            || self.providers.hms.is_some()
             || self.providers.sms.is_some()
     }
 }
@@ -106,6 +113,9 @@ impl Daemon {
         }
         if providers.fcm.is_none() {
             tracing::warn!("FCM is not configured: Android devices count as unreachable");
+        }
+        if providers.hms.is_none() {
+            tracing::warn!("HMS is not configured: Huawei devices count as unreachable");
         }
         if providers.sms.is_none() {
             tracing::warn!("no SMS gateway is configured: SMS fallback is off");

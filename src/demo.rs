@@ -1,4 +1,4 @@
-//! `sca-dispatch demo`: the APNs, FCM and SMS simulators and the daemon in one process
+//! `sca-dispatch demo`: the APNs, FCM, Push Kit and SMS simulators and the daemon in one process
 //! against the local RabbitMQ, with the real transports. It plays the scenarios a
 //! newcomer wants to see and prints a timeline per challenge; `--load RATE` then keeps it
 //! running with simulated users, printing throughput and latency each second.
@@ -9,6 +9,7 @@ use crate::engine::json::rfc3339_ms;
 use crate::engine::now_ms;
 use crate::sim::apns::{ApnsSim, ApnsSimOptions};
 use crate::sim::fcm::{FcmSim, FcmSimOptions};
+use crate::sim::hms::{HmsSim, HmsSimOptions};
 use crate::sim::sms::{Shape, SmsSim, SmsSimOptions};
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -204,6 +205,31 @@ fn observe(
     tasks
 }
 
+/// Writes what the Push Kit simulator saw into the timeline.
+fn observe_hms(tl: Arc<Timeline>, hms: Arc<HmsSim>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        loop {
+            let msgs = hms.messages();
+            for m in msgs.iter().skip(seen) {
+                let id = m.data["challenge_id"].as_str().unwrap_or("?");
+                let what = if m.data["type"] == "withdraw" {
+                    "withdrawal".to_string()
+                } else {
+                    format!("push \"{}\"", m.data["body"].as_str().unwrap_or(""))
+                };
+                tl.note_at(
+                    id,
+                    m.received_at,
+                    format!("HMS {what} to {}: {} {}", m.token(), m.status, m.code),
+                );
+            }
+            seen = msgs.len();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
 struct Http {
     base: String,
     client: hyper_util::client::legacy::Client<
@@ -292,6 +318,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .await?,
     );
     let fcm = Arc::new(FcmSim::start(FcmSimOptions::default()).await?);
+    let hms = Arc::new(HmsSim::start(HmsSimOptions::default()).await?);
     let sms = SmsSim::start(SmsSimOptions::default()).await?;
     println!(
         "  APNs simulator  {} (HTTP/2 over TLS, CA {})",
@@ -303,6 +330,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         fcm.endpoint(),
         fcm.token_uri()
     );
+    println!(
+        "  HMS simulator   {} (Push Kit, OAuth 2.0 token endpoint {})",
+        hms.endpoint(),
+        hms.token_endpoint()
+    );
     println!("  SMS simulator   {} (webhook)", sms.webhook_url());
 
     let mut cfg = demo_config(&opts.amqp_url);
@@ -311,6 +343,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     cfg.fcm = fcm
         .write_config_files(&dir.join("fcm"))
         .context("writing the FCM service account")?;
+    std::fs::create_dir_all(dir.join("hms"))?;
+    cfg.hms = hms
+        .write_config_files(&dir.join("hms"))
+        .context("writing the Push Kit app secret")?;
     cfg.sms = sms.config(Shape::Webhook);
     cfg.limits.challenges_per_minute = 3;
     cfg.limits.challenge_burst = 3;
@@ -332,7 +368,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     );
 
     let tl = Arc::new(Timeline::default());
-    let observers = observe(
+    let mut observers = observe(
         tl.clone(),
         apns.clone(),
         fcm.clone(),
@@ -340,6 +376,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.outcomes_exchange).await?,
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.events_exchange).await?,
     );
+    observers.push(observe_hms(tl.clone(), hms.clone()));
     let http = Http {
         base: format!("http://{}", daemon.http_addr),
         client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -370,24 +407,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     // 1. A login pushed to two devices, approved on one, withdrawn from the other.
     let id = format!("demo-{run_id}-login");
-    println!("1. Login pushed to iPhone (APNs) and Pixel (FCM), approved on the Pixel");
-    broker
-        .publish(challenge(&id, "mario", "login").to_string().as_bytes())
-        .await?;
+    println!(
+        "1. Login pushed to iPhone (APNs), Pixel (FCM) and Huawei Mate (HMS), approved on the Pixel"
+    );
+    let mut c = challenge(&id, "mario", "login");
+    if let Some(devices) = c["devices"].as_array_mut() {
+        devices.push(json!({"device_id": "d-mate", "platform": "hms", "token": "hms-mate-mario", "name": "Huawei Mate"}));
+    }
+    broker.publish(c.to_string().as_bytes()).await?;
     tl.note(&id, "published to sca-demo.challenges");
-    until(10, || pushes_for(&id) >= 2).await;
+    until(10, || pushes_for(&id) >= 3).await;
     http.decide(&tl, &id, "d-pixel", "approve", "Pixel approves")
         .await?;
     until(10, || outcome_of(&id).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     http.decide(&tl, &id, "d-iphone", "deny", "iPhone answers late")
         .await?;
+    let hms_withdrawn = until(5, || {
+        hms.delivered()
+            .iter()
+            .any(|m| m.data["type"] == "withdraw" && m.data["challenge_id"] == id.as_str())
+    })
+    .await;
     tl.print(&id);
     results.push((
         "login approved on one device",
         id.clone(),
         outcome_of(&id).unwrap_or_default(),
-        outcome_of(&id).as_deref() == Some("approved"),
+        outcome_of(&id).as_deref() == Some("approved") && hms_withdrawn,
     ));
 
     // 2. A payment whose push goes unanswered, then approved by SMS code.

@@ -65,6 +65,8 @@ enum Sim {
     Apns(SimArgs),
     /// FCM HTTP v1 with its OAuth2 token endpoint.
     Fcm(SimArgs),
+    /// Huawei Push Kit v1 with its OAuth 2.0 token endpoint.
+    Hms(SimArgs),
     /// SMS gateways (twilio and webhook shapes).
     Sms(SimArgs),
     /// A bare HTTP server: the benchmark's baseline for the decision endpoint.
@@ -159,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
                     Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,
+                    Sim::Hms(a) => sca_dispatch::sim::hms::run_standalone(a.addr, a.dir).await,
                     Sim::Sms(a) => sca_dispatch::sim::sms::run_standalone(a.addr, a.dir).await,
                     Sim::HttpBaseline(a) => {
                         sca_dispatch::sim::http_baseline::run_standalone(a.addr).await

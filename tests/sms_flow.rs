@@ -265,6 +265,7 @@ async fn real_twilio_gateway_against_the_simulator() {
             rec: recorder,
         })),
         sms: Some(gateway),
+        ..Default::default()
     };
     let h = Harness::start_custom(|c| c.sms = sms_cfg.clone(), Some(providers)).await;
     let mut c = with_fallback("sms-twilio", 1);

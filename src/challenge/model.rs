@@ -53,6 +53,8 @@ impl fmt::Display for Kind {
 pub enum Platform {
     Apns,
     Fcm,
+    /// Huawei Push Kit.
+    Hms,
 }
 
 impl Platform {
@@ -60,6 +62,7 @@ impl Platform {
         match self {
             Platform::Apns => "apns",
             Platform::Fcm => "fcm",
+            Platform::Hms => "hms",
         }
     }
 }
@@ -486,7 +489,8 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
     let platform = match s("platform") {
         Some("apns") => Platform::Apns,
         Some("fcm") => Platform::Fcm,
-        _ => return Err("platform must be apns or fcm".into()),
+        Some("hms") => Platform::Hms,
+        _ => return Err("platform must be apns, fcm or hms".into()),
     };
     let token = s("token").ok_or("token is required")?;
     match platform {
@@ -507,6 +511,16 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
             {
                 return Err("FCM token must be 1-4096 characters of [A-Za-z0-9-_:.]".into());
+            }
+        }
+        Platform::Hms => {
+            if token.is_empty()
+                || token.len() > 1024
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+            {
+                return Err("HMS token must be 1-1024 characters of [A-Za-z0-9-_:.]".into());
             }
         }
     }

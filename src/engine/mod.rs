@@ -49,6 +49,7 @@ pub fn now_ms() -> i64 {
 pub struct Providers {
     pub apns: Option<Arc<dyn PushProvider>>,
     pub fcm: Option<Arc<dyn PushProvider>>,
+    pub hms: Option<Arc<dyn PushProvider>>,
     pub sms: Option<Arc<dyn SmsGateway>>,
 }
 
@@ -162,6 +163,7 @@ impl Engine {
         match p {
             Platform::Apns => self.providers.apns.is_some(),
             Platform::Fcm => self.providers.fcm.is_some(),
+            Platform::Hms => self.providers.hms.is_some(),
         }
     }
 
@@ -575,6 +577,7 @@ impl Engine {
         let provider = match d.platform {
             Platform::Apns => self.providers.apns.clone(),
             Platform::Fcm => self.providers.fcm.clone(),
+            Platform::Hms => self.providers.hms.clone(),
         };
         let Some(provider) = provider else { return };
         let withdraw = matches!(content, PushContent::Withdraw);

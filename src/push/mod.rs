@@ -1,9 +1,10 @@
 //! Push delivery: the [`PushProvider`] trait the engine talks to, the message it hands
-//! over, the outcome classes every provider answer maps to, and the APNs and FCM
-//! transports. Only this module knows provider protocols.
+//! over, the outcome classes every provider answer maps to, and the APNs, FCM and
+//! Huawei Push Kit transports. Only this module knows provider protocols.
 
 pub mod apns;
 pub mod fcm;
+pub mod hms;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::{Kind, Platform};

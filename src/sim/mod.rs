@@ -1,8 +1,10 @@
-//! Simulators of APNs, FCM (with its OAuth2 token endpoint) and the SMS gateways. They
-//! speak the real protocols, record what they receive and can be scripted to fail; tests,
-//! benchmarks and the demo share them, and users can run them alone.
+//! Simulators of APNs, FCM (with its OAuth2 token endpoint), Huawei Push Kit (with its
+//! OAuth 2.0 token endpoint) and the SMS gateways. They speak the real protocols, record
+//! what they receive and can be scripted to fail; tests, benchmarks and the demo share
+//! them, and users can run them alone.
 
 pub mod apns;
 pub mod fcm;
+pub mod hms;
 pub mod http_baseline;
 pub mod sms;

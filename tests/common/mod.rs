@@ -207,6 +207,10 @@ impl Harness {
                 platform: Platform::Fcm,
                 rec: self.push.clone(),
             })),
+            hms: Some(Arc::new(FakePush {
+                platform: Platform::Hms,
+                rec: self.push.clone(),
+            })),
             sms: Some(self.sms.clone()),
         }
     }

@@ -47,6 +47,7 @@ async fn rig(tweak: impl FnOnce(&mut Config)) -> Rig {
             rec: push.clone(),
         })),
         sms: Some(Arc::new(FakeSms::default())),
+        ..Default::default()
     };
     let (conn, ch) = amqp().await;
     let daemon = Daemon::start(cfg.clone(), providers).await.unwrap();

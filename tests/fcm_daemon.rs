@@ -66,14 +66,7 @@ async fn delivered_then_withdrawn_from_the_other_device() {
     );
     assert_eq!(m[0].body["message"]["android"]["priority"], "HIGH");
     assert_eq!(m[0].body["message"]["android"]["collapse_key"], "fcm-d-1");
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/fcm-d-1/decision",
-            Some(json!({"device_id": "android-1", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("fcm-d-1", "android-1", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
     assert_eq!(

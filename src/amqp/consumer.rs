@@ -3,9 +3,9 @@
 //! task itself — parsing and dispatch are synchronous and short.
 
 use super::acks::{run_batcher, AckHandle};
-use crate::engine::requests::ResponseMessage;
 use crate::engine::sink::ReplyTo;
-use crate::engine::{DeliveryMeta, Engine};
+use crate::engine::{AckToken, DeliveryMeta, Engine};
+use crate::wire::ops::{Answer, Authority, ResponseMessage};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -50,6 +50,15 @@ pub(crate) async fn open(
     Ok((running, consumer, tx))
 }
 
+impl AckToken for AckHandle {
+    fn ack(self: Box<Self>) {
+        AckHandle::ack(*self)
+    }
+    fn reject(self: Box<Self>) {
+        AckHandle::reject(*self)
+    }
+}
+
 fn reply_to(d: &Delivery) -> Option<ReplyTo> {
     d.properties.reply_to().as_ref().map(|q| ReplyTo {
         queue: q.to_string(),
@@ -75,7 +84,7 @@ pub(crate) async fn run_challenges(
                     redelivered: d.redelivered,
                 };
                 let ack = AckHandle::new(acks.clone(), d.delivery_tag);
-                engine.accept(&d.data, meta, ack);
+                engine.accept(&d.data, meta, Box::new(ack));
             }
             Err(e) => return format!("challenge consumer failed: {e}"),
         }
@@ -98,7 +107,11 @@ pub(crate) async fn run_responses(
         let ack = AckHandle::new(acks.clone(), d.delivery_tag);
         let reply = reply_to(&d);
         let answer = match ResponseMessage::parse(&d.data) {
-            Ok(msg) => engine.operate_anywhere(msg.challenge_id(), msg.op()).await,
+            Ok(msg) => {
+                engine
+                    .operate_anywhere(&msg.challenge_id, msg.op, Authority::Queue)
+                    .await
+            }
             Err(reason) => {
                 tracing::warn!(%reason, "response message refused");
                 let engine = engine.clone();
@@ -108,7 +121,7 @@ pub(crate) async fn run_responses(
                 tokio::spawn(async move {
                     let dead = engine.sink().dead_letter(queue, body, reason.clone()).await;
                     if let Some(r) = sink_reply {
-                        let b = serde_json::json!({"status": 422, "error": "invalid_message", "message": reason});
+                        let b = Answer::error(422, "invalid_message", &reason).into_reply();
                         engine
                             .sink()
                             .reply(r, serde_json::to_vec(&b).unwrap_or_default())
@@ -124,8 +137,7 @@ pub(crate) async fn run_responses(
             }
         };
         if let Some(r) = reply {
-            let mut body = answer.body;
-            body["status"] = answer.status.into();
+            let body = answer.answer().into_reply();
             let engine = engine.clone();
             tokio::spawn(async move {
                 engine

@@ -324,3 +324,86 @@ async fn long_poll_returns_when_decided() {
     assert_eq!(st, 422);
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_and_waits_are_refused_before_any_lookup() {
+    let h = Harness::start().await;
+    h.publish(&challenge("ids-1")).await;
+    h.pushes(2, 10).await;
+    let long = "x".repeat(65);
+    for path in [
+        "/v1/challenges/bad%20id".to_string(),
+        "/v1/challenges/a.b".to_string(),
+        format!("/v1/challenges/{long}"),
+    ] {
+        let (st, b) = h.http("GET", &path, None, None).await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+        let (st, _) = h
+            .http(
+                "POST",
+                &format!("{path}/decision"),
+                Some(json!({"device_id": "d-pixel", "decision": "approve"})),
+                None,
+            )
+            .await;
+        assert_eq!(st, 404, "{path}");
+    }
+    // `wait` must be a finite number of seconds in 0..=http.max_wait_seconds (30).
+    for wait in ["1e20", "-1", "NaN", "inf", "31", "30.5", ""] {
+        let (st, b) = h
+            .http(
+                "GET",
+                &format!("/v1/challenges/ids-1?wait={wait}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (422, Some("invalid_query")),
+            "wait={wait}"
+        );
+    }
+    // The daemon is still there, and a wait in range is taken.
+    let (st, b) = h
+        .http("GET", "/v1/challenges/ids-1?wait=0", None, None)
+        .await;
+    assert_eq!((st, b["state"].as_str()), (200, Some("pending")));
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_code_is_never_echoed() {
+    let h = Harness::start().await;
+    h.publish(&challenge("echo-1")).await;
+    h.pushes(2, 10).await;
+    for body in [
+        r#"{"code": 987123}"#,
+        r#"{"code": 987123.0}"#,
+        r#"{"code": ["987123"]}"#,
+        r#"{"code": "98712x"}"#,
+    ] {
+        let (st, b) = h
+            .http_raw(
+                "POST",
+                "/v1/challenges/echo-1/otp",
+                Some(body.as_bytes().to_vec()),
+                None,
+            )
+            .await;
+        assert_eq!(st, 422, "{body}: {b}");
+        assert!(!b.to_string().contains("98712"), "{body} echoed: {b}");
+    }
+    // On sca.responses: dead-lettered, the reason does not hold it either.
+    h.respond(&json!({"op": "otp", "challenge_id": "echo-1", "code": 987123}))
+        .await;
+    let (_, reason) = h.dead_letter(5).await;
+    let reason = reason.unwrap();
+    assert!(reason.starts_with("invalid_field"), "{reason}");
+    assert!(!reason.contains("987123"), "{reason}");
+    h.cleanup().await;
+}

@@ -292,6 +292,31 @@ impl Challenge {
         self.outcome.is_some()
     }
 
+    /// True while a push may still report a result (it would be reported as an event).
+    pub fn push_in_flight(&self) -> bool {
+        self.devices.iter().any(|d| d.push == PushState::Sending)
+    }
+
+    /// Drops what a settled challenge no longer needs, keeping what its view and its
+    /// answers to late operations (409, 410, 423) use: ids, kind, expiry, per-device
+    /// state, SMS progress and the outcome. Device tokens and names, the transaction and
+    /// the locale go. Does nothing to a pending challenge.
+    pub fn compact(&mut self) {
+        if !self.is_done() {
+            return;
+        }
+        let s = &mut self.spec;
+        for d in &mut s.devices {
+            d.token = Box::default();
+            d.name = None;
+        }
+        s.devices.shrink_to_fit();
+        self.devices.shrink_to_fit();
+        s.transaction = None;
+        s.locale = Box::default();
+        self.otp = None;
+    }
+
     /// When the engine should next send `Tick`, if ever.
     pub fn next_deadline(&self) -> Option<i64> {
         if self.is_done() {

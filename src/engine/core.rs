@@ -429,6 +429,9 @@ impl<A> Core<A> {
                 .machine
                 .handle(now, Event::PushResult { device, result });
             self.apply(&key, &mut entry, step.commands, now, &mut fx);
+            if entry.confirmed && !entry.machine.push_in_flight() {
+                entry.machine.compact();
+            }
         }
         fx
     }
@@ -466,9 +469,14 @@ impl<A> Core<A> {
         if let Some(mut e) = self.table.get_mut(id) {
             let key = e.key().clone();
             e.confirmed = true;
-            let acks: Vec<A> = e.acks.drain(..).collect();
+            let acks = std::mem::take(&mut e.acks);
             if !acks.is_empty() {
                 fx.push(Effect::Settle(acks));
+            }
+            // What is kept from now on is a compact record; a push still in flight may
+            // yet report a gone token (with the token masked in the event), so wait for it.
+            if !e.machine.push_in_flight() {
+                e.machine.compact();
             }
             let at = (now + self.settings.retain_ms).max(e.machine.spec.expires_at_ms());
             e.remove_at = Some(at);

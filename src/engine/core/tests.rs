@@ -650,3 +650,32 @@ proptest! {
         prop_assert_eq!(c.held(), 0, "memory released after retention");
     }
 }
+
+#[test]
+fn the_compact_record_answers_as_the_challenge_did() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    c.push_result(T0 + 1, "c1", 0, PushResult::Delivered);
+    c.push_result(T0 + 1, "c1", 1, PushResult::Delivered);
+    c.operate(T0 + 2, "c1", &decide("a", true), Authority::Bearer);
+    let before = c.view("c1").unwrap();
+    c.confirmed(T0 + 3, "c1");
+    assert_eq!(c.view("c1").unwrap(), before, "the view is unchanged");
+    let late = [
+        decide("b", false),
+        otp(CODE),
+        Operation::Sms,
+        Operation::Cancel,
+    ];
+    for op in late {
+        let (o, fx) = c.operate(T0 + 4, "c1", &op, Authority::Bearer);
+        assert_eq!(
+            o,
+            OpOutcome::AlreadyDecided {
+                outcome: OutcomeKind::Approved
+            },
+            "{op:?}"
+        );
+        assert!(outcome_of(&fx).is_none());
+    }
+}

@@ -4,7 +4,7 @@
 //! does not hold broadcasts the request and waits for the owner's answer, or for every
 //! known peer to say it does not hold it either.
 
-use crate::engine::peers::Peers;
+use crate::engine::peers::{Asked, Peers};
 use crate::engine::Engine;
 use crate::wire::control::{ControlMessage, PeerAnswer, PeerNote, PeerRequest};
 use dashmap::DashMap;
@@ -216,11 +216,14 @@ impl Peers for Control {
         })
     }
 
-    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<PeerAnswer>> {
+    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Asked> {
         Box::pin(async move {
             let peers = self.live_peers();
-            if peers == 0 || self.link().is_none() {
-                return None;
+            if peers == 0 {
+                return Asked::NotHeld;
+            }
+            if self.link().is_none() {
+                return Asked::Silent;
             }
             let corr = format!("{:016x}", rand::random::<u64>());
             let (tx, mut rx) = mpsc::unbounded_channel();
@@ -234,14 +237,15 @@ impl Peers for Control {
             };
             self.broadcast(&msg).await;
             let mut not_held = 0;
-            let mut result = None;
+            let mut result = Asked::Silent;
             while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                if r.is_some() {
-                    result = r;
+                if let Some(a) = r {
+                    result = Asked::Answered(a);
                     break;
                 }
                 not_held += 1;
                 if not_held >= peers {
+                    result = Asked::NotHeld;
                     break;
                 }
             }

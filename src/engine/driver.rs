@@ -7,7 +7,7 @@
 //! id).
 
 use super::core::{Core, DeliveryMeta, Effect, Effects, Metric, OsEntropy, Settings};
-use super::peers::Peers;
+use super::peers::{Asked, Peers};
 use super::sink::OutcomeSink;
 use super::timers::Timers;
 use super::Providers;
@@ -115,8 +115,24 @@ impl Engine {
     }
 
     /// Runs an operation on a challenge wherever it is held: here, or at the instance
-    /// that consumed it.
+    /// that consumed it. An owner that cannot be reached answers like an unknown
+    /// challenge (404), as the HTTP API always has.
     pub async fn operate_anywhere(
+        self: &Arc<Self>,
+        id: &ChallengeId,
+        op: Operation,
+        authority: Authority,
+    ) -> OpOutcome {
+        match self.operate_routed(id, op, authority).await {
+            OpOutcome::Unreachable => OpOutcome::NotFound,
+            o => o,
+        }
+    }
+
+    /// As [`Engine::operate_anywhere`], but says [`OpOutcome::Unreachable`] when a known
+    /// instance did not answer and the challenge is not here either (`sca.responses`
+    /// then tries again later).
+    pub async fn operate_routed(
         self: &Arc<Self>,
         id: &ChallengeId,
         op: Operation,
@@ -125,6 +141,7 @@ impl Engine {
         if self.core.holds(id.as_str()) {
             return self.operate_here(id.as_str(), &op, authority);
         }
+        let mut silent = false;
         if let Some(p) = self.peers.get() {
             let req = PeerRequest {
                 challenge_id: id.clone(),
@@ -133,12 +150,17 @@ impl Engine {
                     authority,
                 },
             };
-            if let Some(PeerAnswer::Op(o)) = p.ask(req).await {
-                return o;
+            match p.ask(req).await {
+                Asked::Answered(PeerAnswer::Op(o)) => return o,
+                Asked::Answered(PeerAnswer::View(_)) | Asked::NotHeld => {}
+                Asked::Silent => silent = true,
             }
         }
         // It may have arrived here meanwhile.
-        self.operate_here(id.as_str(), &op, authority)
+        match self.operate_here(id.as_str(), &op, authority) {
+            OpOutcome::NotFound if silent => OpOutcome::Unreachable,
+            o => o,
+        }
     }
 
     /// The view of a challenge wherever it is held, waiting up to `wait` for a decision.
@@ -154,7 +176,7 @@ impl Engine {
             },
         };
         match p.ask(req).await {
-            Some(PeerAnswer::View(v)) => Some(*v),
+            Asked::Answered(PeerAnswer::View(v)) => Some(*v),
             _ => self.core.view(id.as_str()),
         }
     }

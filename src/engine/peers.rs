@@ -6,9 +6,20 @@
 use crate::wire::control::{PeerAnswer, PeerNote, PeerRequest};
 use futures_util::future::BoxFuture;
 
+/// What asking the other instances gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// The owner answered.
+    Answered(PeerAnswer),
+    /// No instance holds the challenge (or no other instance is known).
+    NotHeld,
+    /// Some known instance did not answer in time: the owner may be unreachable.
+    Silent,
+}
+
 pub trait Peers: Send + Sync + 'static {
-    /// Asks the other instances; `None` when none holds the challenge (or none answered).
-    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<PeerAnswer>>;
+    /// Asks the other instances about a challenge this one does not hold.
+    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Asked>;
     /// Tells every other instance something they should count too (fire and forget).
     fn tell(&self, note: PeerNote) -> BoxFuture<'_, ()>;
 }

@@ -3,7 +3,8 @@
 //! Module map (see ARCHITECTURE.md):
 //! - [`config`]: typed configuration, TOML + `SCA_*` environment overrides.
 //! - [`challenge`]: the pure domain — model, validation, state machine, OTP, signatures.
-//! - [`engine`]: the in-memory table, timers, command execution.
+//! - [`engine`]: the sans-io core (table, rules across challenges) and its async driver.
+//! - [`wire`]: every JSON shape crossing the process boundary, typed.
 //! - [`amqp`]: RabbitMQ topology, consumers, ack batching, confirming publisher.
 //! - [`http`]: the HTTP API and the metrics endpoint.
 //! - [`push`], [`sms`]: the provider transports behind small traits.
@@ -29,6 +30,7 @@ pub mod sms;
 pub mod telemetry;
 pub mod texts;
 pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use daemon::{run, Daemon};

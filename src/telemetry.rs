@@ -20,6 +20,7 @@ pub const AMQP_RECONNECTS: &str = "sca_amqp_reconnects_total";
 pub const AMQP_UNROUTABLE: &str = "sca_amqp_unroutable_total";
 pub const PUBLISH_FAILURES: &str = "sca_amqp_publish_failures_total";
 pub const HTTP_REQUESTS: &str = "sca_http_requests_total";
+pub const RESPONSES_UNREACHABLE: &str = "sca_responses_unreachable_total";
 pub const PROVIDER_TOKEN_RENEWALS: &str = "sca_provider_token_renewals_total";
 pub const HTTP_CLOSED: &str = "sca_http_connections_closed_total";
 pub const HTTP_REFUSED: &str = "sca_http_requests_refused_total";

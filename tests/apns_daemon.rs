@@ -63,14 +63,7 @@ async fn delivered_with_contract_headers_then_withdrawn() {
     assert_eq!(first.payload["kind"], "payment");
     assert!(first.payload["expires_at"].is_string());
 
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/apns-d-1/decision",
-            Some(json!({"device_id": "ios-0", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("apns-d-1", "ios-0", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
     assert_eq!(o["device_id"], "ios-0");

@@ -19,14 +19,7 @@ async fn push_to_every_device_then_first_decision_wins() {
     let ev = h.event("challenge.dispatched", 5).await;
     assert_eq!(ev["challenge_id"], "life-1");
 
-    let (st, body) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-1/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, body) = h.decide("life-1", "d-pixel", "approve").await;
     assert_eq!((st, body["outcome"].as_str()), (200, Some("approved")));
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.login.approved");
@@ -47,14 +40,7 @@ async fn push_to_every_device_then_first_decision_wins() {
     assert_eq!(w.len(), 1);
     assert_eq!(&*w[0].device_id, "d-iphone");
 
-    let (st, body) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-1/decision",
-            Some(json!({"device_id": "d-iphone", "decision": "deny"})),
-            None,
-        )
-        .await;
+    let (st, body) = h.decide("life-1", "d-iphone", "deny").await;
     assert_eq!((st, body["outcome"].as_str()), (409, Some("approved")));
     let (st, v) = h.http("GET", "/v1/challenges/life-1", None, None).await;
     assert_eq!(st, 200);
@@ -81,32 +67,11 @@ async fn decision_errors_and_unknown_challenge() {
     let h = Harness::start().await;
     h.publish(&challenge("life-2")).await;
     h.pushes(2, 10).await;
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-2/decision",
-            Some(json!({"device_id": "stranger", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, b) = h.decide("life-2", "stranger", "approve").await;
     assert_eq!((st, b["error"].as_str()), (403, Some("device_not_bound")));
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/nope/decision",
-            Some(json!({"device_id": "d", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("nope", "d", "approve").await;
     assert_eq!(st, 404);
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-2/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "maybe"})),
-            None,
-        )
-        .await;
+    let (st, b) = h.decide("life-2", "d-pixel", "maybe").await;
     assert_eq!(st, 422, "{b}");
     let (st, b) = h
         .http_raw(
@@ -157,14 +122,7 @@ async fn expiry_publishes_expired_and_withdraws() {
     assert!(o["channel"].is_null());
     let pushes = h.pushes(4, 5).await;
     assert_eq!(pushes.iter().filter(|p| p.is_withdraw()).count(), 2);
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-exp/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, b) = h.decide("life-exp", "d-pixel", "approve").await;
     assert_eq!((st, b["outcome"].as_str()), (410, Some("expired")));
     h.cleanup().await;
 }
@@ -198,14 +156,7 @@ async fn cancel_withdraws_and_publishes_cancelled() {
     // Without a token a device without a key cannot decide either.
     h.publish(&challenge("life-cancel-2")).await;
     h.pushes(6, 10).await;
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/life-cancel-2/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("life-cancel-2", "d-pixel", "approve").await;
     assert_eq!(st, 401);
     let (st, _) = h
         .http(
@@ -278,14 +229,7 @@ async fn device_signature_accepted_and_forged_refused() {
         )
         .await;
     assert_eq!((st, b["error"].as_str()), (403, Some("bad_signature")));
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sig-1/decision",
-            Some(json!({"device_id": "d-iphone", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("sig-1", "d-iphone", "approve").await;
     assert_eq!(st, 403);
     let good = sign(&format!("sca-v1|sig-1|approve|{digest}"));
     let (st, b) = h
@@ -378,5 +322,88 @@ async fn long_poll_returns_when_decided() {
         .http("GET", "/v1/challenges/poll-1?wait=abc", None, None)
         .await;
     assert_eq!(st, 422);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_and_waits_are_refused_before_any_lookup() {
+    let h = Harness::start().await;
+    h.publish(&challenge("ids-1")).await;
+    h.pushes(2, 10).await;
+    let long = "x".repeat(65);
+    for path in [
+        "/v1/challenges/bad%20id".to_string(),
+        "/v1/challenges/a.b".to_string(),
+        format!("/v1/challenges/{long}"),
+    ] {
+        let (st, b) = h.http("GET", &path, None, None).await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+        let (st, _) = h
+            .http(
+                "POST",
+                &format!("{path}/decision"),
+                Some(json!({"device_id": "d-pixel", "decision": "approve"})),
+                None,
+            )
+            .await;
+        assert_eq!(st, 404, "{path}");
+    }
+    // `wait` must be a finite number of seconds in 0..=http.max_wait_seconds (30).
+    for wait in ["1e20", "-1", "NaN", "inf", "31", "30.5", ""] {
+        let (st, b) = h
+            .http(
+                "GET",
+                &format!("/v1/challenges/ids-1?wait={wait}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (422, Some("invalid_query")),
+            "wait={wait}"
+        );
+    }
+    // The daemon is still there, and a wait in range is taken.
+    let (st, b) = h
+        .http("GET", "/v1/challenges/ids-1?wait=0", None, None)
+        .await;
+    assert_eq!((st, b["state"].as_str()), (200, Some("pending")));
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_code_is_never_echoed() {
+    let h = Harness::start().await;
+    h.publish(&challenge("echo-1")).await;
+    h.pushes(2, 10).await;
+    for body in [
+        r#"{"code": 987123}"#,
+        r#"{"code": 987123.0}"#,
+        r#"{"code": ["987123"]}"#,
+        r#"{"code": "98712x"}"#,
+    ] {
+        let (st, b) = h
+            .http_raw(
+                "POST",
+                "/v1/challenges/echo-1/otp",
+                Some(body.as_bytes().to_vec()),
+                None,
+            )
+            .await;
+        assert_eq!(st, 422, "{body}: {b}");
+        assert!(!b.to_string().contains("98712"), "{body} echoed: {b}");
+    }
+    // On sca.responses: dead-lettered, the reason does not hold it either.
+    h.respond(&json!({"op": "otp", "challenge_id": "echo-1", "code": 987123}))
+        .await;
+    let (_, reason) = h.dead_letter(5).await;
+    let reason = reason.unwrap();
+    assert!(reason.starts_with("invalid_field"), "{reason}");
+    assert!(!reason.contains("987123"), "{reason}");
     h.cleanup().await;
 }

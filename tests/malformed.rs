@@ -60,14 +60,7 @@ async fn each_malformed_body_is_dead_lettered_with_its_reason() {
     // Still serving.
     h.publish(&challenge("good-after-bad")).await;
     h.pushes(2, 10).await;
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/good-after-bad/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("good-after-bad", "d-pixel", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
     assert_eq!(o["challenge_id"], "good-after-bad");

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
@@ -93,14 +92,7 @@ async fn reconnects_and_resumes_after_the_broker_drops_the_connection() {
     }
     assert!(saw_ready, "reconnected and ready again");
     // The challenge held in memory is still decidable; its redelivery is not dispatched again.
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/rc-1/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("rc-1", "d-pixel", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(10).await;
     assert_eq!(o["challenge_id"], "rc-1");
@@ -131,14 +123,7 @@ async fn graceful_stop_leaves_undecided_for_redelivery() {
     h.publish(&challenge("gs-decided")).await;
     h.publish(&challenge("gs-open")).await;
     h.pushes(4, 10).await;
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/gs-decided/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "deny"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("gs-decided", "d-pixel", "deny").await;
     assert_eq!(st, 200);
     h.stop_daemon().await;
     let (_, o) = h.outcome(5).await;
@@ -157,14 +142,7 @@ async fn graceful_stop_leaves_undecided_for_redelivery() {
             .count()
             >= 4
     );
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/gs-open/decision",
-            Some(json!({"device_id": "d-iphone", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("gs-open", "d-iphone", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
     assert_eq!(o["challenge_id"], "gs-open");

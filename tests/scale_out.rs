@@ -199,3 +199,79 @@ async fn sms_limits_hold_across_instances() {
     second.wait().await;
     h.cleanup().await;
 }
+
+/// An operation on `sca.responses` whose owner never answers goes back to the queue a
+/// bounded number of times, then is answered 503 on `reply_to` and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_owner_is_retried_then_answered_503() {
+    use futures_util::StreamExt;
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+    let h = Harness::start().await;
+    // A peer that says hello and then never answers anything.
+    let hello = json!({"t": "hello", "from": "silent-peer"}).to_string();
+    h.ch.basic_publish(
+        &h.cfg.amqp.control_exchange,
+        "",
+        BasicPublishOptions::default(),
+        hello.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let replies =
+        h.ch.queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer =
+        h.ch.basic_consume(
+            replies.name().as_str(),
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let op = json!({"op": "cancel", "challenge_id": "held-by-nobody-here"}).to_string();
+    h.ch.basic_publish(
+        "",
+        &h.cfg.amqp.responses_queue,
+        BasicPublishOptions::default(),
+        op.as_bytes(),
+        BasicProperties::default()
+            .with_reply_to(replies.name().clone())
+            .with_correlation_id("corr-1".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Four attempts of up to 2 s each.
+    let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(reply["status"], 503, "{reply}");
+    assert_eq!(reply["error"], "owner_unreachable");
+    assert!(h
+        .metrics()
+        .await
+        .contains("sca_responses_unreachable_total 1"));
+    h.cleanup().await;
+}

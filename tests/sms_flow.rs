@@ -33,55 +33,20 @@ async fn unanswered_push_falls_back_to_sms_and_the_code_approves() {
     assert_eq!(ev["phone"], "+39340****567", "number masked in events");
     let code = h.sms.last_code().unwrap();
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-1/otp",
-            Some(json!({"code": wrong})),
-            None,
-        )
-        .await;
+    let (st, b) = h.otp("sms-1", &wrong).await;
     assert_eq!((st, b["attempts_left"].as_u64()), (401, Some(4)));
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-1/otp",
-            Some(json!({"code": "12ab"})),
-            None,
-        )
-        .await;
+    let (st, b) = h.otp("sms-1", "12ab").await;
     assert_eq!(st, 422, "{b}");
-    let (st, b) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-1/otp",
-            Some(json!({"code": code})),
-            None,
-        )
-        .await;
+    let (st, b) = h.otp("sms-1", &code).await;
     assert_eq!((st, b["outcome"].as_str()), (200, Some("approved")));
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.login.approved");
     assert_eq!(o["channel"], "sms");
     assert!(o["device_id"].is_null());
     // Single use, and push decisions are refused now.
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-1/otp",
-            Some(json!({"code": code})),
-            None,
-        )
-        .await;
+    let (st, _) = h.otp("sms-1", &code).await;
     assert_eq!(st, 409);
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-1/decision",
-            Some(json!({"device_id": "d-pixel", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("sms-1", "d-pixel", "approve").await;
     assert_eq!(st, 409);
     let m = h.metrics().await;
     assert!(m.contains("sca_otp_verifications_total"));
@@ -102,36 +67,15 @@ async fn five_wrong_codes_lock_the_challenge() {
     let code = h.sms.last_code().unwrap();
     let wrong = if code == "999999" { "888888" } else { "999999" };
     for left in (1..=4).rev() {
-        let (st, b) = h
-            .http(
-                "POST",
-                "/v1/challenges/sms-lock/otp",
-                Some(json!({"code": wrong})),
-                None,
-            )
-            .await;
+        let (st, b) = h.otp("sms-lock", &wrong).await;
         assert_eq!((st, b["attempts_left"].as_u64()), (401, Some(left)));
     }
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-lock/otp",
-            Some(json!({"code": wrong})),
-            None,
-        )
-        .await;
+    let (st, _) = h.otp("sms-lock", &wrong).await;
     assert_eq!(st, 423);
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.login.otp_locked");
     assert_eq!(o["outcome"], "otp_locked");
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-lock/otp",
-            Some(json!({"code": code})),
-            None,
-        )
-        .await;
+    let (st, _) = h.otp("sms-lock", &code).await;
     assert_eq!(st, 423, "even the right code is refused once locked");
     h.cleanup().await;
 }
@@ -145,28 +89,14 @@ async fn push_approval_after_the_sms_wins_and_the_code_is_refused() {
         .await;
     wait_sms(&h, 1).await;
     let code = h.sms.last_code().unwrap();
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-race/decision",
-            Some(json!({"device_id": "d-iphone", "decision": "approve"})),
-            None,
-        )
-        .await;
+    let (st, _) = h.decide("sms-race", "d-iphone", "approve").await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
     assert_eq!(
         (o["outcome"].as_str(), o["channel"].as_str()),
         (Some("approved"), Some("push"))
     );
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-race/otp",
-            Some(json!({"code": code})),
-            None,
-        )
-        .await;
+    let (st, _) = h.otp("sms-race", &code).await;
     assert_eq!(st, 409);
     h.cleanup().await;
 }
@@ -289,14 +219,7 @@ async fn real_twilio_gateway_against_the_simulator() {
         .find(|w| w.len() == 6)
         .unwrap()
         .to_string();
-    let (st, _) = h
-        .http(
-            "POST",
-            "/v1/challenges/sms-twilio/otp",
-            Some(json!({"code": code})),
-            None,
-        )
-        .await;
+    let (st, _) = h.otp("sms-twilio", &code).await;
     assert_eq!(st, 200);
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.payment.approved");

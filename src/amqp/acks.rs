@@ -3,7 +3,7 @@
 //! few AMQP frames as possible: contiguous tags are acked with one `multiple` ack, the
 //! rest singly (pipelined, never awaited one by one per message).
 
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Channel;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 pub(crate) enum AckOp {
     Ack(u64),
     Reject(u64),
+    /// Return to the queue (the quorum queue counts the delivery).
+    Requeue(u64),
     /// Send everything settled so far, then answer (before the channel is closed).
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -48,6 +50,11 @@ impl AckHandle {
     /// Reject without requeue (dead-letters through the queue's DLX).
     pub fn reject(self) {
         let _ = self.tx.send(AckOp::Reject(self.tag));
+    }
+
+    /// Put the message back on its queue, to be delivered again.
+    pub fn requeue(self) {
+        let _ = self.tx.send(AckOp::Requeue(self.tag));
     }
 }
 
@@ -125,6 +132,14 @@ impl AckState {
                 channel
                     .basic_reject(t, BasicRejectOptions { requeue: false })
                     .await?;
+                self.mark_done(t);
+            }
+            AckOp::Requeue(t) => {
+                let requeue = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                channel.basic_nack(t, requeue).await?;
                 self.mark_done(t);
             }
             AckOp::Flush(done) => {

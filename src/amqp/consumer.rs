@@ -3,9 +3,9 @@
 //! task itself — parsing and dispatch are synchronous and short.
 
 use super::acks::{run_batcher, AckHandle};
-use crate::engine::requests::ResponseMessage;
 use crate::engine::sink::ReplyTo;
-use crate::engine::{DeliveryMeta, Engine};
+use crate::engine::{AckToken, DeliveryMeta, Engine};
+use crate::wire::ops::{Answer, Authority, OpOutcome, ResponseMessage};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -50,6 +50,15 @@ pub(crate) async fn open(
     Ok((running, consumer, tx))
 }
 
+impl AckToken for AckHandle {
+    fn ack(self: Box<Self>) {
+        AckHandle::ack(*self)
+    }
+    fn reject(self: Box<Self>) {
+        AckHandle::reject(*self)
+    }
+}
+
 fn reply_to(d: &Delivery) -> Option<ReplyTo> {
     d.properties.reply_to().as_ref().map(|q| ReplyTo {
         queue: q.to_string(),
@@ -75,7 +84,7 @@ pub(crate) async fn run_challenges(
                     redelivered: d.redelivered,
                 };
                 let ack = AckHandle::new(acks.clone(), d.delivery_tag);
-                engine.accept(&d.data, meta, ack);
+                engine.accept(&d.data, meta, Box::new(ack));
             }
             Err(e) => return format!("challenge consumer failed: {e}"),
         }
@@ -83,7 +92,31 @@ pub(crate) async fn run_challenges(
     "challenge consumer cancelled".into()
 }
 
-/// Applies operations from the responses queue; answers `reply_to` when given.
+/// How many times an operation whose owner could not be reached goes back to the queue
+/// before it is answered 503.
+pub const MAX_RESPONSE_REQUEUES: i64 = 3;
+
+/// How many times the quorum queue has delivered this message before (`x-delivery-count`).
+fn delivery_count(d: &Delivery) -> i64 {
+    use lapin::types::AMQPValue;
+    let Some(headers) = d.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => *n as i64,
+        Some(AMQPValue::ShortInt(n)) => *n as i64,
+        Some(AMQPValue::LongUInt(n)) => *n as i64,
+        Some(AMQPValue::ShortUInt(n)) => *n as i64,
+        Some(AMQPValue::ShortShortInt(n)) => *n as i64,
+        Some(AMQPValue::ShortShortUInt(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+/// Applies operations from the responses queue; answers `reply_to` when given. Each
+/// delivery is handled in its own task, so one slow forward never holds the queue; the
+/// channel's prefetch bounds how many are in progress.
 pub(crate) async fn run_responses(
     mut consumer: Consumer,
     acks: mpsc::UnboundedSender<super::acks::AckOp>,
@@ -96,45 +129,55 @@ pub(crate) async fn run_responses(
             Err(e) => return format!("responses consumer failed: {e}"),
         };
         let ack = AckHandle::new(acks.clone(), d.delivery_tag);
-        let reply = reply_to(&d);
-        let answer = match ResponseMessage::parse(&d.data) {
-            Ok(msg) => engine.operate_anywhere(msg.challenge_id(), msg.op()).await,
-            Err(reason) => {
-                tracing::warn!(%reason, "response message refused");
-                let engine = engine.clone();
-                let body = d.data.clone();
-                let sink_reply = reply.clone();
-                let queue = queue.clone();
-                tokio::spawn(async move {
-                    let dead = engine.sink().dead_letter(queue, body, reason.clone()).await;
-                    if let Some(r) = sink_reply {
-                        let b = serde_json::json!({"status": 422, "error": "invalid_message", "message": reason});
-                        engine
-                            .sink()
-                            .reply(r, serde_json::to_vec(&b).unwrap_or_default())
-                            .await;
-                    }
-                    if dead {
-                        ack.ack()
-                    } else {
-                        ack.reject()
-                    }
-                });
-                continue;
-            }
-        };
-        if let Some(r) = reply {
-            let mut body = answer.body;
-            body["status"] = answer.status.into();
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                engine
-                    .sink()
-                    .reply(r, serde_json::to_vec(&body).unwrap_or_default())
-                    .await;
-            });
-        }
-        ack.ack();
+        tokio::spawn(respond(d, ack, engine.clone(), queue.clone()));
     }
     "responses consumer cancelled".into()
+}
+
+async fn respond(d: Delivery, ack: AckHandle, engine: Arc<Engine>, queue: Arc<str>) {
+    let reply = reply_to(&d);
+    let msg = match ResponseMessage::parse(&d.data) {
+        Ok(msg) => msg,
+        Err(reason) => {
+            tracing::warn!(%reason, "response message refused");
+            let dead = engine
+                .sink()
+                .dead_letter(queue, d.data, reason.clone())
+                .await;
+            if let Some(r) = reply {
+                let b = Answer::error(422, "invalid_message", &reason).into_reply();
+                engine
+                    .sink()
+                    .reply(r, serde_json::to_vec(&b).unwrap_or_default())
+                    .await;
+            }
+            if dead {
+                ack.ack()
+            } else {
+                ack.reject()
+            }
+            return;
+        }
+    };
+    let outcome = engine
+        .operate_routed(&msg.challenge_id, msg.op, Authority::Queue)
+        .await;
+    if outcome == OpOutcome::Unreachable && delivery_count(&d) < MAX_RESPONSE_REQUEUES {
+        tracing::info!(challenge_id = %msg.challenge_id, "owner unreachable; operation requeued");
+        ack.requeue();
+        return;
+    }
+    if outcome == OpOutcome::Unreachable {
+        metrics::counter!(crate::telemetry::RESPONSES_UNREACHABLE).increment(1);
+        tracing::warn!(challenge_id = %msg.challenge_id, "owner unreachable; operation answered 503");
+    }
+    // Acked before the reply: a reply that cannot be delivered never holds the message.
+    ack.ack();
+    if let Some(r) = reply {
+        let body = outcome.answer().into_reply();
+        engine
+            .sink()
+            .reply(r, serde_json::to_vec(&body).unwrap_or_default())
+            .await;
+    }
 }

@@ -4,18 +4,17 @@
 //! does not hold broadcasts the request and waits for the owner's answer, or for every
 //! known peer to say it does not hold it either.
 
-use crate::engine::json::Answer;
-use crate::engine::peers::{PeerRequest, Peers};
+use crate::engine::peers::{Asked, Peers};
 use crate::engine::Engine;
-use crate::push::BoxFuture;
+use crate::wire::control::{ControlMessage, PeerAnswer, PeerNote, PeerRequest};
 use dashmap::DashMap;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -27,16 +26,12 @@ const PEER_TTL: Duration = Duration::from_secs(15);
 /// How long to wait for the owner beyond the request's own wait.
 const ASK_TIMEOUT: Duration = Duration::from_millis(2000);
 
-struct PeerReply {
-    found: bool,
-    answer: Option<Answer>,
-}
-
 pub struct Control {
     id: String,
     exchange: String,
     link: Mutex<Option<(Channel, String)>>,
-    pending: DashMap<String, mpsc::UnboundedSender<PeerReply>>,
+    /// Requests awaiting answers, by correlation id; `None` = "not held here".
+    pending: DashMap<String, mpsc::UnboundedSender<Option<PeerAnswer>>>,
     peers: DashMap<String, Instant>,
 }
 
@@ -64,7 +59,7 @@ impl Control {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = l;
     }
 
-    async fn broadcast(&self, body: &Value) {
+    async fn broadcast(&self, body: &ControlMessage) {
         let Some((ch, queue)) = self.link() else {
             return;
         };
@@ -85,8 +80,10 @@ impl Control {
     }
 
     async fn hello(&self) {
-        self.broadcast(&json!({"t": "hello", "from": self.id}))
-            .await;
+        self.broadcast(&ControlMessage::Hello {
+            from: self.id.clone(),
+        })
+        .await;
     }
 
     /// Opens the control queue on `conn` and serves it until the connection ends.
@@ -155,37 +152,35 @@ impl Control {
         reply_to: Option<String>,
         engine: &Arc<Engine>,
     ) {
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
-            return;
+        let msg = match serde_json::from_slice::<ControlMessage>(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("control message refused: {e}");
+                return;
+            }
         };
-        let from = v["from"].as_str().unwrap_or_default();
+        let from = msg.from();
         if from == self.id {
             return;
         }
-        match v["t"].as_str() {
+        let newcomer = self
+            .peers
+            .insert(from.to_string(), Instant::now())
+            .is_none();
+        match msg {
             // A newcomer: let it know about us at once.
-            Some("hello")
-                if self
-                    .peers
-                    .insert(from.to_string(), Instant::now())
-                    .is_none() =>
-            {
-                self.hello().await;
-            }
-            Some("hello") => {}
-            Some("req") => {
-                self.peers.insert(from.to_string(), Instant::now());
+            ControlMessage::Hello { .. } if newcomer => self.hello().await,
+            ControlMessage::Hello { .. } => {}
+            ControlMessage::Req { corr, req, .. } => {
                 let Some(reply_to) = reply_to else { return };
                 let me = self.clone();
                 let engine = engine.clone();
-                let corr = v["corr"].clone();
                 tokio::spawn(async move {
-                    let answer = engine.answer_peer(&v["req"]).await;
-                    let body = match answer {
-                        Some(a) => {
-                            json!({"t": "rep", "from": me.id, "corr": corr, "found": true, "status": a.status, "body": a.body})
-                        }
-                        None => json!({"t": "rep", "from": me.id, "corr": corr, "found": false}),
+                    let answer = engine.answer_peer(&req).await;
+                    let body = ControlMessage::Rep {
+                        from: me.id.clone(),
+                        corr,
+                        answer,
                     };
                     if let Some((ch, _)) = me.link() {
                         let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -201,61 +196,56 @@ impl Control {
                     }
                 });
             }
-            Some("note") => {
-                self.peers.insert(from.to_string(), Instant::now());
-                engine.apply_peer_note(&v["note"]);
-            }
-            Some("rep") => {
-                let Some(corr) = v["corr"].as_str() else {
-                    return;
-                };
-                if let Some(tx) = self.pending.get(corr) {
-                    let found = v["found"].as_bool().unwrap_or(false);
-                    let answer = found.then(|| {
-                        Answer::new(
-                            v["status"].as_u64().unwrap_or(500) as u16,
-                            v["body"].clone(),
-                        )
-                    });
-                    let _ = tx.send(PeerReply { found, answer });
+            ControlMessage::Note { note, .. } => engine.apply_peer_note(&note),
+            ControlMessage::Rep { corr, answer, .. } => {
+                if let Some(tx) = self.pending.get(&corr) {
+                    let _ = tx.send(answer);
                 }
             }
-            _ => {}
         }
     }
 }
 
 impl Peers for Control {
-    fn tell(&self, note: Value) -> BoxFuture<'_, ()> {
+    fn tell(&self, note: PeerNote) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if self.live_peers() > 0 {
-                self.broadcast(&json!({"t": "note", "from": self.id, "note": note}))
-                    .await;
+                let from = self.id.clone();
+                self.broadcast(&ControlMessage::Note { from, note }).await;
             }
         })
     }
 
-    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<Answer>> {
+    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Asked> {
         Box::pin(async move {
             let peers = self.live_peers();
-            if peers == 0 || self.link().is_none() {
-                return None;
+            if peers == 0 {
+                return Asked::NotHeld;
+            }
+            if self.link().is_none() {
+                return Asked::Silent;
             }
             let corr = format!("{:016x}", rand::random::<u64>());
             let (tx, mut rx) = mpsc::unbounded_channel();
             self.pending.insert(corr.clone(), tx);
-            self.broadcast(&json!({"t": "req", "from": self.id, "corr": corr, "req": req.op}))
-                .await;
-            let deadline = tokio::time::Instant::now() + req.wait + ASK_TIMEOUT;
+            let deadline = tokio::time::Instant::now() + req.wait() + ASK_TIMEOUT;
+            let from = self.id.clone();
+            let msg = ControlMessage::Req {
+                from,
+                corr: corr.clone(),
+                req,
+            };
+            self.broadcast(&msg).await;
             let mut not_held = 0;
-            let mut result = None;
+            let mut result = Asked::Silent;
             while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                if r.found {
-                    result = r.answer;
+                if let Some(a) = r {
+                    result = Asked::Answered(a);
                     break;
                 }
                 not_held += 1;
                 if not_held >= peers {
+                    result = Asked::NotHeld;
                     break;
                 }
             }

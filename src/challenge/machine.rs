@@ -122,7 +122,10 @@ pub enum Event<'a> {
     },
     /// The engine will not send an SMS (limit reached, no gateway).
     SmsUnavailable,
+    /// What became of SMS number `seq` (1 for the first, see [`Challenge::sms_sent`]).
+    /// A late result of an older SMS is ignored: it must not void a newer code.
     SmsResult {
+        seq: u8,
         delivered: bool,
     },
     Cancel,
@@ -173,9 +176,9 @@ pub enum Reply {
 }
 
 /// The output of one step.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Step {
-    pub reply: Option<Reply>,
+    pub reply: Reply,
     pub commands: Vec<Command>,
 }
 
@@ -215,11 +218,7 @@ impl Challenge {
             })
             .collect();
         let fallback_at_ms = spec.sms.as_ref().map(|s| {
-            let secs = if s.fallback_after_seconds == u64::MAX {
-                default_fallback_s
-            } else {
-                s.fallback_after_seconds
-            };
+            let secs = s.fallback_after_seconds.unwrap_or(default_fallback_s);
             now + (secs.min(24 * 3600) as i64) * 1000
         });
         let number = if spec.number_match { number } else { None };
@@ -293,6 +292,31 @@ impl Challenge {
         self.outcome.is_some()
     }
 
+    /// True while a push may still report a result (it would be reported as an event).
+    pub fn push_in_flight(&self) -> bool {
+        self.devices.iter().any(|d| d.push == PushState::Sending)
+    }
+
+    /// Drops what a settled challenge no longer needs, keeping what its view and its
+    /// answers to late operations (409, 410, 423) use: ids, kind, expiry, per-device
+    /// state, SMS progress and the outcome. Device tokens and names, the transaction and
+    /// the locale go. Does nothing to a pending challenge.
+    pub fn compact(&mut self) {
+        if !self.is_done() {
+            return;
+        }
+        let s = &mut self.spec;
+        for d in &mut s.devices {
+            d.token = Box::default();
+            d.name = None;
+        }
+        s.devices.shrink_to_fit();
+        self.devices.shrink_to_fit();
+        s.transaction = None;
+        s.locale = Box::default();
+        self.otp = None;
+    }
+
     /// When the engine should next send `Tick`, if ever.
     pub fn next_deadline(&self) -> Option<i64> {
         if self.is_done() {
@@ -313,8 +337,8 @@ impl Challenge {
 
     /// Feeds one event at time `now`.
     pub fn handle(&mut self, now: i64, event: Event<'_>) -> Step {
-        let mut step = Step::default();
-        let cmds = &mut step.commands;
+        let mut commands = Vec::new();
+        let cmds = &mut commands;
         // Expiry comes first: nothing is accepted at or after the deadline.
         if !self.is_done() && now >= self.spec.expires_at_ms() {
             self.finish(
@@ -375,8 +399,8 @@ impl Challenge {
                 }
                 Reply::None
             }
-            Event::SmsResult { delivered } => {
-                if !self.is_done() && self.sms == SmsState::Sending {
+            Event::SmsResult { seq, delivered } => {
+                if !self.is_done() && self.sms == SmsState::Sending && seq == self.sms_sent {
                     self.sms = if delivered {
                         SmsState::Sent
                     } else {
@@ -397,8 +421,7 @@ impl Challenge {
                 }
             },
         };
-        step.reply = Some(reply);
-        step
+        Step { reply, commands }
     }
 
     fn done_reply(&self) -> Option<Reply> {

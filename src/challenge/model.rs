@@ -158,7 +158,8 @@ pub struct Device {
 #[derive(Debug, Clone)]
 pub struct SmsSpec {
     pub phone: Box<str>,
-    pub fallback_after_seconds: u64,
+    /// `None`: the configured `challenge.default_fallback_after_seconds`.
+    pub fallback_after_seconds: Option<u64>,
 }
 
 /// A challenge that passed every rule of CONTRACT §3.
@@ -472,8 +473,7 @@ pub fn parse_challenge(
         devices,
         sms: sms.map(|(phone, fallback)| SmsSpec {
             phone: phone.into(),
-            // u64::MAX marks "use the configured default"; the engine resolves it.
-            fallback_after_seconds: fallback.unwrap_or(u64::MAX),
+            fallback_after_seconds: fallback,
         }),
         number_match,
     })
@@ -576,7 +576,7 @@ mod tests {
         assert_eq!(&*s.challenge_id, "c-1");
         assert_eq!(s.devices.len(), 2);
         assert_eq!(s.expires_at_ms(), NOW + 120_000);
-        assert_eq!(s.sms.unwrap().fallback_after_seconds, 30);
+        assert_eq!(s.sms.unwrap().fallback_after_seconds, Some(30));
     }
 
     #[test]

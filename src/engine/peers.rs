@@ -3,24 +3,23 @@
 //! a load balancer, or from the shared responses queue) is forwarded to its owner over
 //! RabbitMQ. The engine sees this as a small trait; `amqp::control` implements it.
 
-use super::json::Answer;
-use crate::push::BoxFuture;
-use serde_json::Value;
-use std::time::Duration;
+use crate::wire::control::{PeerAnswer, PeerNote, PeerRequest};
+use futures_util::future::BoxFuture;
 
-/// A request for the owner of a challenge: the operation as JSON (the body format of
-/// `sca.responses`, or `{"op":"view","wait_ms":…}`).
-#[derive(Debug, Clone)]
-pub struct PeerRequest {
-    pub challenge_id: String,
-    pub op: Value,
-    /// How long the owner may hold the answer (long-poll).
-    pub wait: Duration,
+/// What asking the other instances gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// The owner answered.
+    Answered(PeerAnswer),
+    /// No instance holds the challenge (or no other instance is known).
+    NotHeld,
+    /// Some known instance did not answer in time: the owner may be unreachable.
+    Silent,
 }
 
 pub trait Peers: Send + Sync + 'static {
-    /// Asks the other instances; `None` when none holds the challenge (or none answered).
-    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Option<Answer>>;
+    /// Asks the other instances about a challenge this one does not hold.
+    fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Asked>;
     /// Tells every other instance something they should count too (fire and forget).
-    fn tell(&self, note: Value) -> BoxFuture<'_, ()>;
+    fn tell(&self, note: PeerNote) -> BoxFuture<'_, ()>;
 }

@@ -1,7 +1,7 @@
 //! What the engine needs from the broker side, as a trait: publish outcomes and events
 //! with confirms, and dead-letter refused messages. `amqp::publisher` implements it.
 
-use crate::push::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Where a challenge asked its outcome to be sent as well (AMQP `reply_to`).
 #[derive(Debug, Clone, PartialEq, Eq)]

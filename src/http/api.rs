@@ -1,12 +1,13 @@
 //! Routes of the HTTP API: translates requests into engine operations and their answers
 //! into statuses and JSON. Holds no rules of its own beyond HTTP: auth, body limits,
-//! parsing.
+//! parsing into the typed [`wire`](crate::wire) values.
 
 use super::{json_response, Body};
-use crate::engine::json::Answer;
-use crate::engine::requests::{DecisionBody, OtpBody};
-use crate::engine::{Engine, Op};
+use crate::engine::Engine;
 use crate::telemetry as t;
+use crate::wire::ops::{
+    Answer, Authority, ChallengeId, DecisionBody, OpOutcome, Operation, OtpBody,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -32,6 +33,10 @@ pub struct Api {
 
 fn answer(a: Answer) -> Response<Body> {
     json_response(a.status, &a.body)
+}
+
+fn outcome(o: OpOutcome) -> Response<Body> {
+    answer(o.answer())
 }
 
 fn err(status: u16, error: &str, message: &str) -> Response<Body> {
@@ -85,7 +90,11 @@ impl Api {
             (&Method::GET, ["readyz"]) => ("readyz", self.readyz()),
             (&Method::GET, ["openapi.json"]) => ("openapi", super::openapi::response()),
             (m, ["v1", "challenges", id, rest @ ..]) => {
-                let id = id.to_string();
+                // An id that breaks the contract's rule names no challenge: 404 before
+                // any lookup or forwarding.
+                let Some(id) = ChallengeId::parse(id) else {
+                    return ("other", outcome(OpOutcome::NotFound));
+                };
                 match (m, rest) {
                     (&Method::POST, ["decision"]) => ("decision", self.decision(req, &id).await),
                     (&Method::POST, ["otp"]) => {
@@ -93,17 +102,12 @@ impl Api {
                     }
                     (&Method::POST, ["sms"]) => (
                         "sms",
-                        self.authed(req, |s, _| async move {
-                            answer(s.engine.operate_anywhere(&id, Op::Sms).await)
-                        })
-                        .await,
+                        self.authed(req, |s, _| s.operate(id, Operation::Sms)).await,
                     ),
                     (&Method::DELETE, []) => (
                         "cancel",
-                        self.authed(req, |s, _| async move {
-                            answer(s.engine.operate_anywhere(&id, Op::Cancel).await)
-                        })
-                        .await,
+                        self.authed(req, |s, _| s.operate(id, Operation::Cancel))
+                            .await,
                     ),
                     (&Method::GET, []) => ("get", self.authed(req, |s, r| s.get(r, id)).await),
                     (_, ["decision"] | ["otp"] | ["sms"] | []) => (
@@ -126,6 +130,14 @@ impl Api {
             return err(401, "unauthorized", "missing or invalid bearer token");
         }
         f(self, req).await
+    }
+
+    async fn operate(&self, id: ChallengeId, op: Operation) -> Response<Body> {
+        outcome(
+            self.engine
+                .operate_anywhere(&id, op, Authority::Bearer)
+                .await,
+        )
     }
 
     fn readyz(&self) -> Response<Body> {
@@ -164,14 +176,20 @@ impl Api {
         }
     }
 
-    async fn decision(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
-        let authed = token_ok(&self.tokens, &req);
+    async fn decision(&self, req: Request<Incoming>, id: &ChallengeId) -> Response<Body> {
+        // Devices may call this endpoint directly: without a bearer token a decision is
+        // only taken from a device that signs its decisions.
+        let authority = if token_ok(&self.tokens, &req) {
+            Authority::Bearer
+        } else {
+            Authority::DeviceSignature
+        };
         let bytes = match self.body(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let parsed: DecisionBody = match serde_json::from_slice(&bytes) {
-            Ok(p) => p,
+        let op = match serde_json::from_slice::<DecisionBody>(&bytes) {
+            Ok(p) => p.into_op(),
             Err(e) => {
                 return err(
                     422,
@@ -182,26 +200,17 @@ impl Api {
                 )
             }
         };
-        let op = match parsed.op() {
-            Ok(op) => op,
-            Err(e) => return err(422, "invalid_body", &e),
-        };
-        // Devices may call this endpoint directly: without a bearer token a decision is
-        // only taken from a device that signs its decisions.
-        if authed {
-            answer(self.engine.operate_anywhere(id, op).await)
-        } else {
-            answer(self.engine.decide_signed_only(id, op).await)
-        }
+        outcome(self.engine.operate_anywhere(id, op, authority).await)
     }
 
-    async fn otp(&self, req: Request<Incoming>, id: String) -> Response<Body> {
+    async fn otp(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
         let bytes = match self.body(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let parsed: OtpBody = match serde_json::from_slice(&bytes) {
-            Ok(p) => p,
+        // The error never repeats what was sent: it may be a code.
+        let code = match serde_json::from_slice::<OtpBody>(&bytes) {
+            Ok(p) => p.code,
             Err(e) => {
                 return err(
                     422,
@@ -210,15 +219,16 @@ impl Api {
                 )
             }
         };
-        answer(
-            self.engine
-                .operate_anywhere(&id, Op::Otp { code: &parsed.code })
-                .await,
-        )
+        let code = match code.into_code() {
+            Ok(c) => c,
+            Err(e) => return err(422, "invalid_code", e),
+        };
+        self.operate(id, Operation::Otp { code }).await
     }
 
-    async fn get(&self, req: Request<Incoming>, id: String) -> Response<Body> {
-        let mut wait = None;
+    /// `?wait=` seconds: a finite number in `0..=http.max_wait_seconds`.
+    fn wait(&self, req: &Request<Incoming>) -> Result<Duration, String> {
+        let mut wait = Duration::ZERO;
         for pair in req
             .uri()
             .query()
@@ -228,26 +238,27 @@ impl Api {
         {
             if let Some(v) = pair.strip_prefix("wait=") {
                 match v.parse::<f64>() {
-                    Ok(s) if s.is_finite() && s >= 0.0 => {
-                        wait = Some(Duration::from_secs_f64(s).min(self.max_wait));
+                    Ok(s) if s.is_finite() && s >= 0.0 && s <= self.max_wait.as_secs_f64() => {
+                        wait = Duration::from_secs_f64(s);
                     }
                     _ => {
-                        return err(
-                            422,
-                            "invalid_query",
-                            "wait must be a number of seconds (max 30)",
-                        )
+                        let max = self.max_wait.as_secs();
+                        return Err(format!("wait must be a number of seconds from 0 to {max}"));
                     }
                 }
             }
         }
-        let view = match wait {
-            Some(w) => self.engine.view_anywhere(&id, w).await,
-            None => self.engine.view_anywhere(&id, Duration::ZERO).await,
+        Ok(wait)
+    }
+
+    async fn get(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
+        let wait = match self.wait(&req) {
+            Ok(w) => w,
+            Err(e) => return err(422, "invalid_query", &e),
         };
-        match view {
-            Some(v) => json_response(200, &v),
-            None => answer(Answer::not_found()),
+        match self.engine.view_anywhere(&id, wait).await {
+            Some(v) => json_response(200, &serde_json::to_value(&v).unwrap_or_default()),
+            None => outcome(OpOutcome::NotFound),
         }
     }
 }

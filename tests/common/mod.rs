@@ -348,6 +348,25 @@ impl Harness {
         self.http_raw(method, path, raw, token).await
     }
 
+    /// `POST /v1/challenges/{id}/decision` with no token.
+    pub async fn decide(
+        &self,
+        id: &str,
+        device_id: impl serde::Serialize,
+        decision: impl serde::Serialize,
+    ) -> (u16, Value) {
+        let body = json!({"device_id": device_id, "decision": decision});
+        let path = format!("/v1/challenges/{id}/decision");
+        self.http("POST", &path, Some(body), None).await
+    }
+
+    /// `POST /v1/challenges/{id}/otp` with no token.
+    pub async fn otp(&self, id: &str, code: impl serde::Serialize) -> (u16, Value) {
+        let path = format!("/v1/challenges/{id}/otp");
+        self.http("POST", &path, Some(json!({"code": code})), None)
+            .await
+    }
+
     pub async fn http_raw(
         &self,
         method: &str,

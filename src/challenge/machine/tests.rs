@@ -55,7 +55,7 @@ fn start_pushes_every_device_and_schedules_fallback() {
 fn first_decision_wins_and_others_are_withdrawn() {
     let (mut c, _) = start(spec_with(|_| {}));
     let s = c.handle(T0 + 1000, decision("b", true));
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
     assert_eq!(
         s.commands,
         vec![
@@ -67,7 +67,7 @@ fn first_decision_wins_and_others_are_withdrawn() {
     let o = c.outcome.clone().unwrap();
     assert_eq!((o.channel, o.device), (Some(Channel::Push), Some(1)));
     let s = c.handle(T0 + 1001, decision("a", false));
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Approved));
     assert!(s.commands.is_empty());
 }
 
@@ -75,14 +75,14 @@ fn first_decision_wins_and_others_are_withdrawn() {
 fn deny_wins_too() {
     let (mut c, _) = start(spec_with(|_| {}));
     let s = c.handle(T0 + 5, decision("a", false));
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Denied)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Denied));
 }
 
 #[test]
 fn unknown_device_is_refused() {
     let (mut c, _) = start(spec_with(|_| {}));
     let s = c.handle(T0 + 5, decision("zzz", true));
-    assert_eq!(s.reply, Some(Reply::DeviceNotBound));
+    assert_eq!(s.reply, Reply::DeviceNotBound);
     assert!(!c.is_done());
 }
 
@@ -93,7 +93,7 @@ fn signature_is_required_when_the_device_has_a_key() {
         v["devices"][0]["public_key"] = pk.clone().into()
     }));
     let s = c.handle(T0 + 5, decision("a", true));
-    assert_eq!(s.reply, Some(Reply::BadSignature));
+    assert_eq!(s.reply, Reply::BadSignature);
     let forged = sign(&sk, "sca-v1|c1|deny|");
     let s = c.handle(
         T0 + 5,
@@ -104,7 +104,7 @@ fn signature_is_required_when_the_device_has_a_key() {
             number: None,
         },
     );
-    assert_eq!(s.reply, Some(Reply::BadSignature));
+    assert_eq!(s.reply, Reply::BadSignature);
     let good = sign(&sk, "sca-v1|c1|approve|");
     let s = c.handle(
         T0 + 5,
@@ -115,7 +115,7 @@ fn signature_is_required_when_the_device_has_a_key() {
             number: None,
         },
     );
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn payment_signature_binds_the_transaction() {
             number: None,
         },
     );
-    assert_eq!(s.reply, Some(Reply::BadSignature));
+    assert_eq!(s.reply, Reply::BadSignature);
     let good = sign(&sk, &format!("sca-v1|c1|approve|{digest}"));
     let s = c.handle(
         T0 + 5,
@@ -150,7 +150,7 @@ fn payment_signature_binds_the_transaction() {
             number: None,
         },
     );
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn number_mismatch_denies() {
             number: Some(17),
         },
     );
-    assert_eq!(s.reply, Some(Reply::NumberMismatch));
+    assert_eq!(s.reply, Reply::NumberMismatch);
     assert_eq!(c.outcome.unwrap().kind, OutcomeKind::Denied);
 
     let spec = spec_with(|v| v["number_match"] = true.into());
@@ -184,7 +184,7 @@ fn number_mismatch_denies() {
             number: Some(42),
         },
     );
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
 }
 
 #[test]
@@ -199,14 +199,14 @@ fn expiry_withdraws_and_refuses_late_decisions() {
     assert_eq!(s.commands.len(), 4);
     assert_eq!(c.outcome.as_ref().unwrap().kind, OutcomeKind::Expired);
     let s = c.handle(T0 + 120_001, decision("a", true));
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Expired)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Expired));
 }
 
 #[test]
 fn decision_at_the_deadline_is_too_late() {
     let (mut c, _) = start(spec_with(|_| {}));
     let s = c.handle(T0 + 120_000, decision("a", true));
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Expired)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Expired));
 }
 
 #[test]
@@ -220,7 +220,7 @@ fn cancel_withdraws() {
         },
     );
     let s = c.handle(T0 + 1, Event::Cancel);
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Cancelled)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Cancelled));
     assert_eq!(
         s.commands,
         vec![
@@ -230,7 +230,7 @@ fn cancel_withdraws() {
         ]
     );
     let s = c.handle(T0 + 2, Event::Cancel);
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Cancelled)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Cancelled));
 }
 
 #[test]
@@ -309,7 +309,13 @@ fn fallback_after_delay_then_correct_code_approves_via_sms() {
             hash: h.hash("123456", "c1", ""),
         },
     );
-    c.handle(T0 + 30_100, Event::SmsResult { delivered: true });
+    c.handle(
+        T0 + 30_100,
+        Event::SmsResult {
+            seq: 1,
+            delivered: true,
+        },
+    );
     assert_eq!(c.sms, SmsState::Sent);
     let s = c.handle(
         T0 + 31_000,
@@ -317,14 +323,14 @@ fn fallback_after_delay_then_correct_code_approves_via_sms() {
             hash: h.hash("654321", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::WrongCode { attempts_left: 4 }));
+    assert_eq!(s.reply, Reply::WrongCode { attempts_left: 4 });
     let s = c.handle(
         T0 + 32_000,
         Event::OtpAttempt {
             hash: h.hash("123456", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
     assert_eq!(s.commands.len(), 4, "three withdrawals and the outcome");
     assert_eq!(c.outcome.as_ref().unwrap().channel, Some(Channel::Sms));
     // The code is single use, and push decisions are now refused.
@@ -334,10 +340,10 @@ fn fallback_after_delay_then_correct_code_approves_via_sms() {
             hash: h.hash("123456", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Approved));
     assert_eq!(
         c.handle(T0 + 33_000, decision("a", true)).reply,
-        Some(Reply::AlreadyDone(OutcomeKind::Approved))
+        Reply::AlreadyDone(OutcomeKind::Approved)
     );
 }
 
@@ -353,14 +359,14 @@ fn push_after_sms_wins_and_code_is_refused() {
         },
     );
     let s = c.handle(T0 + 2, decision("c", true));
-    assert_eq!(s.reply, Some(Reply::Decided(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
     let s = c.handle(
         T0 + 3,
         Event::OtpAttempt {
             hash: h.hash("111111", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Approved)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Approved));
 }
 
 #[test]
@@ -383,9 +389,9 @@ fn five_wrong_codes_lock() {
         );
         assert_eq!(
             s.reply,
-            Some(Reply::WrongCode {
+            Reply::WrongCode {
                 attempts_left: left
-            })
+            }
         );
     }
     let s = c.handle(
@@ -394,7 +400,7 @@ fn five_wrong_codes_lock() {
             hash: h.hash("000000", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::Locked));
+    assert_eq!(s.reply, Reply::Locked);
     assert_eq!(c.outcome.as_ref().unwrap().kind, OutcomeKind::OtpLocked);
     let s = c.handle(
         T0 + 1,
@@ -402,7 +408,7 @@ fn five_wrong_codes_lock() {
             hash: h.hash("111111", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::Locked));
+    assert_eq!(s.reply, Reply::Locked);
 }
 
 #[test]
@@ -429,14 +435,14 @@ fn new_sms_voids_previous_code_and_code_expires() {
             hash: h.hash("111111", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::WrongCode { attempts_left: 4 }));
+    assert_eq!(s.reply, Reply::WrongCode { attempts_left: 4 });
     let s = c.handle(
         T0 + 10 + OTP_VALIDITY_MS,
         Event::OtpAttempt {
             hash: h.hash("222222", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::CodeExpired));
+    assert_eq!(s.reply, Reply::CodeExpired);
     assert!(!c.is_done());
 }
 
@@ -457,7 +463,7 @@ fn code_never_outlives_the_challenge() {
             hash: h.hash("111111", "c1", ""),
         },
     );
-    assert_eq!(s.reply, Some(Reply::AlreadyDone(OutcomeKind::Expired)));
+    assert_eq!(s.reply, Reply::AlreadyDone(OutcomeKind::Expired));
 }
 
 #[test]
@@ -474,9 +480,70 @@ fn otp_without_code_and_sms_without_phone() {
             }
         )
         .reply,
-        Some(Reply::NoCode)
+        Reply::NoCode
     );
-    assert_eq!(c.handle(T0, Event::SmsRequested).reply, Some(Reply::NoSms));
+    assert_eq!(c.handle(T0, Event::SmsRequested).reply, Reply::NoSms);
+}
+
+#[test]
+fn a_late_failure_of_an_older_sms_never_voids_the_newer_code() {
+    let h = OtpHasher::new([1; 32]);
+    let (mut c, _) = start(spec_with(|v| v["ttl_seconds"] = 900.into()));
+    let issue = |c: &mut Challenge, at: i64, code: &str| {
+        assert_eq!(c.handle(at, Event::SmsRequested).reply, Reply::SmsQueued);
+        c.handle(
+            at,
+            Event::SmsIssued {
+                hash: h.hash(code, "c1", ""),
+            },
+        );
+    };
+    issue(&mut c, T0, "111111");
+    issue(&mut c, T0 + 10, "222222");
+    // SMS #1 reports its failure after SMS #2 was issued.
+    c.handle(
+        T0 + 20,
+        Event::SmsResult {
+            seq: 1,
+            delivered: false,
+        },
+    );
+    assert_eq!(c.sms, SmsState::Sending, "the older result is ignored");
+    let s = c.handle(
+        T0 + 30,
+        Event::OtpAttempt {
+            hash: h.hash("222222", "c1", ""),
+        },
+    );
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
+}
+
+#[test]
+fn a_failure_of_the_current_sms_voids_its_code() {
+    let h = OtpHasher::new([1; 32]);
+    let (mut c, _) = start(spec_with(|v| v["ttl_seconds"] = 900.into()));
+    c.handle(T0, Event::SmsRequested);
+    c.handle(
+        T0,
+        Event::SmsIssued {
+            hash: h.hash("111111", "c1", ""),
+        },
+    );
+    c.handle(
+        T0 + 20,
+        Event::SmsResult {
+            seq: 1,
+            delivered: false,
+        },
+    );
+    assert_eq!(c.sms, SmsState::Failed);
+    let s = c.handle(
+        T0 + 30,
+        Event::OtpAttempt {
+            hash: h.hash("111111", "c1", ""),
+        },
+    );
+    assert_eq!(s.reply, Reply::NoCode);
 }
 
 #[test]
@@ -554,14 +621,14 @@ proptest! {
                 Ev::SmsReq => c.handle(now, Event::SmsRequested),
                 Ev::SmsIssued => c.handle(now, Event::SmsIssued { hash: h.hash("123456", "c1", "") }),
                 Ev::SmsUnavailable => c.handle(now, Event::SmsUnavailable),
-                Ev::SmsResult(ok) => c.handle(now, Event::SmsResult { delivered: ok }),
+                Ev::SmsResult(ok) => { let seq = c.sms_sent; c.handle(now, Event::SmsResult { seq, delivered: ok }) }
                 Ev::Cancel => c.handle(now, Event::Cancel),
                 Ev::Tick => c.handle(now, Event::Tick),
             };
             if was_done {
                 // Nothing is accepted after the outcome: no new work, no second outcome.
                 prop_assert!(step.commands.iter().all(|c| matches!(c, Command::TokenInvalid { .. })), "{:?}", step.commands);
-                let accepted = matches!(step.reply, Some(Reply::Decided(_)) | Some(Reply::SmsQueued) | Some(Reply::WrongCode { .. }));
+                let accepted = matches!(step.reply, Reply::Decided(_) | Reply::SmsQueued | Reply::WrongCode { .. });
                 prop_assert!(!accepted, "accepted after the outcome: {:?}", step.reply);
             }
             if done_at.is_none() && c.is_done() { done_at = Some(all.len()); }

@@ -1,0 +1,689 @@
+//! Broker-free tests of the core: one per operation, and property tests over random
+//! interleavings of intake, duplicates, decisions, provider results, confirms, ticks and
+//! shutdown against ARCHITECTURE.md's invariants.
+
+use super::*;
+use crate::challenge::machine::NumberMatch;
+use crate::wire::ops::{Decision, DecisionOp, OtpCode};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// `created_at` of the test challenges, in Unix ms.
+const T0: i64 = 1_795_462_800_000;
+const CODE: &str = "123456";
+
+/// Fixed randomness: number 42 among 17/42/88; every code is [`CODE`].
+struct Fixed;
+
+impl Entropy for Fixed {
+    fn number_match(&self) -> NumberMatch {
+        NumberMatch {
+            number: 42,
+            choices: [17, 42, 88],
+        }
+    }
+    fn otp_code(&self) -> String {
+        CODE.into()
+    }
+}
+
+/// Ack tokens of the tests: a delivery number.
+type Tag = u32;
+
+fn core_with(tweak: impl FnOnce(&mut Config, &mut Settings)) -> Core<Tag> {
+    let mut cfg = Config::default();
+    cfg.sms.otp_key = "test-key".into();
+    let mut s = Settings::from_config(
+        &cfg,
+        Reach {
+            apns: true,
+            fcm: true,
+            hms: true,
+            sms_gateway: true,
+        },
+    );
+    tweak(&mut cfg, &mut s);
+    Core::new(&cfg, s, Box::new(Fixed))
+}
+
+fn core() -> Core<Tag> {
+    core_with(|_, _| {})
+}
+
+fn challenge(id: &str) -> Value {
+    json!({
+        "v": 1, "challenge_id": id, "user_id": format!("u-{id}"), "kind": "login",
+        "created_at": "2026-11-23T19:40:00Z", "ttl_seconds": 120,
+        "devices": [
+            {"device_id": "a", "platform": "apns", "token": "ab".repeat(32)},
+            {"device_id": "b", "platform": "fcm", "token": "tok-b"}
+        ],
+        "sms": {"phone": "+393401234567", "fallback_after_seconds": 30}
+    })
+}
+
+fn body(v: &Value) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn decide(device: &str, approve: bool) -> Operation {
+    Operation::Decision(DecisionOp {
+        device_id: serde_json::from_value(json!(device)).unwrap(),
+        decision: if approve {
+            Decision::Approve
+        } else {
+            Decision::Deny
+        },
+        signature: None,
+        number: None,
+    })
+}
+
+fn otp(code: &str) -> Operation {
+    Operation::Otp {
+        code: OtpCode::parse(code).unwrap(),
+    }
+}
+
+fn pushes(fx: &Effects<Tag>) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::Push { .. }))
+        .count()
+}
+
+fn withdrawals(fx: &Effects<Tag>) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::Withdraw { .. }))
+        .count()
+}
+
+fn outcome_of(fx: &Effects<Tag>) -> Option<Value> {
+    fx.iter().find_map(|e| match e {
+        Effect::PublishOutcome { body, .. } => serde_json::from_slice(body).ok(),
+        _ => None,
+    })
+}
+
+fn settled(fx: &Effects<Tag>) -> Vec<Tag> {
+    fx.iter()
+        .flat_map(|e| match e {
+            Effect::Settle(a) => a.clone(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+fn events(fx: &Effects<Tag>) -> Vec<&'static str> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::PublishEvent { routing_key, .. } => Some(*routing_key),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn intake_pushes_every_device_and_arms_the_fallback() {
+    let c = core();
+    let fx = c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    assert_eq!(pushes(&fx), 2);
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::ArmTimer { id, at } if &**id == "c1" && *at == T0 + 30_000)));
+    assert!(fx.contains_effect_count(Metric::InFlight(true)));
+    assert!(c.holds("c1"));
+    assert_eq!(c.pending(), 1);
+}
+
+trait CountEffect {
+    fn contains_effect_count(&self, m: Metric) -> bool;
+}
+
+impl CountEffect for Effects<Tag> {
+    fn contains_effect_count(&self, m: Metric) -> bool {
+        self.iter()
+            .any(|e| matches!(e, Effect::Count(x) if *x == m))
+    }
+}
+
+#[test]
+fn a_duplicate_joins_and_is_settled_with_the_first() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let fx = c.intake(T0 + 5, &body(&challenge("c1")), DeliveryMeta::default(), 2);
+    assert_eq!(pushes(&fx), 0, "never dispatched twice");
+    assert!(
+        settled(&fx).is_empty(),
+        "no settle before the outcome's confirm"
+    );
+    let (o, fx) = c.operate(T0 + 10, "c1", &decide("a", true), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert!(settled(&fx).is_empty());
+    assert_eq!(withdrawals(&fx), 1, "the other device is withdrawn");
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "approved");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WakeWaiters(id) if &**id == "c1")));
+    let fx = c.confirmed(T0 + 20, "c1");
+    assert_eq!(settled(&fx), vec![1, 2]);
+    // A copy after the confirm is settled at once.
+    let fx = c.intake(T0 + 30, &body(&challenge("c1")), DeliveryMeta::default(), 3);
+    assert_eq!(settled(&fx), vec![3]);
+    assert_eq!(pushes(&fx), 0);
+}
+
+#[test]
+fn a_second_decision_is_refused() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    c.operate(T0 + 1, "c1", &decide("a", false), Authority::Bearer);
+    let (o, fx) = c.operate(T0 + 2, "c1", &decide("b", true), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::AlreadyDecided {
+            outcome: OutcomeKind::Denied
+        }
+    );
+    assert!(outcome_of(&fx).is_none());
+}
+
+#[test]
+fn an_unsigned_caller_is_refused_in_the_same_step_as_the_decision() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let (o, fx) = c.operate(T0 + 1, "c1", &decide("a", true), Authority::DeviceSignature);
+    assert_eq!(o, OpOutcome::Unauthorized);
+    assert!(fx.is_empty());
+    assert_eq!(c.is_decided("c1"), Some(false));
+    let (o, _) = c.operate(T0 + 1, "c1", &Operation::Cancel, Authority::DeviceSignature);
+    assert_eq!(o, OpOutcome::Unauthorized);
+    let (o, _) = c.operate(T0 + 1, "zz", &decide("a", true), Authority::DeviceSignature);
+    assert_eq!(o, OpOutcome::NotFound);
+}
+
+#[test]
+fn sms_then_code_approves_and_counts() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let (o, fx) = c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::SmsSent);
+    let (seq, msg) = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SendSms { seq, msg, .. } => Some((*seq, msg.clone())),
+            _ => None,
+        })
+        .expect("an SMS");
+    assert_eq!(seq, 1);
+    assert!(msg.text.contains(CODE));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::TellPeers(PeerNote::SmsSent { .. }))));
+    let fx = c.sms_result(T0 + 2, "c1", 1, Ok(()));
+    assert_eq!(events(&fx), vec!["sms.sent"]);
+    let (o, _) = c.operate(T0 + 3, "c1", &otp("000000"), Authority::Queue);
+    assert_eq!(o, OpOutcome::WrongCode { attempts_left: 4 });
+    let (o, fx) = c.operate(T0 + 4, "c1", &otp(CODE), Authority::Queue);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["channel"], "sms");
+    assert!(fx.contains_effect_count(Metric::Otp("ok")));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::TellPeers(PeerNote::SmsConfirmed { .. }))));
+}
+
+#[test]
+fn a_late_result_of_an_older_sms_keeps_the_newer_code() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    c.operate(T0 + 2, "c1", &Operation::Sms, Authority::Bearer);
+    c.sms_result(T0 + 3, "c1", 1, Err("gave up".into()));
+    let (o, _) = c.operate(T0 + 4, "c1", &otp(CODE), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+}
+
+#[test]
+fn sms_without_gateway_or_over_the_limit_is_refused() {
+    let c = core_with(|_, s| s.reach.sms_gateway = false);
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let (o, fx) = c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::SmsUnavailable);
+    assert_eq!(events(&fx), vec!["sms.failed"]);
+
+    let c = core_with(|cfg, _| cfg.sms.max_per_window = 1);
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let (o, _) = c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::SmsSent);
+    let (o, _) = c.operate(T0 + 2, "c1", &Operation::Sms, Authority::Bearer);
+    assert!(matches!(o, OpOutcome::SmsLimit { .. }), "{o:?}");
+}
+
+#[test]
+fn cancel_and_no_sms() {
+    let c = core();
+    let mut v = challenge("c1");
+    v.as_object_mut().unwrap().remove("sms");
+    c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    let (o, _) = c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::NoSms);
+    let (o, _) = c.operate(T0 + 1, "c1", &otp(CODE), Authority::Bearer);
+    assert_eq!(o, OpOutcome::NoCode);
+    let (o, fx) = c.operate(T0 + 2, "c1", &Operation::Cancel, Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Cancelled
+        }
+    );
+    assert_eq!(withdrawals(&fx), 2);
+    let (o, _) = c.operate(T0 + 2, "nope", &Operation::Cancel, Authority::Bearer);
+    assert_eq!(o, OpOutcome::NotFound);
+}
+
+#[test]
+fn a_refused_body_is_dead_lettered_with_a_rejected_outcome_unless_held() {
+    let c = core();
+    let mut bad = challenge("c1");
+    bad["ttl_seconds"] = json!(1);
+    let fx = c.intake(T0, &body(&bad), DeliveryMeta::default(), 1);
+    let Some(Effect::DeadLetter { outcome, ack, .. }) =
+        fx.iter().find(|e| matches!(e, Effect::DeadLetter { .. }))
+    else {
+        panic!("no dead letter: {fx:?}")
+    };
+    assert_eq!(*ack, 1);
+    let (rk, out) = outcome.as_ref().expect("a rejected outcome");
+    assert_eq!(rk, "outcome.login.rejected");
+    let out: Value = serde_json::from_slice(out).unwrap();
+    assert_eq!(out["outcome"], "rejected");
+    assert!(!c.holds("c1"));
+    // The same id held: no second outcome.
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 2);
+    let fx = c.intake(T0, &body(&bad), DeliveryMeta::default(), 3);
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::DeadLetter { outcome: None, .. })));
+}
+
+#[test]
+fn rate_limited_challenges_are_settled_without_dispatch() {
+    let c = core_with(|cfg, _| {
+        cfg.limits.challenges_per_minute = 1;
+        cfg.limits.challenge_burst = 1;
+    });
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let mut v = challenge("c2");
+    v["user_id"] = json!("u-c1");
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 2);
+    assert_eq!(pushes(&fx), 0);
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "rate_limited");
+    assert!(fx.contains_effect_count(Metric::RateLimited("user_challenges")));
+}
+
+#[test]
+fn push_results_and_fallback() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let fx = c.push_result(T0 + 1, "c1", 0, PushResult::TokenGone);
+    assert_eq!(events(&fx), vec!["device.token_invalid"]);
+    // The last push fails: SMS at once.
+    let fx = c.push_result(T0 + 2, "c1", 1, PushResult::Failed);
+    assert!(fx.iter().any(|e| matches!(e, Effect::SendSms { .. })));
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    assert!(c.tick(T0 + 29_999, "c1").is_empty() || c.is_decided("c1") == Some(false));
+    let fx = c.tick(T0 + 30_000, "c1");
+    assert!(fx.iter().any(|e| matches!(e, Effect::SendSms { .. })));
+}
+
+#[test]
+fn expiry_then_retention_until_expiry_and_after_confirm() {
+    let c = core_with(|_, s| s.retain_ms = 1_000);
+    let mut v = challenge("c1");
+    v["ttl_seconds"] = json!(900);
+    c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    c.operate(T0 + 1_000, "c1", &decide("a", true), Authority::Bearer);
+    let fx = c.confirmed(T0 + 1_100, "c1");
+    let at = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::ArmTimer { at, .. } => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(at, T0 + 900_000, "kept until its expiry");
+    // Re-published 700 s after its approval: a duplicate, not dispatched again.
+    c.tick(T0 + 701_000, "c1");
+    let fx = c.intake(T0 + 701_000, &body(&v), DeliveryMeta::default(), 2);
+    assert_eq!(pushes(&fx), 0);
+    assert_eq!(settled(&fx), vec![2]);
+    c.tick(T0 + 900_000, "c1");
+    assert!(!c.holds("c1"), "memory released after retention");
+
+    // Expiry by the clock, and retention after the confirm when that is later.
+    let c = core_with(|_, s| s.retain_ms = 600_000);
+    c.intake(T0, &body(&challenge("c2")), DeliveryMeta::default(), 1);
+    c.tick(T0 + 30_000, "c2");
+    let fx = c.tick(T0 + 120_000, "c2");
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "expired");
+    let fx = c.confirmed(T0 + 120_010, "c2");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::ArmTimer { at, .. } if *at == T0 + 720_010)));
+    c.tick(T0 + 720_009, "c2");
+    assert!(c.holds("c2"));
+    c.tick(T0 + 720_010, "c2");
+    assert_eq!(c.held(), 0);
+}
+
+#[test]
+fn an_unconfirmed_outcome_keeps_the_entry() {
+    let c = core_with(|_, s| s.retain_ms = 1_000);
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    c.operate(T0 + 1, "c1", &Operation::Cancel, Authority::Bearer);
+    c.tick(T0 + 10_000_000, "c1");
+    assert!(c.holds("c1"), "removed only once confirmed");
+}
+
+#[test]
+fn number_matching_comes_from_the_injected_entropy() {
+    let c = core();
+    let mut v = challenge("c1");
+    v["number_match"] = json!(true);
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    let choices = fx.iter().find_map(|e| match e {
+        Effect::Push { msg, .. } => match &msg.content {
+            PushContent::Challenge { number_choices, .. } => *number_choices,
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(choices, Some([17, 42, 88]));
+    assert_eq!(c.view("c1").unwrap().number, Some(42));
+}
+
+#[test]
+fn peer_notes_count_toward_the_limits() {
+    let c = core_with(|cfg, _| cfg.sms.max_per_window = 1);
+    c.peer_note(
+        T0,
+        &PeerNote::SmsSent {
+            user: "u-c1".into(),
+            at: T0,
+        },
+    );
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let (o, _) = c.operate(T0 + 1, "c1", &Operation::Sms, Authority::Bearer);
+    assert!(matches!(o, OpOutcome::SmsLimit { .. }), "{o:?}");
+}
+
+// ---- property tests over interleavings -------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Deliver challenge `id` (a valid body, or a refused one).
+    Intake(usize, bool),
+    Decide(usize, usize, bool),
+    Otp(usize, bool),
+    Sms(usize),
+    Cancel(usize),
+    /// Answer the n-th push in flight.
+    PushDone(usize, u8),
+    /// Answer the n-th SMS in flight.
+    SmsDone(usize, bool),
+    /// The broker confirms the n-th outcome in flight.
+    Confirm(usize),
+    /// Time passes; due timers fire.
+    Advance(i64),
+    /// Stop consuming: no more intake.
+    Shutdown,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0usize..3, prop::bool::weighted(0.85)).prop_map(|(i, ok)| Step::Intake(i, ok)),
+        2 => (0usize..3, 0usize..3, any::<bool>()).prop_map(|(i, d, a)| Step::Decide(i, d, a)),
+        1 => (0usize..3, any::<bool>()).prop_map(|(i, r)| Step::Otp(i, r)),
+        1 => (0usize..3).prop_map(Step::Sms),
+        1 => (0usize..3).prop_map(Step::Cancel),
+        2 => (0usize..8, 0u8..3).prop_map(|(n, r)| Step::PushDone(n, r)),
+        1 => (0usize..4, any::<bool>()).prop_map(|(n, ok)| Step::SmsDone(n, ok)),
+        2 => (0usize..4).prop_map(Step::Confirm),
+        2 => (0i64..40_000).prop_map(Step::Advance),
+        1 => Just(Step::Shutdown),
+    ]
+}
+
+/// What the driver would hold, and what the invariants need to know.
+#[derive(Default)]
+struct World {
+    now: i64,
+    timers: BTreeMap<(i64, u64), Arc<str>>,
+    timer_seq: u64,
+    pushes: Vec<(Arc<str>, usize)>,
+    sms: Vec<(Arc<str>, u8)>,
+    publishes: Vec<Arc<str>>,
+    /// Per id, for its current life in the table: outcomes published, confirmed.
+    outcomes: HashMap<String, usize>,
+    confirmed: HashSet<String>,
+    /// Deliveries of valid bodies by id (not yet settled), and every settled tag.
+    open_acks: HashMap<Tag, String>,
+    settled: HashSet<Tag>,
+    next_tag: Tag,
+    stopped: bool,
+}
+
+impl World {
+    fn absorb(&mut self, c: &Core<Tag>, fx: Effects<Tag>) -> Result<(), TestCaseError> {
+        for e in fx {
+            match e {
+                Effect::Push { device, msg, .. } => {
+                    let id = msg.challenge_id.to_string();
+                    prop_assert!(
+                        !self.outcomes.contains_key(&id),
+                        "push after the outcome of {id}"
+                    );
+                    self.pushes.push((msg.challenge_id, device));
+                }
+                Effect::SendSms { id, seq, .. } => {
+                    prop_assert!(
+                        !self.outcomes.contains_key(&*id),
+                        "SMS after the outcome of {id}"
+                    );
+                    self.sms.push((id, seq));
+                }
+                Effect::PublishOutcome { id, .. } => {
+                    let n = self.outcomes.entry(id.to_string()).or_default();
+                    *n += 1;
+                    prop_assert_eq!(*n, 1, "a second outcome for {}", id);
+                    self.publishes.push(id);
+                }
+                Effect::Settle(tags) => {
+                    for t in tags {
+                        let id = self.open_acks.remove(&t);
+                        prop_assert!(id.is_some(), "tag {} settled twice or unknown", t);
+                        let id = id.unwrap();
+                        prop_assert!(
+                            self.confirmed.contains(&id),
+                            "{id} settled before its outcome's confirm"
+                        );
+                        self.settled.insert(t);
+                    }
+                }
+                Effect::DeadLetter { ack, .. } => {
+                    prop_assert!(self.settled.insert(ack));
+                }
+                Effect::ArmTimer { id, at } => {
+                    self.timer_seq += 1;
+                    self.timers.insert((at, self.timer_seq), id);
+                }
+                Effect::Withdraw { .. }
+                | Effect::PublishEvent { .. }
+                | Effect::WakeWaiters(_)
+                | Effect::TellPeers(_)
+                | Effect::Count(_) => {}
+            }
+        }
+        let _ = c;
+        Ok(())
+    }
+
+    fn fire_timers(&mut self, c: &Core<Tag>) -> Result<(), TestCaseError> {
+        while let Some((&(at, seq), _)) = self.timers.iter().next() {
+            if at > self.now {
+                break;
+            }
+            let id = self.timers.remove(&(at, seq)).unwrap();
+            let fx = c.tick(self.now, &id);
+            self.absorb(c, fx)?;
+            if !c.holds(&id) {
+                // Retention over: a later copy starts a new life.
+                self.outcomes.remove(&*id);
+                self.confirmed.remove(&*id);
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm(&mut self, c: &Core<Tag>, n: usize) -> Result<(), TestCaseError> {
+        if self.publishes.is_empty() {
+            return Ok(());
+        }
+        let id = self.publishes.remove(n % self.publishes.len());
+        self.confirmed.insert(id.to_string());
+        let fx = c.confirmed(self.now, &id);
+        self.absorb(c, fx)
+    }
+}
+
+const IDS: [&str; 3] = ["p0", "p1", "p2"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+    #[test]
+    fn invariants_hold_over_random_interleavings(
+        steps in prop::collection::vec(step(), 0..60),
+        retain_s in 1i64..900,
+    ) {
+        let c = core_with(|_, s| s.retain_ms = retain_s * 1000);
+        let mut w = World { now: T0, ..World::default() };
+        for s in steps {
+            match s {
+                Step::Intake(i, ok) => {
+                    if w.stopped { continue; }
+                    let mut v = challenge(IDS[i]);
+                    if !ok { v["ttl_seconds"] = json!(1); }
+                    w.next_tag += 1;
+                    let tag = w.next_tag;
+                    let held_before = c.holds(IDS[i]);
+                    let fx = c.intake(w.now, &body(&v), DeliveryMeta::default(), tag);
+                    if ok {
+                        w.open_acks.insert(tag, IDS[i].to_string());
+                    } else {
+                        let second = fx.iter().any(|e| matches!(e, Effect::DeadLetter { outcome: Some(_), .. }));
+                        prop_assert!(!(held_before && second), "a rejected copy of a held challenge got an outcome");
+                    }
+                    w.absorb(&c, fx)?;
+                }
+                Step::Decide(i, d, a) => {
+                    let (_, fx) = c.operate(w.now, IDS[i], &decide(["a", "b", "x"][d], a), Authority::Bearer);
+                    w.absorb(&c, fx)?;
+                }
+                Step::Otp(i, right) => {
+                    let (_, fx) = c.operate(w.now, IDS[i], &otp(if right { CODE } else { "000000" }), Authority::Queue);
+                    w.absorb(&c, fx)?;
+                }
+                Step::Sms(i) => {
+                    let (_, fx) = c.operate(w.now, IDS[i], &Operation::Sms, Authority::Bearer);
+                    w.absorb(&c, fx)?;
+                }
+                Step::Cancel(i) => {
+                    let (_, fx) = c.operate(w.now, IDS[i], &Operation::Cancel, Authority::Bearer);
+                    w.absorb(&c, fx)?;
+                }
+                Step::PushDone(n, r) => {
+                    if w.pushes.is_empty() { continue; }
+                    let (id, device) = w.pushes.remove(n % w.pushes.len());
+                    let r = [PushResult::Delivered, PushResult::TokenGone, PushResult::Failed][r as usize];
+                    let fx = c.push_result(w.now, &id, device, r);
+                    w.absorb(&c, fx)?;
+                }
+                Step::SmsDone(n, ok) => {
+                    if w.sms.is_empty() { continue; }
+                    let (id, seq) = w.sms.remove(n % w.sms.len());
+                    let fx = c.sms_result(w.now, &id, seq, if ok { Ok(()) } else { Err("failed".into()) });
+                    w.absorb(&c, fx)?;
+                }
+                Step::Confirm(n) => w.confirm(&c, n)?,
+                Step::Advance(dt) => {
+                    w.now += dt;
+                    w.fire_timers(&c)?;
+                }
+                Step::Shutdown => w.stopped = true,
+            }
+        }
+        // Drain: time runs past every ttl, every outcome in flight is confirmed.
+        w.now += 121_000;
+        w.fire_timers(&c)?;
+        while !w.publishes.is_empty() {
+            w.confirm(&c, 0)?;
+        }
+        prop_assert_eq!(c.pending(), 0, "every accepted challenge has its outcome");
+        for id in IDS {
+            if c.holds(id) {
+                prop_assert_eq!(w.outcomes.get(id).copied(), Some(1), "{} has one outcome", id);
+            }
+        }
+        prop_assert!(w.open_acks.is_empty(), "unsettled at drain: {:?}", w.open_acks);
+        // Retention ends for everything.
+        w.now += 901_000;
+        w.fire_timers(&c)?;
+        prop_assert_eq!(c.held(), 0, "memory released after retention");
+    }
+}
+
+#[test]
+fn the_compact_record_answers_as_the_challenge_did() {
+    let c = core();
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    c.push_result(T0 + 1, "c1", 0, PushResult::Delivered);
+    c.push_result(T0 + 1, "c1", 1, PushResult::Delivered);
+    c.operate(T0 + 2, "c1", &decide("a", true), Authority::Bearer);
+    let before = c.view("c1").unwrap();
+    c.confirmed(T0 + 3, "c1");
+    assert_eq!(c.view("c1").unwrap(), before, "the view is unchanged");
+    let late = [
+        decide("b", false),
+        otp(CODE),
+        Operation::Sms,
+        Operation::Cancel,
+    ];
+    for op in late {
+        let (o, fx) = c.operate(T0 + 4, "c1", &op, Authority::Bearer);
+        assert_eq!(
+            o,
+            OpOutcome::AlreadyDecided {
+                outcome: OutcomeKind::Approved
+            },
+            "{op:?}"
+        );
+        assert!(outcome_of(&fx).is_none());
+    }
+}

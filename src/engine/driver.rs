@@ -1,0 +1,486 @@
+//! The async driver around [`Core`]: it owns the clock, the spawning, the metrics, the
+//! timers and the waiters, and carries the core's [`Effect`]s out through the
+//! [`PushProvider`](crate::push::PushProvider), [`SmsGateway`](crate::sms::SmsGateway),
+//! [`OutcomeSink`] and [`Peers`] traits. It holds no lock across an `.await`: each core
+//! call locks one table entry for its synchronous work and returns; the effects are then
+//! carried out (provider calls and publishes in spawned tasks that re-enter the core by
+//! id).
+
+use super::core::{Core, DeliveryMeta, Effect, Effects, Metric, OsEntropy, Reach, Settings};
+use super::peers::{Asked, Peers};
+use super::sink::OutcomeSink;
+use super::timers::Timers;
+use super::Providers;
+use crate::challenge::model::Platform;
+use crate::config::Config;
+use crate::telemetry as t;
+use crate::wire::control::{PeerAnswer, PeerAsk, PeerRequest};
+use crate::wire::messages::View;
+use crate::wire::ops::{Authority, ChallengeId, OpOutcome, Operation};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Wall-clock Unix milliseconds: the only clock the engine reads.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How a delivery is settled; `amqp` implements it for its ack handle.
+pub trait AckToken: Send + Sync + 'static {
+    fn ack(self: Box<Self>);
+    fn reject(self: Box<Self>);
+}
+
+/// The ack token the driver's core holds.
+pub type Ack = Box<dyn AckToken>;
+
+/// The challenge engine: the core plus the I/O around it.
+pub struct Engine {
+    core: Core<Ack>,
+    timers: Timers,
+    providers: Providers,
+    sink: Arc<dyn OutcomeSink>,
+    waiters: DashMap<Arc<str>, Arc<Notify>>,
+    /// Other instances, once the broker connection is up.
+    peers: std::sync::OnceLock<Arc<dyn Peers>>,
+    /// Outcomes (and rejections) published but not yet confirmed.
+    unsettled: AtomicUsize,
+    settled_notify: Notify,
+    /// Where refused challenges come from (the `x-sca-source` of their dead letters).
+    challenges_queue: Arc<str>,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config, providers: Providers, sink: Arc<dyn OutcomeSink>) -> Arc<Engine> {
+        let settings = Settings::from_config(
+            cfg,
+            Reach {
+                apns: providers.apns.is_some(),
+                fcm: providers.fcm.is_some(),
+                hms: providers.hms.is_some(),
+                sms_gateway: providers.sms.is_some(),
+            },
+        );
+        Arc::new(Engine {
+            core: Core::new(cfg, settings, Box::new(OsEntropy)),
+            timers: Timers::default(),
+            providers,
+            sink,
+            waiters: DashMap::new(),
+            peers: std::sync::OnceLock::new(),
+            unsettled: AtomicUsize::new(0),
+            settled_notify: Notify::new(),
+            challenges_queue: cfg.amqp.challenges_queue.as_str().into(),
+        })
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    pub fn sink(&self) -> &Arc<dyn OutcomeSink> {
+        &self.sink
+    }
+
+    /// Pending (undecided) challenges.
+    pub fn pending(&self) -> usize {
+        self.core.pending()
+    }
+
+    pub fn holds(&self, id: &str) -> bool {
+        self.core.holds(id)
+    }
+
+    /// Sets how other instances are reached (once).
+    pub fn set_peers(&self, p: Arc<dyn Peers>) {
+        let _ = self.peers.set(p);
+    }
+
+    /// Takes one delivery from the challenges queue. Never blocks on I/O.
+    pub fn accept(self: &Arc<Self>, body: &[u8], meta: DeliveryMeta, ack: Ack) {
+        let fx = self.core.intake(now_ms(), body, meta, ack);
+        self.run(fx);
+    }
+
+    // ---- operations -----------------------------------------------------------
+
+    /// Runs an operation here, if the challenge is held here.
+    fn operate_here(self: &Arc<Self>, id: &str, op: &Operation, auth: Authority) -> OpOutcome {
+        let (outcome, fx) = self.core.operate(now_ms(), id, op, auth);
+        self.run(fx);
+        outcome
+    }
+
+    /// Runs an operation on a challenge wherever it is held: here, or at the instance
+    /// that consumed it. An owner that cannot be reached answers like an unknown
+    /// challenge (404), as the HTTP API always has.
+    pub async fn operate_anywhere(
+        self: &Arc<Self>,
+        id: &ChallengeId,
+        op: Operation,
+        authority: Authority,
+    ) -> OpOutcome {
+        match self.operate_routed(id, op, authority).await {
+            OpOutcome::Unreachable => OpOutcome::NotFound,
+            o => o,
+        }
+    }
+
+    /// As [`Engine::operate_anywhere`], but says [`OpOutcome::Unreachable`] when a known
+    /// instance did not answer and the challenge is not here either (`sca.responses`
+    /// then tries again later).
+    pub async fn operate_routed(
+        self: &Arc<Self>,
+        id: &ChallengeId,
+        op: Operation,
+        authority: Authority,
+    ) -> OpOutcome {
+        if self.core.holds(id.as_str()) {
+            return self.operate_here(id.as_str(), &op, authority);
+        }
+        let mut silent = false;
+        if let Some(p) = self.peers.get() {
+            let req = PeerRequest {
+                challenge_id: id.clone(),
+                ask: PeerAsk::Operate {
+                    op: op.clone(),
+                    authority,
+                },
+            };
+            match p.ask(req).await {
+                Asked::Answered(PeerAnswer::Op(o)) => return o,
+                Asked::Answered(PeerAnswer::View(_)) | Asked::NotHeld => {}
+                Asked::Silent => silent = true,
+            }
+        }
+        // It may have arrived here meanwhile.
+        match self.operate_here(id.as_str(), &op, authority) {
+            OpOutcome::NotFound if silent => OpOutcome::Unreachable,
+            o => o,
+        }
+    }
+
+    /// The view of a challenge wherever it is held, waiting up to `wait` for a decision.
+    pub async fn view_anywhere(&self, id: &ChallengeId, wait: Duration) -> Option<View> {
+        if self.core.holds(id.as_str()) {
+            return self.view_when_decided(id.as_str(), wait).await;
+        }
+        let p = self.peers.get()?;
+        let req = PeerRequest {
+            challenge_id: id.clone(),
+            ask: PeerAsk::View {
+                wait_ms: wait.as_millis().min(u64::MAX as u128) as u64,
+            },
+        };
+        match p.ask(req).await {
+            Asked::Answered(PeerAnswer::View(v)) => Some(*v),
+            _ => self.core.view(id.as_str()),
+        }
+    }
+
+    /// Answers a peer's request if this instance holds the challenge.
+    pub async fn answer_peer(self: &Arc<Self>, req: &PeerRequest) -> Option<PeerAnswer> {
+        let id = req.challenge_id.as_str();
+        if !self.core.holds(id) {
+            return None;
+        }
+        match &req.ask {
+            PeerAsk::View { .. } => {
+                let v = self.view_when_decided(id, req.wait()).await?;
+                Some(PeerAnswer::View(Box::new(v)))
+            }
+            PeerAsk::Operate { op, authority } => {
+                Some(PeerAnswer::Op(self.operate_here(id, op, *authority)))
+            }
+        }
+    }
+
+    /// Applies what another instance told.
+    pub fn apply_peer_note(&self, note: &crate::wire::control::PeerNote) {
+        self.core.peer_note(now_ms(), note);
+    }
+
+    /// Waits up to `wait` for the challenge to be decided, then returns its view.
+    pub async fn view_when_decided(&self, id: &str, wait: Duration) -> Option<View> {
+        match self.core.is_decided(id)? {
+            true => return self.core.view(id),
+            false if wait.is_zero() => return self.core.view(id),
+            false => {}
+        }
+        let key: Arc<str> = id.into();
+        let notify = self.waiters.entry(key.clone()).or_default().clone();
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Re-check after registering so a decision in between is not missed.
+        if self.core.is_decided(id) == Some(false) {
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+        // The decision may have landed before the registration (its wake found no
+        // entry): remove ours unless someone else still waits on it.
+        self.waiters.remove_if(&key, |_, n| {
+            Arc::ptr_eq(n, &notify) && Arc::strong_count(n) <= 2
+        });
+        self.core.view(id)
+    }
+
+    /// Waiter entries (for tests of their cleanup).
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Resolves once the challenge is decided or no longer held.
+    async fn decided(&self, id: &Arc<str>) {
+        loop {
+            let notify = self.waiters.entry(id.clone()).or_default().clone();
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.core.is_decided(id) != Some(false) {
+                self.waiters.remove_if(id, |_, n| {
+                    Arc::ptr_eq(n, &notify) && Arc::strong_count(n) <= 2
+                });
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    // ---- effects --------------------------------------------------------------
+
+    /// Carries out effects of one core call.
+    fn run(self: &Arc<Self>, fx: Effects<Ack>) {
+        for e in fx {
+            self.execute(e);
+        }
+    }
+
+    fn execute(self: &Arc<Self>, e: Effect<Ack>) {
+        match e {
+            Effect::Push {
+                device,
+                platform,
+                msg,
+            } => {
+                let Some(provider) = self.provider(platform) else {
+                    return;
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let id = msg.challenge_id.clone();
+                    let result = provider.send(msg).await;
+                    let fx = engine.core.push_result(now_ms(), &id, device, result);
+                    engine.run(fx);
+                });
+            }
+            Effect::Withdraw { platform, msg } => {
+                let Some(provider) = self.provider(platform) else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    provider.send(msg).await;
+                });
+            }
+            Effect::SendSms {
+                id,
+                seq,
+                msg,
+                valid_for,
+            } => {
+                let Some(gateway) = self.providers.sms.clone() else {
+                    return;
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    // Retries stop once the challenge is decided.
+                    let r = tokio::select! {
+                        r = crate::sms::deliver(&*gateway, &msg, valid_for) => r,
+                        _ = engine.decided(&id) => return,
+                    };
+                    let fx =
+                        engine
+                            .core
+                            .sms_result(now_ms(), &id, seq, r.map_err(|e| e.to_string()));
+                    engine.run(fx);
+                });
+            }
+            Effect::PublishOutcome {
+                id,
+                routing_key,
+                body,
+                reply,
+            } => {
+                self.unsettled.fetch_add(1, Ordering::SeqCst);
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let confirmed = engine.sink.publish_outcome(routing_key, body, reply).await;
+                    if confirmed {
+                        let fx = engine.core.confirmed(now_ms(), &id);
+                        engine.run(fx);
+                    }
+                    engine.settled_one();
+                });
+            }
+            Effect::PublishEvent { routing_key, body } => {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    engine.sink.publish_event(routing_key, body).await;
+                });
+            }
+            Effect::DeadLetter {
+                body,
+                reason,
+                outcome,
+                reply,
+                ack,
+            } => {
+                self.unsettled.fetch_add(1, Ordering::SeqCst);
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let queue = engine.challenges_queue.clone();
+                    let dead = engine.sink.dead_letter(queue, body, reason).await;
+                    if let Some((rk, out)) = outcome {
+                        engine.sink.publish_outcome(rk, out, reply).await;
+                    }
+                    // Should the dead-letter publish fail, the queue's own DLX still
+                    // catches it.
+                    if dead {
+                        ack.ack();
+                    } else {
+                        ack.reject();
+                    }
+                    engine.settled_one();
+                });
+            }
+            Effect::Settle(acks) => acks.into_iter().for_each(|a| a.ack()),
+            Effect::ArmTimer { id, at } => self.timers.arm(&id, at),
+            Effect::WakeWaiters(id) => {
+                if let Some((_, n)) = self.waiters.remove(&id) {
+                    n.notify_waiters();
+                }
+            }
+            Effect::TellPeers(note) => {
+                if let Some(p) = self.peers.get() {
+                    let p = p.clone();
+                    tokio::spawn(async move { p.tell(note).await });
+                }
+            }
+            Effect::Count(m) => count(m),
+        }
+    }
+
+    fn provider(&self, p: Platform) -> Option<Arc<dyn crate::push::PushProvider>> {
+        match p {
+            Platform::Apns => self.providers.apns.clone(),
+            Platform::Fcm => self.providers.fcm.clone(),
+            Platform::Hms => self.providers.hms.clone(),
+        }
+    }
+
+    fn settled_one(&self) {
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+        self.settled_notify.notify_waiters();
+    }
+
+    // ---- time -----------------------------------------------------------------
+
+    /// Serves the timers until `stop` resolves.
+    pub async fn run_timers(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut due = Vec::new();
+        loop {
+            let now = now_ms();
+            due.clear();
+            let next = self.timers.due(now, &mut due);
+            for id in &due {
+                let fx = self.core.tick(now, id);
+                self.run(fx);
+            }
+            if !due.is_empty() {
+                // More may be due already (the batch is capped); yield and look again.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.timers.sleep(next, now) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+
+    /// Prunes limiter state periodically until `stop` resolves.
+    pub async fn run_pruner(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let users = self.core.prune(now_ms());
+                    tracing::debug!(limiter_keys = users, "limiter state pruned");
+                }
+                _ = &mut stop => return,
+            }
+        }
+    }
+
+    /// Waits until every published outcome is confirmed, or `deadline` passes.
+    /// Returns the number still unconfirmed.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.settled_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.unsettled.load(Ordering::SeqCst) == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.unsettled.load(Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The metric behind a core [`Metric`].
+fn count(m: Metric) {
+    match m {
+        Metric::Received { kind } => {
+            metrics::counter!(t::CHALLENGES_RECEIVED, "kind" => kind).increment(1)
+        }
+        Metric::Rejected { reason } => {
+            metrics::counter!(t::CHALLENGES_REJECTED, "reason" => reason).increment(1)
+        }
+        Metric::Outcome {
+            kind,
+            outcome,
+            channel,
+            latency_s,
+        } => {
+            metrics::counter!(t::OUTCOMES, "kind" => kind, "outcome" => outcome, "channel" => channel).increment(1);
+            if let Some(secs) = latency_s {
+                metrics::histogram!(t::DECISION_LATENCY, "channel" => channel).record(secs);
+            }
+        }
+        Metric::InFlight(true) => metrics::gauge!(t::IN_FLIGHT).increment(1.0),
+        Metric::InFlight(false) => metrics::gauge!(t::IN_FLIGHT).decrement(1.0),
+        Metric::RateLimited(limit) => t::record_rate_limited(limit),
+        Metric::Otp(result) => {
+            metrics::counter!(t::OTP_VERIFICATIONS, "result" => result).increment(1)
+        }
+        Metric::Sms(result) => metrics::counter!(t::SMS, "result" => result).increment(1),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -37,9 +37,12 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
-            // Another recorder may already be installed (an embedding application):
-            // then our handle still renders what we record through it.
-            let _ = metrics::set_global_recorder(recorder);
+            // The `metrics` macros record into the global recorder only. When another one
+            // is already installed (an embedding application), everything recorded goes
+            // there and this handle renders nothing but empty families: say so.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+            }
             describe();
             handle
         })
@@ -92,7 +95,8 @@ fn describe() {
     );
 }
 
-/// Records one push request to a provider (`apns`/`fcm`) with its result label.
+/// Records one push request to a provider (`apns`/`fcm`/…) with its result label (one
+/// of [`crate::push::delivery::LABELS`]).
 pub fn record_push(provider: &'static str, result: &'static str, took: Duration) {
     metrics::counter!(PUSH_REQUESTS, "provider" => provider, "result" => result).increment(1);
     metrics::histogram!(PUSH_DURATION, "provider" => provider).record(took.as_secs_f64());

@@ -6,9 +6,9 @@
 
 use super::{retryable, scrub, Answer, GatewayError, Transport, USER_AGENT};
 use crate::config::SmsConfig;
-use crate::push::BoxFuture;
 use crate::sms::{mask_phone, SmsError, SmsGateway, SmsMessage};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use std::time::{Duration, Instant};

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sca_dispatch::Config;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// mimalloc instead of the system allocator: under load the daemon allocates and frees
@@ -37,6 +36,7 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
+    #[cfg(feature = "tools")]
     Demo {
         /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
         #[arg(
@@ -53,12 +53,14 @@ enum Cmd {
         duration: Option<u64>,
     },
     /// Run a provider simulator alone.
+    #[cfg(feature = "tools")]
     Simulate {
         #[command(subcommand)]
         which: Sim,
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 enum Sim {
     /// APNs (HTTP/2 over TLS, token auth).
@@ -72,11 +74,12 @@ enum Sim {
     HttpBaseline(SimArgs),
 }
 
+#[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct SimArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     /// Where to write the files to trust/use (CA, keys, service account).
     #[arg(long, default_value = "sim")]
     dir: PathBuf,
@@ -136,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
+        #[cfg(feature = "tools")]
         Cmd::Demo {
             amqp_url,
             load,
@@ -153,6 +157,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {
             sca_dispatch::telemetry::init_tracing("text", "info");
             runtime(0)?.block_on(async move {

@@ -1,16 +1,15 @@
-//! Wiring and lifecycle: builds the providers, the engine and the servers from a
-//! validated [`Config`], binds the ports, runs until asked to stop, and shuts down in
+//! Wiring and lifecycle: builds the providers, the engine and the servers from validated
+//! [`Settings`], binds the ports, runs until asked to stop, and shuts down in
 //! order — stop consuming, publish what is decided, leave the rest unacked — within the
 //! grace deadline.
 
 use crate::amqp::publisher::AmqpPublisher;
 use crate::amqp::{self, BrokerStatus, Signals};
-use crate::config::Config;
+use crate::config::{ApiAuth, Settings};
 use crate::engine::{Engine, Providers};
 use crate::http::api::{Api, Readiness};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Start-up failures.
@@ -27,26 +26,30 @@ pub enum StartError {
 }
 
 /// Builds the configured transports; an unconfigured one is `None` and reported.
-pub fn providers_from_config(cfg: &Config) -> Result<Providers, StartError> {
+pub fn providers_from_config(cfg: &Settings) -> Result<Providers, StartError> {
     let mut p = Providers::default();
-    if cfg.apns.is_configured() {
-        let a = crate::push::apns::ApnsProvider::new(&cfg.apns)
+    if let Some(s) = &cfg.apns {
+        let a = crate::push::apns::ApnsProvider::start(s)
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.apns = Some(Arc::new(a));
     }
-    if cfg.fcm.is_configured() {
-        let f = crate::push::fcm::FcmProvider::new(&cfg.fcm)
+    if let Some(s) = &cfg.fcm {
+        let f = crate::push::fcm::FcmProvider::start(s)
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.fcm = Some(Arc::new(f));
     }
-    p.sms = crate::sms::gateway::from_config(&cfg.sms)
-        .map_err(|e| StartError::Provider(e.to_string()))?;
+    if let Some(s) = &cfg.sms {
+        let g = crate::sms::gateway::from_settings(s)
+            .map_err(|e| StartError::Provider(e.to_string()))?;
+        p.sms = Some(g);
+    }
     Ok(p)
 }
 
 struct Ready {
     status: Arc<BrokerStatus>,
     providers: Providers,
+    auth: &'static str,
 }
 
 impl Readiness for Ready {
@@ -60,6 +63,9 @@ impl Readiness for Ready {
             "fcm": s(self.providers.fcm.is_some()),
             "sms": s(self.providers.sms.is_some()),
         })
+    }
+    fn auth(&self) -> &'static str {
+        self.auth
     }
     fn any_provider(&self) -> bool {
         self.providers.apns.is_some()
@@ -79,11 +85,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Validated config in, everything bound and running out.
-    pub async fn start(cfg: Config, providers: Providers) -> Result<Daemon, StartError> {
+    /// Validated settings in, everything bound and running out.
+    pub async fn start(settings: Settings, providers: Providers) -> Result<Daemon, StartError> {
         let prom = crate::telemetry::prometheus();
-        let http_addr = cfg.http_addr();
-        let metrics_addr = cfg.metrics_addr();
+        let http_addr = settings.http.addr;
+        let metrics_addr = settings.metrics_addr;
+        let cfg = &settings.config;
         let http_l = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -110,6 +117,9 @@ impl Daemon {
         if providers.sms.is_none() {
             tracing::warn!("no SMS gateway is configured: SMS fallback is off");
         }
+        if settings.http.auth == ApiAuth::Unauthenticated {
+            tracing::warn!("http.allow_unauthenticated is set and http.api_tokens is empty: the backend API accepts calls from anyone");
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (consume_tx, consume_rx) = watch::channel(false);
@@ -117,7 +127,7 @@ impl Daemon {
         let (hard_tx, hard_rx) = watch::channel(false);
         let status = Arc::new(BrokerStatus::default());
         let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
-        let engine = Engine::new(&cfg, providers.clone(), publisher.clone());
+        let engine = Engine::new(cfg, providers.clone(), publisher.clone());
         let control = amqp::control::Control::new(&cfg.amqp.control_exchange);
         engine.set_peers(control.clone());
 
@@ -139,23 +149,25 @@ impl Daemon {
             },
         ));
         let timers = tokio::spawn(engine.clone().run_timers(until(&close_tx.subscribe())));
-        tokio::spawn(engine.clone().run_pruner(
-            Duration::from_secs(cfg.limits.prune_interval_seconds),
-            until(&close_tx.subscribe()),
-        ));
+        tokio::spawn(
+            engine
+                .clone()
+                .run_pruner(settings.prune_interval, until(&close_tx.subscribe())),
+        );
         let api = Arc::new(Api {
             engine: engine.clone(),
-            tokens: cfg.http.tokens(),
-            max_body: cfg.http.max_body_bytes,
-            max_wait: Duration::from_secs(cfg.http.max_wait_seconds),
+            tokens: settings.http.auth.tokens().to_vec(),
+            max_body: settings.http.max_body_bytes,
+            max_wait: settings.http.max_wait,
             ready: Arc::new(Ready {
                 status: status.clone(),
                 providers,
+                auth: settings.http.auth.label(),
             }),
         });
         let http = tokio::spawn(crate::http::serve(
             http_l,
-            cfg.http.max_connections,
+            settings.http.max_connections,
             move |req, _| api.clone().handle(req),
             until(&close_tx.subscribe()),
         ));
@@ -179,7 +191,7 @@ impl Daemon {
         ));
         tracing::info!(%http_addr, %metrics_addr, "sca-dispatch listening");
 
-        let grace = Duration::from_secs(cfg.shutdown.grace_seconds);
+        let grace = settings.shutdown_grace;
         let eng = engine.clone();
         let mut stop_wait = stop_rx;
         let done = tokio::spawn(async move {
@@ -223,11 +235,11 @@ impl Daemon {
 
 /// Runs the daemon until `signal` resolves, then shuts down gracefully.
 pub async fn run(
-    cfg: Config,
+    settings: Settings,
     signal: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let providers = providers_from_config(&cfg)?;
-    let d = Daemon::start(cfg, providers).await?;
+    let providers = providers_from_config(&settings)?;
+    let d = Daemon::start(settings, providers).await?;
     signal.await;
     d.shutdown();
     d.wait().await;

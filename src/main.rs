@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sca_dispatch::Config;
+use sca_dispatch::config::{Config, LogFormat, Settings};
 use std::path::PathBuf;
 
 /// mimalloc instead of the system allocator: under load the daemon allocates and frees
@@ -85,7 +85,7 @@ struct SimArgs {
     dir: PathBuf,
 }
 
-fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
+fn load(config: Option<PathBuf>) -> anyhow::Result<Settings> {
     Ok(Config::load(config.as_deref())?)
 }
 
@@ -118,7 +118,10 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(config) {
             Ok(c) => {
-                println!("configuration is valid ({})", c.provider_summary());
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("configuration is valid ({})", c.config.provider_summary());
                 Ok(())
             }
             Err(e) => {
@@ -134,8 +137,11 @@ fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
             };
-            sca_dispatch::telemetry::init_tracing(&cfg.log.format, &cfg.log.level);
-            let rt = runtime(cfg.runtime.worker_threads)?;
+            sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
+            let rt = runtime(cfg.worker_threads)?;
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
@@ -145,7 +151,7 @@ fn main() -> anyhow::Result<()> {
             load,
             duration,
         } => {
-            sca_dispatch::telemetry::init_tracing("text", "error,lapin=off");
+            sca_dispatch::telemetry::init_tracing(LogFormat::Text, "error,lapin=off");
             let opts = sca_dispatch::demo::DemoOptions {
                 amqp_url,
                 load,
@@ -159,7 +165,7 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {
-            sca_dispatch::telemetry::init_tracing("text", "info");
+            sca_dispatch::telemetry::init_tracing(LogFormat::Text, "info");
             runtime(0)?.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,

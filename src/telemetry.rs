@@ -107,10 +107,10 @@ pub fn record_rate_limited(limit: &'static str) {
 }
 
 /// Sets up `tracing` once; later calls are no-ops.
-pub fn init_tracing(format: &str, level: &str) {
+pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = if format == "json" {
+    let _ = if format == crate::config::LogFormat::Json {
         fmt()
             .with_env_filter(filter)
             .json()

@@ -20,7 +20,7 @@ pub use classify::classify;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
-use crate::config::ApnsConfig;
+use crate::config::{ApnsConfig, ApnsSettings};
 use crate::push::delivery::{self, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, PushMessage, PushProvider};
 use bytes::Bytes;
@@ -38,8 +38,8 @@ const MAX_ERROR_BODY: usize = 8 * 1024;
 pub enum ApnsError {
     #[error("apns: {0}")]
     Setup(String),
-    #[error("apns.endpoint: {0}")]
-    Endpoint(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("apns.key_file: {0}")]
     Key(#[from] jwt::KeyError),
     #[error("apns.ca_file: {0}")]
@@ -67,26 +67,22 @@ struct ErrorBody {
 }
 
 impl ApnsProvider {
+    /// Validates the section ([`ApnsConfig::settings`]) and [`start`](Self::start)s.
+    pub fn new(cfg: &ApnsConfig) -> Result<ApnsProvider, ApnsError> {
+        match cfg.settings()? {
+            Some(s) => Self::start(&s),
+            None => Err(ApnsError::Setup("apns.key_file is not set".into())),
+        }
+    }
+
     /// Loads the key, builds the TLS configuration and starts the connection pool.
     /// Must be called inside a tokio runtime (it spawns the connection supervisors).
-    pub fn new(cfg: &ApnsConfig) -> Result<ApnsProvider, ApnsError> {
+    pub fn start(cfg: &ApnsSettings) -> Result<ApnsProvider, ApnsError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ApnsError::Setup(
                 "must be started inside a tokio runtime".into(),
             ));
         }
-        for (key, v) in [
-            ("apns.key_id", &cfg.key_id),
-            ("apns.team_id", &cfg.team_id),
-            ("apns.topic", &cfg.topic),
-        ] {
-            if v.is_empty() {
-                return Err(ApnsError::Setup(format!("{key} is required")));
-            }
-        }
-        let topic = HeaderValue::from_str(&cfg.topic)
-            .map_err(|_| ApnsError::Setup("apns.topic is not a valid header value".into()))?;
-        let endpoint = pool::Endpoint::parse(&cfg.endpoint).map_err(ApnsError::Endpoint)?;
         let key = jwt::load_key(&cfg.key_file)?;
         let tls = crate::tls::client_config(&cfg.ca_file, &[b"h2"])?;
         let minted = Arc::new(AtomicU64::new(0));
@@ -95,23 +91,21 @@ impl ApnsProvider {
             key,
             &cfg.key_id,
             &cfg.team_id,
-            Duration::from_secs(cfg.token_refresh_seconds),
+            cfg.token_refresh,
             Box::new(move || {
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::telemetry::PROVIDER_TOKEN_RENEWALS, "provider" => "apns")
                     .increment(1);
             }),
         );
-        let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
-        let base = endpoint.base.clone();
+        let timeout = cfg.request_timeout;
+        let base = cfg.endpoint.base.clone();
         let pool = pool::Pool::start(
-            endpoint,
+            cfg.endpoint.clone(),
             Arc::new(tls),
             pool::PoolConfig {
-                connections: cfg.connections.max(1) as usize,
-                // 0 turns keep-alive PINGs off.
-                ping_interval: (cfg.ping_interval_seconds > 0)
-                    .then(|| Duration::from_secs(cfg.ping_interval_seconds)),
+                connections: cfg.connections,
+                ping_interval: cfg.ping_interval,
                 ping_timeout: timeout.max(Duration::from_secs(5)),
                 connect_timeout: timeout.max(Duration::from_secs(5)),
             },
@@ -120,7 +114,7 @@ impl ApnsProvider {
             inner: Arc::new(Inner {
                 pool,
                 base,
-                topic,
+                topic: cfg.topic.clone(),
                 token,
                 minted,
                 timeout,

@@ -15,7 +15,7 @@ pub mod message;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
-use crate::config::FcmConfig;
+use crate::config::{FcmConfig, FcmSettings};
 use crate::push::delivery::{self, now_ms, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, Classification, PushMessage, PushProvider};
 use crate::tls::JsonClient;
@@ -38,6 +38,8 @@ pub enum FcmError {
     Setup(String),
     #[error("fcm: {0}")]
     Auth(#[from] AuthError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("fcm.ca_file: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -57,31 +59,31 @@ struct Inner {
 }
 
 impl FcmProvider {
+    /// Validates the section ([`FcmConfig::settings`]) and [`start`](Self::start)s.
+    pub fn new(cfg: &FcmConfig) -> Result<FcmProvider, FcmError> {
+        match cfg.settings()? {
+            Some(s) => Self::start(&s),
+            None => Err(FcmError::Setup(
+                "fcm.service_account_file is not set".into(),
+            )),
+        }
+    }
+
     /// Reads the service-account key, builds the client. Must be called inside a tokio
     /// runtime. The first access token is minted on the first send.
-    pub fn new(cfg: &FcmConfig) -> Result<FcmProvider, FcmError> {
-        if cfg.service_account_file.is_empty() {
-            return Err(FcmError::Setup(
-                "fcm.service_account_file is not set".into(),
-            ));
-        }
+    pub fn start(cfg: &FcmSettings) -> Result<FcmProvider, FcmError> {
         let acct = ServiceAccount::from_file(&cfg.service_account_file)?;
         let key = acct.encoding_key(&cfg.service_account_file)?;
-        let endpoint = cfg.endpoint.trim_end_matches('/');
+        let endpoint = &cfg.endpoint;
         let send_uri: Uri = format!("{endpoint}/v1/projects/{}/messages:send", acct.project_id)
             .parse()
-            .map_err(|e| FcmError::Setup(format!("fcm.endpoint {endpoint:?} is not a URL: {e}")))?;
-        if !matches!(send_uri.scheme_str(), Some("http") | Some("https")) {
-            return Err(FcmError::Setup(format!(
-                "fcm.endpoint {endpoint:?} must start with https:// (or http:// for a simulator)"
-            )));
-        }
-        if cfg.max_concurrent == 0 {
-            return Err(FcmError::Setup(
-                "fcm.max_concurrent must be at least 1".into(),
-            ));
-        }
-        let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
+            .map_err(|e| {
+                FcmError::Setup(format!(
+                    "fcm.endpoint {endpoint:?} with project_id {:?} is not a URL: {e}",
+                    acct.project_id
+                ))
+            })?;
+        let timeout = cfg.request_timeout;
         let client = crate::tls::json_client(&cfg.ca_file)?;
         let auth = Arc::new(TokenSource::new(acct, key, client.clone(), timeout)?);
         Ok(FcmProvider {
@@ -89,7 +91,7 @@ impl FcmProvider {
                 client,
                 send_uri,
                 auth,
-                permits: Semaphore::new(cfg.max_concurrent as usize),
+                permits: Semaphore::new(cfg.max_concurrent),
                 timeout,
             }),
         })

@@ -13,7 +13,7 @@
 pub mod twilio;
 pub mod webhook;
 
-use crate::config::SmsConfig;
+use crate::config::{SmsConfig, SmsGatewayKind, SmsSettings};
 use crate::sms::{SmsError, SmsGateway};
 use crate::tls::JsonClient;
 use bytes::Bytes;
@@ -41,18 +41,25 @@ pub(crate) const USER_AGENT: &str = concat!("sca-dispatch/", env!("CARGO_PKG_VER
 pub enum GatewayError {
     #[error("sms: {0}")]
     Setup(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
-/// Builds the configured gateway, or `None` when `sms.gateway` is empty.
+/// Validates the section ([`SmsConfig::settings`]) and builds the configured gateway, or
+/// `None` when `sms.gateway` is empty.
 pub fn from_config(cfg: &SmsConfig) -> Result<Option<Arc<dyn SmsGateway>>, GatewayError> {
-    match cfg.gateway.as_str() {
-        "" => Ok(None),
-        "twilio" => Ok(Some(Arc::new(TwilioGateway::new(cfg)?))),
-        "webhook" => Ok(Some(Arc::new(WebhookGateway::new(cfg)?))),
-        other => Err(GatewayError::Setup(format!(
-            "sms.gateway `{other}` is not supported (use `twilio`, `webhook` or leave it empty)"
-        ))),
+    match cfg.settings()? {
+        None => Ok(None),
+        Some(s) => from_settings(&s).map(Some),
     }
+}
+
+/// Builds the gateway the settings name.
+pub fn from_settings(s: &SmsSettings) -> Result<Arc<dyn SmsGateway>, GatewayError> {
+    Ok(match s.gateway {
+        SmsGatewayKind::Twilio { .. } => Arc::new(TwilioGateway::start(s)?),
+        SmsGatewayKind::Webhook { .. } => Arc::new(WebhookGateway::start(s)?),
+    })
 }
 
 /// A gateway's answer: status, the `Retry-After` hint, and at most
@@ -74,17 +81,12 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    pub fn new(cfg: &SmsConfig) -> Result<Transport, GatewayError> {
-        if cfg.request_timeout_ms == 0 {
-            return Err(GatewayError::Setup(
-                "sms.request_timeout_ms must be at least 1".into(),
-            ));
-        }
+    pub fn new(cfg: &SmsSettings) -> Result<Transport, GatewayError> {
         let client = crate::tls::json_client(&cfg.ca_file)
             .map_err(|e| GatewayError::Setup(format!("sms.ca_file: {e}")))?;
         Ok(Transport::with_limit(
             client,
-            Duration::from_millis(cfg.request_timeout_ms),
+            cfg.request_timeout,
             MAX_IN_FLIGHT,
         ))
     }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sca_dispatch::config::{Config, LogFormat, Settings};
+use sca_dispatch::config::{Config, Settings};
 use std::path::PathBuf;
 
 /// mimalloc instead of the system allocator: under load the daemon allocates and frees
@@ -151,7 +151,10 @@ fn main() -> anyhow::Result<()> {
             load,
             duration,
         } => {
-            sca_dispatch::telemetry::init_tracing(LogFormat::Text, "error,lapin=off");
+            sca_dispatch::telemetry::init_tracing(
+                sca_dispatch::config::LogFormat::Text,
+                "error,lapin=off",
+            );
             let opts = sca_dispatch::demo::DemoOptions {
                 amqp_url,
                 load,
@@ -165,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {
-            sca_dispatch::telemetry::init_tracing(LogFormat::Text, "info");
+            sca_dispatch::telemetry::init_tracing(sca_dispatch::config::LogFormat::Text, "info");
             runtime(0)?.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,

@@ -67,7 +67,7 @@ fn describe() {
     describe_histogram!(
         PUSH_DURATION,
         Unit::Seconds,
-        "Push request duration, by provider."
+        "Push attempt duration (waiting for a connection or concurrency slot included), by provider."
     );
     describe_counter!(SMS, "SMS sends, by result.");
     describe_counter!(OTP_VERIFICATIONS, "One-time code checks, by result.");

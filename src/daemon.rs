@@ -107,6 +107,9 @@ impl Daemon {
             })?;
         let http_addr = http_l.local_addr().unwrap_or(http_addr);
         let metrics_addr = metrics_l.local_addr().unwrap_or(metrics_addr);
+        for w in &settings.warnings {
+            tracing::warn!("{w}");
+        }
         tracing::info!(providers = %cfg.provider_summary(), "providers");
         if providers.apns.is_none() {
             tracing::warn!("APNs is not configured: iOS devices count as unreachable");

@@ -138,9 +138,6 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
-            for w in &cfg.warnings {
-                tracing::warn!("{w}");
-            }
             let rt = runtime(cfg.worker_threads)?;
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")

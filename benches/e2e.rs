@@ -149,6 +149,7 @@ fn spawn_daemon(
     // One broker publish less per challenge; the outcome is what the bench waits for.
     cfg.amqp.dispatched_events = false;
     cfg.http.addr = format!("127.0.0.1:{hp}");
+    cfg.http.api_tokens = sca_dispatch::loadgen::API_TOKEN.into();
     cfg.metrics.addr = format!("127.0.0.1:{mp}");
     cfg.log.level = "warn".into();
     // Every load user is distinct; the per-user limit never applies.
@@ -328,6 +329,10 @@ async fn http_load(
                 }
                 let req = hyper::Request::post(url(i))
                     .header("content-type", "application/json")
+                    .header(
+                        "authorization",
+                        format!("Bearer {}", sca_dispatch::loadgen::API_TOKEN),
+                    )
                     .body(http_body_util::Full::new(bytes::Bytes::from_static(
                         br#"{"device_id":"android","decision":"approve"}"#,
                     )))

@@ -1,10 +1,13 @@
-//! Typed configuration: a TOML file plus `SCA_<SECTION>_<KEY>` environment overrides,
-//! parsed and validated before any port is bound. Every error names the offending key.
+//! Configuration: a TOML file plus `SCA_<SECTION>_<KEY>` environment overrides, read into
+//! the raw serde [`Config`] (every key, with its default) and validated into typed
+//! [`Settings`] before any port is bound. Every error names the offending key; none shows
+//! the value of a key holding a secret.
 
 pub use crate::push::hms::config::HmsConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +25,10 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+mod settings;
+pub use settings::*;
+
+pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         message: message.into(),
@@ -119,8 +125,11 @@ impl Default for AmqpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: String,
-    /// Comma-separated bearer tokens for the backend-facing API; empty = no auth.
+    /// Comma-separated bearer tokens for the backend-facing API. Empty refuses to start
+    /// unless `allow_unauthenticated` is set.
     pub api_tokens: String,
+    /// Run with no bearer token at all (every backend call is then accepted).
+    pub allow_unauthenticated: bool,
     pub max_body_bytes: usize,
     pub max_wait_seconds: u64,
     pub max_connections: usize,
@@ -146,6 +155,7 @@ impl Default for HttpConfig {
         Self {
             addr: "0.0.0.0:8080".into(),
             api_tokens: String::new(),
+            allow_unauthenticated: false,
             max_body_bytes: 8192,
             max_wait_seconds: 30,
             max_connections: 10_000,
@@ -287,6 +297,8 @@ pub struct FcmConfig {
     pub ca_file: String,
     pub request_timeout_ms: u64,
     pub max_concurrent: u32,
+    /// Allow an `http://` endpoint on a host that is not loopback.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for FcmConfig {
@@ -297,6 +309,7 @@ impl Default for FcmConfig {
             ca_file: String::new(),
             request_timeout_ms: 10_000,
             max_concurrent: 500,
+            allow_insecure_http: false,
         }
     }
 }
@@ -334,6 +347,8 @@ pub struct SmsConfig {
     pub max_per_phone_per_window: u32,
     /// SMS per minute per instance, all users together.
     pub max_per_minute_global: u32,
+    /// Allow an `http://` endpoint on a host that is not loopback.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for SmsConfig {
@@ -355,6 +370,7 @@ impl Default for SmsConfig {
             allowed_country_prefixes: String::new(),
             max_per_phone_per_window: 3,
             max_per_minute_global: 600,
+            allow_insecure_http: false,
         }
     }
 }
@@ -387,9 +403,12 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Keys whose values are secrets: never shown in an error message.
+const SECRET_KEYS: &[&str] = &["url", "auth_token", "api_tokens", "otp_key", "secret"];
+
 impl Config {
     /// Loads the file (if any), applies the environment overrides and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
         Self::load_with_env(path, &vars)
     }
@@ -398,7 +417,7 @@ impl Config {
     pub fn load_with_env(
         path: Option<&Path>,
         env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Settings, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.to_path_buf(),
@@ -417,31 +436,43 @@ impl Config {
         text: &str,
         name: &str,
         env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
-        let parse_err = |e: toml::de::Error| ConfigError::Parse {
-            path: name.to_string(),
-            message: e.to_string().trim().replace('\n', " "),
-        };
+    ) -> Result<Settings, ConfigError> {
+        let (cfg, warnings) = Self::parse_with_env(text, name, env)?;
+        let mut settings = cfg.validate()?;
+        settings.warnings.extend(warnings);
+        Ok(settings)
+    }
+
+    /// Parses TOML text and applies overrides from `env`, without validating; also
+    /// returns the warnings about ignored variables.
+    pub fn parse_with_env(
+        text: &str,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         // Parse the file once strictly so unknown keys and wrong types are reported
         // against the file, then merge it over the defaults as a value tree.
-        let file: Config = toml::from_str(text).map_err(parse_err)?;
+        let file: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_string(),
+            message: describe_toml_error(text, &e),
+        })?;
         let mut tree = toml::Value::try_from(&file).map_err(|e| ConfigError::Parse {
             path: name.to_string(),
             message: e.to_string(),
         })?;
-        apply_env(&mut tree, env)?;
+        let warnings = apply_env(&mut tree, env)?;
         let cfg: Config = tree
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Env {
                 var: "SCA_*".into(),
-                message: e.to_string(),
+                message: e.message().to_string(),
             })?;
-        cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, warnings))
     }
 
-    /// Checks every value a type cannot express; errors name the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value a type cannot express and returns the typed settings; errors
+    /// name the key.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
         let a = &self.amqp;
         if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
             return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
@@ -474,8 +505,8 @@ impl Config {
                 "must be >= amqp.reconnect_initial_ms > 0",
             ));
         }
-        parse_addr("http.addr", &self.http.addr)?;
-        parse_addr("metrics.addr", &self.metrics.addr)?;
+        let http_addr = parse_addr("http.addr", &self.http.addr)?;
+        let metrics_addr = parse_addr("metrics.addr", &self.metrics.addr)?;
         if self.http.max_body_bytes < 256 || self.http.max_body_bytes > 1 << 20 {
             return Err(invalid("http.max_body_bytes", "must be 256..=1048576"));
         }
@@ -486,9 +517,11 @@ impl Config {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
         self.validate_http_timeouts()?;
-        if self.log.format != "text" && self.log.format != "json" {
-            return Err(invalid("log.format", "must be `text` or `json`"));
-        }
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(invalid("log.format", "must be `text` or `json`")),
+        };
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "not a valid tracing filter"));
         }
@@ -513,17 +546,49 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        self.validate_apns()?;
-        self.validate_fcm()?;
+        let apns = self.apns.settings()?;
+        let fcm = self.fcm.settings()?;
         self.hms.validate()?;
-        self.validate_sms()?;
+        let sms = self.sms.settings()?;
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
         }
         if self.shutdown.grace_seconds > 600 {
             return Err(invalid("shutdown.grace_seconds", "must be at most 600"));
         }
-        Ok(())
+        let tokens = self.http.tokens();
+        let auth = if !tokens.is_empty() {
+            ApiAuth::Tokens(tokens)
+        } else if self.http.allow_unauthenticated {
+            ApiAuth::Unauthenticated
+        } else {
+            return Err(invalid(
+                "http.api_tokens",
+                "is empty: set the backend's bearer tokens, or http.allow_unauthenticated = true to run with no authentication",
+            ));
+        };
+        Ok(Settings {
+            config: self.clone(),
+            http: HttpSettings {
+                addr: http_addr,
+                auth,
+                max_body_bytes: self.http.max_body_bytes,
+                max_wait: Duration::from_secs(self.http.max_wait_seconds),
+                max_connections: self.http.max_connections,
+            },
+            metrics_addr,
+            log: LogSettings {
+                format,
+                level: self.log.level.clone(),
+            },
+            apns,
+            fcm,
+            sms,
+            prune_interval: Duration::from_secs(self.limits.prune_interval_seconds),
+            shutdown_grace: Duration::from_secs(self.shutdown.grace_seconds),
+            worker_threads: self.runtime.worker_threads,
+            warnings: Vec::new(),
+        })
     }
 
     fn validate_http_timeouts(&self) -> Result<(), ConfigError> {
@@ -555,9 +620,41 @@ impl Config {
         Ok(())
     }
 
-    fn validate_apns(&self) -> Result<(), ConfigError> {
-        let c = &self.apns;
-        check_url("apns.endpoint", &c.endpoint, true)?;
+    /// One line per provider saying whether it is configured (for start-up logs).
+    pub fn provider_summary(&self) -> String {
+        format!(
+            "apns={} fcm={} hms={} sms={}",
+            if self.apns.is_configured() {
+                "configured"
+            } else {
+                "not configured"
+            },
+            if self.fcm.is_configured() {
+                "configured"
+            } else {
+                "not configured"
+            },
+            if self.hms.is_configured() {
+                "configured"
+            } else {
+                "not configured"
+            },
+            if self.sms.is_configured() {
+                self.sms.gateway.as_str()
+            } else {
+                "not configured"
+            },
+        )
+    }
+}
+
+impl ApnsConfig {
+    /// The section's typed settings, `None` when APNs is not configured (no key file).
+    pub fn settings(&self) -> Result<Option<ApnsSettings>, ConfigError> {
+        let c = self;
+        check_url("apns.endpoint", &c.endpoint, Scheme::HttpsOnly)?;
+        let endpoint = crate::push::apns::pool::Endpoint::parse(&c.endpoint)
+            .map_err(|e| invalid("apns.endpoint", e))?;
         check_file_opt("apns.ca_file", &c.ca_file)?;
         if c.connections == 0 || c.connections > 64 {
             return Err(invalid("apns.connections", "must be 1..=64"));
@@ -571,24 +668,50 @@ impl Config {
                 "must be 1200..=3300 (Apple refuses tokens renewed more often than every 20 minutes or older than 60)",
             ));
         }
-        if c.is_configured() {
-            check_file_opt("apns.key_file", &c.key_file)?;
-            for (key, v) in [
-                ("apns.key_id", &c.key_id),
-                ("apns.team_id", &c.team_id),
-                ("apns.topic", &c.topic),
-            ] {
-                if v.is_empty() {
-                    return Err(invalid(key, "required when apns.key_file is set"));
-                }
+        if !c.is_configured() {
+            return Ok(None);
+        }
+        check_file_opt("apns.key_file", &c.key_file)?;
+        for (key, v) in [
+            ("apns.key_id", &c.key_id),
+            ("apns.team_id", &c.team_id),
+            ("apns.topic", &c.topic),
+        ] {
+            if v.is_empty() {
+                return Err(invalid(key, "required when apns.key_file is set"));
             }
         }
-        Ok(())
+        let topic = http::HeaderValue::from_str(&c.topic)
+            .map_err(|_| invalid("apns.topic", "not a valid header value"))?;
+        Ok(Some(ApnsSettings {
+            endpoint,
+            ca_file: c.ca_file.clone(),
+            key_file: c.key_file.clone(),
+            key_id: c.key_id.clone(),
+            team_id: c.team_id.clone(),
+            topic,
+            connections: c.connections as usize,
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            // 0 turns keep-alive PINGs off.
+            ping_interval: (c.ping_interval_seconds > 0)
+                .then(|| Duration::from_secs(c.ping_interval_seconds)),
+            token_refresh: Duration::from_secs(c.token_refresh_seconds),
+        }))
     }
+}
 
-    fn validate_fcm(&self) -> Result<(), ConfigError> {
-        let c = &self.fcm;
-        check_url("fcm.endpoint", &c.endpoint, false)?;
+impl FcmConfig {
+    /// The section's typed settings, `None` when FCM is not configured.
+    pub fn settings(&self) -> Result<Option<FcmSettings>, ConfigError> {
+        let c = self;
+        check_url(
+            "fcm.endpoint",
+            &c.endpoint,
+            Scheme::Https {
+                insecure_key: "fcm.allow_insecure_http",
+                allow_insecure: c.allow_insecure_http,
+            },
+        )?;
         check_file_opt("fcm.ca_file", &c.ca_file)?;
         check_file_opt("fcm.service_account_file", &c.service_account_file)?;
         if c.request_timeout_ms == 0 {
@@ -597,13 +720,26 @@ impl Config {
         if c.max_concurrent == 0 {
             return Err(invalid("fcm.max_concurrent", "must be at least 1"));
         }
-        Ok(())
+        if !c.is_configured() {
+            return Ok(None);
+        }
+        Ok(Some(FcmSettings {
+            endpoint: c.endpoint.trim_end_matches('/').to_string(),
+            service_account_file: c.service_account_file.clone(),
+            ca_file: c.ca_file.clone(),
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            max_concurrent: c.max_concurrent as usize,
+        }))
     }
+}
 
-    fn validate_sms(&self) -> Result<(), ConfigError> {
-        let c = &self.sms;
-        match c.gateway.as_str() {
-            "" => return Ok(()),
+impl SmsConfig {
+    /// The gateway's typed settings, `None` when no gateway is configured. (The abuse
+    /// limits are plain numbers, read from the section itself.)
+    pub fn settings(&self) -> Result<Option<SmsSettings>, ConfigError> {
+        let c = self;
+        let gateway = match c.gateway.as_str() {
+            "" => None,
             "twilio" => {
                 for (key, v) in [
                     ("sms.account_sid", &c.account_sid),
@@ -614,19 +750,36 @@ impl Config {
                         return Err(invalid(key, "required for sms.gateway = \"twilio\""));
                     }
                 }
+                Some(SmsGatewayKind::Twilio {
+                    account_sid: c.account_sid.clone(),
+                    auth_token: Secret::new(c.auth_token.clone()),
+                    from: c.from.clone(),
+                })
             }
-            "webhook" => {}
-            _ => {
+            "webhook" => Some(SmsGatewayKind::Webhook {
+                auth_token: (!c.auth_token.is_empty()).then(|| Secret::new(c.auth_token.clone())),
+            }),
+            other => {
                 return Err(invalid(
                     "sms.gateway",
-                    "must be `twilio`, `webhook` or empty",
+                    format!("`{other}` is not supported: must be `twilio`, `webhook` or empty"),
                 ))
             }
-        }
+        };
+        let Some(gateway) = gateway else {
+            return Ok(None);
+        };
         if c.endpoint.is_empty() {
             return Err(invalid("sms.endpoint", "required when sms.gateway is set"));
         }
-        check_url("sms.endpoint", &c.endpoint, false)?;
+        let endpoint = check_url(
+            "sms.endpoint",
+            &c.endpoint,
+            Scheme::Https {
+                insecure_key: "sms.allow_insecure_http",
+                allow_insecure: c.allow_insecure_http,
+            },
+        )?;
         check_file_opt("sms.ca_file", &c.ca_file)?;
         if c.request_timeout_ms == 0 {
             return Err(invalid("sms.request_timeout_ms", "must be at least 1"));
@@ -664,42 +817,12 @@ impl Config {
                 ));
             }
         }
-        Ok(())
-    }
-
-    /// One line per provider saying whether it is configured (for start-up logs).
-    pub fn provider_summary(&self) -> String {
-        format!(
-            "apns={} fcm={} hms={} sms={}",
-            if self.apns.is_configured() {
-                "configured"
-            } else {
-                "not configured"
-            },
-            if self.fcm.is_configured() {
-                "configured"
-            } else {
-                "not configured"
-            },
-            if self.hms.is_configured() {
-                "configured"
-            } else {
-                "not configured"
-            },
-            if self.sms.is_configured() {
-                self.sms.gateway.as_str()
-            } else {
-                "not configured"
-            },
-        )
-    }
-
-    pub fn http_addr(&self) -> SocketAddr {
-        parse_addr("http.addr", &self.http.addr).expect("validated")
-    }
-
-    pub fn metrics_addr(&self) -> SocketAddr {
-        parse_addr("metrics.addr", &self.metrics.addr).expect("validated")
+        Ok(Some(SmsSettings {
+            gateway,
+            endpoint,
+            ca_file: c.ca_file.clone(),
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+        }))
     }
 }
 
@@ -708,22 +831,62 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| invalid(key, format!("`{v}` is not an address like 0.0.0.0:8080")))
 }
 
-fn check_url(key: &str, v: &str, https_only: bool) -> Result<(), ConfigError> {
+/// Which URL schemes an endpoint may use.
+pub(crate) enum Scheme {
+    /// TLS only (APNs is HTTP/2 over TLS).
+    HttpsOnly,
+    /// `https`, or `http` on a loopback host (a simulator) or when `insecure_key` is set.
+    Https {
+        insecure_key: &'static str,
+        allow_insecure: bool,
+    },
+}
+
+pub(crate) fn check_url(key: &str, v: &str, scheme: Scheme) -> Result<url::Url, ConfigError> {
     let u = url::Url::parse(v).map_err(|e| invalid(key, format!("`{v}` is not a URL: {e}")))?;
-    match u.scheme() {
-        "https" => Ok(()),
-        "http" if !https_only => Ok(()),
-        s => Err(invalid(
+    if u.host().is_none() {
+        return Err(invalid(key, format!("`{v}` has no host")));
+    }
+    match (u.scheme(), scheme) {
+        ("https", _) => Ok(u),
+        ("http", Scheme::HttpsOnly) => Err(invalid(key, "scheme `http` not supported (use https)")),
+        (
+            "http",
+            Scheme::Https {
+                insecure_key,
+                allow_insecure,
+            },
+        ) => {
+            if allow_insecure || is_loopback(&u) {
+                Ok(u)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("plain http:// to a host that is not loopback is refused: use https://, or set {insecure_key} = true"),
+                ))
+            }
+        }
+        (s, Scheme::HttpsOnly) => Err(invalid(
             key,
-            format!(
-                "scheme `{s}` not supported (use {})",
-                if https_only { "https" } else { "http or https" }
-            ),
+            format!("scheme `{s}` not supported (use https)"),
+        )),
+        (s, Scheme::Https { .. }) => Err(invalid(
+            key,
+            format!("scheme `{s}` not supported (use https, or http on loopback)"),
         )),
     }
 }
 
-fn check_file_opt(key: &str, v: &str) -> Result<(), ConfigError> {
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+pub(crate) fn check_file_opt(key: &str, v: &str) -> Result<(), ConfigError> {
     if v.is_empty() || Path::new(v).is_file() {
         Ok(())
     } else {
@@ -731,10 +894,76 @@ fn check_file_opt(key: &str, v: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A TOML error as `line L, column C, key `section.key`: message`, with no excerpt of
+/// the file; for a key holding a secret the message (which may quote the value) is
+/// replaced too.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    let idx = (line_no - 1).min(lines.len().saturating_sub(1));
+    let mut section = String::new();
+    let mut key = None;
+    for (i, line) in lines.iter().enumerate().take(idx + 1).rev() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            break;
+        }
+        if key.is_none() && i <= idx {
+            if let Some((k, _)) = t.split_once('=') {
+                let k = k.trim().trim_matches('"');
+                if !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+                {
+                    key = Some(k.to_string());
+                }
+            }
+        }
+    }
+    let path = match (&key, section.is_empty()) {
+        (Some(k), false) => format!("{section}.{k}"),
+        (Some(k), true) => k.clone(),
+        (None, _) => section.clone(),
+    };
+    let secret = path
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| SECRET_KEYS.contains(&last));
+    let message = if secret {
+        "invalid value (not shown: this key holds a secret)".to_string()
+    } else {
+        e.message().trim().replace('\n', " ")
+    };
+    if path.is_empty() {
+        format!("line {line_no}, column {column}: {message}")
+    } else {
+        format!("line {line_no}, column {column}, key `{path}`: {message}")
+    }
+}
+
 /// Applies `SCA_<SECTION>_<KEY>` variables onto the value tree, parsing each value as the
 /// type the key already has there (every key has a default, so every key is present).
-fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<(), ConfigError> {
-    let root = tree.as_table_mut().expect("config serializes to a table");
+/// Variables naming no known section (Kubernetes service links such as
+/// `SCA_DISPATCH_SERVICE_HOST`) are ignored, each with a warning returned; a known section
+/// with an unknown key is an error naming it.
+fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    let Some(root) = tree.as_table_mut() else {
+        return Ok(warnings);
+    };
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix("SCA_") else {
             continue;
@@ -747,12 +976,19 @@ fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<(), Con
             message,
         };
         let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = lower.split_once('_') else {
-            return Err(env_err("expected SCA_<SECTION>_<KEY>".into()));
-        };
+        let (section, key) = lower.split_once('_').unwrap_or((lower.as_str(), ""));
         let Some(table) = root.get_mut(section).and_then(|v| v.as_table_mut()) else {
-            return Err(env_err(format!("unknown section `{section}`")));
+            warnings.push(format!(
+                "environment variable {var} ignored: `{section}` is not a configuration section"
+            ));
+            continue;
         };
+        if key.is_empty() {
+            return Err(env_err(format!(
+                "expected SCA_{}_<KEY>",
+                section.to_ascii_uppercase()
+            )));
+        }
         let Some(slot) = table.get_mut(key) else {
             return Err(env_err(format!("unknown key `{section}.{key}`")));
         };
@@ -785,7 +1021,7 @@ fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<(), Con
             }
         };
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -799,20 +1035,28 @@ mod tests {
             .collect()
     }
 
+    const TOKEN: (&str, &str) = ("SCA_HTTP_API_TOKENS", "t0ken");
+
     #[test]
-    fn defaults_are_valid() {
-        let c = Config::from_toml_with_env("", "t", &[]).unwrap();
-        assert_eq!(c.amqp.challenges_queue, "sca.challenges");
-        assert_eq!(c.http.addr, "0.0.0.0:8080");
-        assert_eq!(c.metrics.addr, "0.0.0.0:9090");
+    fn defaults_with_a_token_are_valid() {
+        let c = Config::from_toml_with_env("", "t", &env(&[TOKEN])).unwrap();
+        assert_eq!(c.config.amqp.challenges_queue, "sca.challenges");
+        assert_eq!(c.http.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.metrics_addr, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(c.http.auth, ApiAuth::Tokens(vec!["t0ken".into()]));
+        assert_eq!(c.http.max_wait, Duration::from_secs(30));
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.apns.is_none() && c.fcm.is_none() && c.sms.is_none());
     }
 
     #[test]
     fn the_example_config_is_valid_and_matches_the_defaults() {
         let text = include_str!("../config/sca-dispatch.example.toml");
-        let c = Config::from_toml_with_env(text, "example", &[]).unwrap();
+        let c = Config::from_toml_with_env(text, "example", &env(&[TOKEN])).unwrap();
+        let (raw, _) = Config::parse_with_env(text, "example", &[]).unwrap();
         let d = Config::default();
-        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+        assert_eq!(toml::to_string(&raw).unwrap(), toml::to_string(&d).unwrap());
+        assert_eq!(c.config.http.api_tokens, "t0ken");
     }
 
     #[test]
@@ -830,29 +1074,189 @@ mod tests {
             &env(&[("SCA_AMQP_PREFETCH", "20"), ("SCA_HTTP_API_TOKENS", "a, b")]),
         )
         .unwrap();
-        assert_eq!(c.amqp.prefetch, 20);
-        assert_eq!(c.http.tokens(), vec!["a", "b"]);
+        assert_eq!(c.config.amqp.prefetch, 20);
+        assert_eq!(c.http.auth.tokens(), ["a", "b"]);
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = Config::from_toml_with_env("[amqp]\nprefetch = 0\n", "t", &[]).unwrap_err();
+        let t = env(&[TOKEN]);
+        let e = Config::from_toml_with_env("[amqp]\nprefetch = 0\n", "t", &t).unwrap_err();
         assert!(e.to_string().contains("amqp.prefetch"), "{e}");
         let e =
             Config::from_toml_with_env("", "t", &env(&[("SCA_AMQP_PREFETCH", "x")])).unwrap_err();
         assert!(e.to_string().contains("SCA_AMQP_PREFETCH"), "{e}");
-        let e = Config::from_toml_with_env("[amqp]\nbogus = 1\n", "t", &[]).unwrap_err();
+        let e = Config::from_toml_with_env("[amqp]\nbogus = 1\n", "t", &t).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = Config::from_toml_with_env("", "t", &env(&[("SCA_HTTP_NOPE", "1")])).unwrap_err();
         assert!(e.to_string().contains("http.nope"), "{e}");
-        let e = Config::from_toml_with_env("[http]\naddr = \"nope\"\n", "t", &[]).unwrap_err();
+        let e = Config::from_toml_with_env("[http]\naddr = \"nope\"\n", "t", &t).unwrap_err();
         assert!(e.to_string().contains("http.addr"), "{e}");
-        let e = Config::from_toml_with_env("[sms]\ngateway = \"carrier-pigeon\"\n", "t", &[])
+        let e = Config::from_toml_with_env("[sms]\ngateway = \"carrier-pigeon\"\n", "t", &t)
             .unwrap_err();
         assert!(e.to_string().contains("sms.gateway"), "{e}");
-        let e = Config::from_toml_with_env("[apns]\nkey_file = \"/nonexistent.p8\"\n", "t", &[])
+        let e = Config::from_toml_with_env("[apns]\nkey_file = \"/nonexistent.p8\"\n", "t", &t)
             .unwrap_err();
         assert!(e.to_string().contains("apns.key_file"), "{e}");
+    }
+
+    #[test]
+    fn no_tokens_refuses_to_start_unless_explicitly_unauthenticated() {
+        let e = Config::from_toml_with_env("", "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("http.api_tokens"), "{e}");
+        let e = Config::from_toml_with_env("[http]\napi_tokens = \" , \"\n", "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("http.api_tokens"), "{e}");
+        let c =
+            Config::from_toml_with_env("[http]\nallow_unauthenticated = true\n", "t", &[]).unwrap();
+        assert_eq!(c.http.auth, ApiAuth::Unauthenticated);
+        assert_eq!(c.http.auth.label(), "unauthenticated");
+        assert!(c.http.auth.tokens().is_empty());
+        // Tokens win over the switch.
+        let c = Config::from_toml_with_env(
+            "[http]\nallow_unauthenticated = true\napi_tokens = \"x\"\n",
+            "t",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http.auth.label(), "bearer_token");
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_key_but_never_a_secret() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "[amqp]\nprefetch = 10\nurl = \"amqp://u:hunter2@h/%2f\n",
+                "line 3",
+                "amqp.url",
+                "hunter2",
+            ),
+            (
+                "[sms]\ngateway = \"twilio\"\nauth_token = 98765432\n",
+                "line 3",
+                "sms.auth_token",
+                "98765432",
+            ),
+            (
+                "[http]\napi_tokens = [\"tok-s3cret\"]\n",
+                "line 2",
+                "http.api_tokens",
+                "tok-s3cret",
+            ),
+            (
+                "[sms]\notp_key = { k = \"0tp-key\" }\n",
+                "line 2",
+                "sms.otp_key",
+                "0tp-key",
+            ),
+            (
+                "[cluster]\nsecret = \"cl-secret\n",
+                "line 2",
+                "cluster.secret",
+                "cl-secret",
+            ),
+        ];
+        for (text, line, key, secret) in cases {
+            let e = Config::from_toml_with_env(text, "f.toml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(line) && e.contains(key), "{text:?}: {e}");
+            assert!(!e.contains(secret), "{text:?} leaks its secret: {e}");
+        }
+        // Other keys keep the parser's explanation.
+        let e = Config::from_toml_with_env("[amqp]\n\nprefetch = \"many\"\n", "f.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("amqp.prefetch") && e.contains("many"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_http_endpoints_only_on_loopback_or_when_allowed() {
+        let t = env(&[TOKEN]);
+        let bad = [
+            (
+                "[fcm]\nendpoint = \"http://fcm.example.com\"\n",
+                "fcm.endpoint",
+                "fcm.allow_insecure_http",
+            ),
+            (
+                "[sms]\ngateway = \"webhook\"\nendpoint = \"http://10.0.0.5/sms\"\n",
+                "sms.endpoint",
+                "sms.allow_insecure_http",
+            ),
+            (
+                "[apns]\nendpoint = \"http://127.0.0.1:1\"\n",
+                "apns.endpoint",
+                "https",
+            ),
+        ];
+        for (text, key, hint) in bad {
+            let e = Config::from_toml_with_env(text, "t", &t)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(hint), "{text}: {e}");
+        }
+        let good = [
+            "[fcm]\nendpoint = \"http://127.0.0.1:4000\"\n",
+            "[fcm]\nendpoint = \"http://localhost:4000\"\n",
+            "[fcm]\nendpoint = \"http://[::1]:4000\"\n",
+            "[fcm]\nendpoint = \"http://fcm.example.com\"\nallow_insecure_http = true\n",
+            "[sms]\ngateway = \"webhook\"\nendpoint = \"http://127.0.0.1:9/sms\"\n",
+            "[sms]\ngateway = \"webhook\"\nendpoint = \"http://10.0.0.5/sms\"\nallow_insecure_http = true\n",
+            "[sms]\ngateway = \"webhook\"\nendpoint = \"https://sms.example.com/send\"\n",
+        ];
+        for text in good {
+            Config::from_toml_with_env(text, "t", &t).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn env_without_a_known_section_is_ignored_with_a_warning() {
+        let c = Config::from_toml_with_env(
+            "",
+            "t",
+            &env(&[
+                TOKEN,
+                ("SCA_DISPATCH_SERVICE_HOST", "10.0.0.1"),
+                ("SCA_DISPATCH_PORT", "tcp://10.0.0.1:8080"),
+                ("SCA_NOSECTION", "x"),
+                ("SCA_CONFIG", "/etc/sca.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("SCA_DISPATCH_SERVICE_HOST"));
+        assert!(c.warnings.iter().all(|w| !w.contains("10.0.0.1")));
+        // A known section with an unknown key still stops start-up, naming it.
+        let e = Config::from_toml_with_env("", "t", &env(&[TOKEN, ("SCA_SMS_GATEWAYY", "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("sms.gatewayy"), "{e}");
+        let e = Config::from_toml_with_env("", "t", &env(&[TOKEN, ("SCA_HTTP", "x")])).unwrap_err();
+        assert!(e.to_string().contains("SCA_HTTP"), "{e}");
+    }
+
+    #[test]
+    fn typed_settings() {
+        let c = Config::from_toml_with_env(
+            "[log]\nformat = \"json\"\n[apns]\nping_interval_seconds = 0\n[sms]\ngateway = \"webhook\"\nendpoint = \"https://sms.example.com/send\"\nauth_token = \"wh-s3cret\"\n",
+            "t",
+            &env(&[TOKEN]),
+        )
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let sms = c.sms.as_ref().unwrap();
+        assert_eq!(sms.gateway.name(), "webhook");
+        assert_eq!(sms.request_timeout, Duration::from_secs(10));
+        assert!(
+            !format!("{c:?}").contains("wh-s3cret"),
+            "Debug shows a secret"
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        let c =
+            Config::from_toml_with_env("", "t", &env(&[("SCA_HTTP_API_TOKENS", "tok-x")])).unwrap();
+        assert!(!format!("{c:?}").contains("tok-x"), "Debug shows a token");
     }
 
     #[test]

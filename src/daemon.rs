@@ -1,16 +1,15 @@
-//! Wiring and lifecycle: builds the providers, the engine and the servers from a
-//! validated [`Config`], binds the ports, runs until asked to stop, and shuts down in
+//! Wiring and lifecycle: builds the providers, the engine and the servers from validated
+//! [`Settings`], binds the ports, runs until asked to stop, and shuts down in
 //! order — stop consuming, publish what is decided, leave the rest unacked — within the
 //! grace deadline.
 
 use crate::amqp::publisher::AmqpPublisher;
 use crate::amqp::{self, BrokerStatus, Signals};
-use crate::config::Config;
+use crate::config::{ApiAuth, Settings};
 use crate::engine::{Engine, Providers};
 use crate::http::api::{Api, Readiness};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Start-up failures.
@@ -27,31 +26,35 @@ pub enum StartError {
 }
 
 /// Builds the configured transports; an unconfigured one is `None` and reported.
-pub fn providers_from_config(cfg: &Config) -> Result<Providers, StartError> {
+pub fn providers_from_config(cfg: &Settings) -> Result<Providers, StartError> {
     let mut p = Providers::default();
-    if cfg.apns.is_configured() {
-        let a = crate::push::apns::ApnsProvider::new(&cfg.apns)
+    if let Some(s) = &cfg.apns {
+        let a = crate::push::apns::ApnsProvider::start(s)
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.apns = Some(Arc::new(a));
     }
-    if cfg.fcm.is_configured() {
-        let f = crate::push::fcm::FcmProvider::new(&cfg.fcm)
+    if let Some(s) = &cfg.fcm {
+        let f = crate::push::fcm::FcmProvider::start(s)
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.fcm = Some(Arc::new(f));
     }
-    if cfg.hms.is_configured() {
-        let h = crate::push::hms::HmsProvider::new(&cfg.hms)
+    if cfg.config.hms.is_configured() {
+        let h = crate::push::hms::HmsProvider::new(&cfg.config.hms)
             .map_err(|e| StartError::Provider(e.to_string()))?;
         p.hms = Some(Arc::new(h));
     }
-    p.sms = crate::sms::gateway::from_config(&cfg.sms)
-        .map_err(|e| StartError::Provider(e.to_string()))?;
+    if let Some(s) = &cfg.sms {
+        let g = crate::sms::gateway::from_settings(s)
+            .map_err(|e| StartError::Provider(e.to_string()))?;
+        p.sms = Some(g);
+    }
     Ok(p)
 }
 
 struct Ready {
     status: Arc<BrokerStatus>,
     providers: Providers,
+    auth: &'static str,
 }
 
 impl Readiness for Ready {
@@ -66,6 +69,9 @@ impl Readiness for Ready {
             "hms": s(self.providers.hms.is_some()),
             "sms": s(self.providers.sms.is_some()),
         })
+    }
+    fn auth(&self) -> &'static str {
+        self.auth
     }
     fn any_provider(&self) -> bool {
         self.providers.apns.is_some()
@@ -86,11 +92,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Validated config in, everything bound and running out.
-    pub async fn start(cfg: Config, providers: Providers) -> Result<Daemon, StartError> {
+    /// Validated settings in, everything bound and running out.
+    pub async fn start(settings: Settings, providers: Providers) -> Result<Daemon, StartError> {
         let prom = crate::telemetry::prometheus();
-        let http_addr = cfg.http_addr();
-        let metrics_addr = cfg.metrics_addr();
+        let http_addr = settings.http.addr;
+        let metrics_addr = settings.metrics_addr;
+        let cfg = &settings.config;
         let http_l = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -107,6 +114,9 @@ impl Daemon {
             })?;
         let http_addr = http_l.local_addr().unwrap_or(http_addr);
         let metrics_addr = metrics_l.local_addr().unwrap_or(metrics_addr);
+        for w in &settings.warnings {
+            tracing::warn!("{w}");
+        }
         tracing::info!(providers = %cfg.provider_summary(), "providers");
         if providers.apns.is_none() {
             tracing::warn!("APNs is not configured: iOS devices count as unreachable");
@@ -120,6 +130,9 @@ impl Daemon {
         if providers.sms.is_none() {
             tracing::warn!("no SMS gateway is configured: SMS fallback is off");
         }
+        if settings.http.auth == ApiAuth::Unauthenticated {
+            tracing::warn!("http.allow_unauthenticated is set and http.api_tokens is empty: the backend API accepts calls from anyone");
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (consume_tx, consume_rx) = watch::channel(false);
@@ -128,7 +141,7 @@ impl Daemon {
         let status = Arc::new(BrokerStatus::default());
         let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
         let drain_publisher = publisher.clone();
-        let engine = Engine::new(&cfg, providers.clone(), publisher.clone());
+        let engine = Engine::new(cfg, providers.clone(), publisher.clone());
         let control = amqp::control::Control::new(&cfg.amqp.control_exchange);
         engine.set_peers(control.clone());
 
@@ -150,18 +163,20 @@ impl Daemon {
             },
         ));
         let timers = tokio::spawn(engine.clone().run_timers(until(&close_tx.subscribe())));
-        tokio::spawn(engine.clone().run_pruner(
-            Duration::from_secs(cfg.limits.prune_interval_seconds),
-            until(&close_tx.subscribe()),
-        ));
+        tokio::spawn(
+            engine
+                .clone()
+                .run_pruner(settings.prune_interval, until(&close_tx.subscribe())),
+        );
         let api = Arc::new(Api {
             engine: engine.clone(),
-            tokens: cfg.http.tokens(),
-            max_body: cfg.http.max_body_bytes,
-            max_wait: Duration::from_secs(cfg.http.max_wait_seconds),
+            tokens: settings.http.auth.tokens().to_vec(),
+            max_body: settings.http.max_body_bytes,
+            max_wait: settings.http.max_wait,
             ready: Arc::new(Ready {
                 status: status.clone(),
                 providers,
+                auth: settings.http.auth.label(),
             }),
         });
         let http = tokio::spawn(crate::http::serve_with(
@@ -190,7 +205,7 @@ impl Daemon {
         ));
         tracing::info!(%http_addr, %metrics_addr, "sca-dispatch listening");
 
-        let grace = Duration::from_secs(cfg.shutdown.grace_seconds);
+        let grace = settings.shutdown_grace;
         let eng = engine.clone();
         let mut stop_wait = stop_rx;
         let done = tokio::spawn(async move {
@@ -244,11 +259,11 @@ impl Daemon {
 
 /// Runs the daemon until `signal` resolves, then shuts down gracefully.
 pub async fn run(
-    cfg: Config,
+    settings: Settings,
     signal: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let providers = providers_from_config(&cfg)?;
-    let d = Daemon::start(cfg, providers).await?;
+    let providers = providers_from_config(&settings)?;
+    let d = Daemon::start(settings, providers).await?;
     signal.await;
     d.shutdown();
     d.wait().await;

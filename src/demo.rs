@@ -250,6 +250,10 @@ impl Http {
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::loadgen::API_TOKEN),
+            )
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))?;
@@ -297,6 +301,7 @@ pub fn demo_config(amqp_url: &str) -> Config {
     c.amqp = c.amqp.namespaced("sca-demo");
     c.amqp.url = amqp_url.to_string();
     c.http.addr = "127.0.0.1:0".into();
+    c.http.api_tokens = crate::loadgen::API_TOKEN.into();
     c.metrics.addr = "127.0.0.1:0".into();
     c.shutdown.grace_seconds = 3;
     c
@@ -350,10 +355,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     cfg.sms = sms.config(Shape::Webhook);
     cfg.limits.challenges_per_minute = 3;
     cfg.limits.challenge_burst = 3;
-    cfg.validate()?;
+    let settings = cfg.validate()?;
     let broker = Broker::connect(&cfg).await?;
-    let providers = providers_from_config(&cfg)?;
-    let daemon = Daemon::start(cfg.clone(), providers).await?;
+    let providers = providers_from_config(&settings)?;
+    let daemon = Daemon::start(settings, providers).await?;
     if !until(10, || daemon.status.connected()).await {
         anyhow::bail!("the daemon could not connect to RabbitMQ");
     }

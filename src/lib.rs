@@ -10,7 +10,7 @@
 //! - [`push`], [`sms`]: the provider transports behind small traits.
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
-//! - [`sim`]: APNs, FCM and SMS simulators.
+//! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
 //! - [`retry`], [`tls`], [`telemetry`]: backoff timing; TLS set-up; metrics and logs.
 #![forbid(unsafe_code)]
 
@@ -18,13 +18,16 @@ pub mod amqp;
 pub mod challenge;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod limits;
+#[cfg(feature = "tools")]
 pub mod loadgen;
 pub mod push;
 pub mod retry;
+#[cfg(feature = "tools")]
 pub mod sim;
 pub mod sms;
 pub mod telemetry;

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Semaphore};
 
+/// The bearer token the demo and the benchmarks configure and send.
+pub const API_TOKEN: &str = "sca-load-token";
+const BEARER: &str = "Bearer sca-load-token";
+
 /// Latency samples in microseconds.
 #[derive(Default)]
 pub struct Latencies(Mutex<Vec<u32>>);
@@ -213,6 +217,7 @@ impl Run {
                 };
                 let req = hyper::Request::post(url)
                     .header("content-type", "application/json")
+                    .header("authorization", BEARER)
                     .body(http_body_util::Full::new(bytes::Bytes::from_static(
                         br#"{"device_id":"android","decision":"approve"}"#,
                     )));

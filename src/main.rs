@@ -2,8 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sca_dispatch::Config;
-use std::net::SocketAddr;
+use sca_dispatch::config::{Config, Settings};
 use std::path::PathBuf;
 
 /// mimalloc instead of the system allocator: under load the daemon allocates and frees
@@ -37,6 +36,7 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
+    #[cfg(feature = "tools")]
     Demo {
         /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
         #[arg(
@@ -53,12 +53,14 @@ enum Cmd {
         duration: Option<u64>,
     },
     /// Run a provider simulator alone.
+    #[cfg(feature = "tools")]
     Simulate {
         #[command(subcommand)]
         which: Sim,
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 enum Sim {
     /// APNs (HTTP/2 over TLS, token auth).
@@ -74,17 +76,18 @@ enum Sim {
     HttpBaseline(SimArgs),
 }
 
+#[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct SimArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     /// Where to write the files to trust/use (CA, keys, service account).
     #[arg(long, default_value = "sim")]
     dir: PathBuf,
 }
 
-fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
+fn load(config: Option<PathBuf>) -> anyhow::Result<Settings> {
     Ok(Config::load(config.as_deref())?)
 }
 
@@ -117,7 +120,10 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(config) {
             Ok(c) => {
-                println!("configuration is valid ({})", c.provider_summary());
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("configuration is valid ({})", c.config.provider_summary());
                 Ok(())
             }
             Err(e) => {
@@ -133,17 +139,21 @@ fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
             };
-            sca_dispatch::telemetry::init_tracing(&cfg.log.format, &cfg.log.level);
-            let rt = runtime(cfg.runtime.worker_threads)?;
+            sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
+            let rt = runtime(cfg.worker_threads)?;
             rt.block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
+        #[cfg(feature = "tools")]
         Cmd::Demo {
             amqp_url,
             load,
             duration,
         } => {
-            sca_dispatch::telemetry::init_tracing("text", "error,lapin=off");
+            sca_dispatch::telemetry::init_tracing(
+                sca_dispatch::config::LogFormat::Text,
+                "error,lapin=off",
+            );
             let opts = sca_dispatch::demo::DemoOptions {
                 amqp_url,
                 load,
@@ -155,8 +165,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {
-            sca_dispatch::telemetry::init_tracing("text", "info");
+            sca_dispatch::telemetry::init_tracing(sca_dispatch::config::LogFormat::Text, "info");
             runtime(0)?.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,

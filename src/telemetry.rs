@@ -43,9 +43,12 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
-            // Another recorder may already be installed (an embedding application):
-            // then our handle still renders what we record through it.
-            let _ = metrics::set_global_recorder(recorder);
+            // The `metrics` macros record into the global recorder only. When another one
+            // is already installed (an embedding application), everything recorded goes
+            // there and this handle renders nothing but empty families: say so.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+            }
             describe();
             handle
         })
@@ -70,7 +73,7 @@ fn describe() {
     describe_histogram!(
         PUSH_DURATION,
         Unit::Seconds,
-        "Push request duration, by provider."
+        "Push attempt duration (waiting for a connection or concurrency slot included), by provider."
     );
     describe_counter!(SMS, "SMS sends, by result.");
     describe_counter!(OTP_VERIFICATIONS, "One-time code checks, by result.");
@@ -118,7 +121,8 @@ fn describe() {
     );
 }
 
-/// Records one push request to a provider (`apns`/`fcm`) with its result label.
+/// Records one push request to a provider (`apns`/`fcm`/…) with its result label (one
+/// of [`crate::push::delivery::LABELS`]).
 pub fn record_push(provider: &'static str, result: &'static str, took: Duration) {
     metrics::counter!(PUSH_REQUESTS, "provider" => provider, "result" => result).increment(1);
     metrics::histogram!(PUSH_DURATION, "provider" => provider).record(took.as_secs_f64());
@@ -139,12 +143,12 @@ fn quiet_returned_messages() -> tracing_subscriber::filter::Directive {
 }
 
 /// Sets up `tracing` once; later calls are no-ops.
-pub fn init_tracing(format: &str, level: &str) {
+pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_new(level)
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive(quiet_returned_messages());
-    let _ = if format == "json" {
+    let _ = if format == crate::config::LogFormat::Json {
         fmt()
             .with_env_filter(filter)
             .json()

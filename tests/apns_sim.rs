@@ -376,7 +376,11 @@ async fn files_are_written_and_temporary_ones_removed() {
     let toml = sim.config_toml();
     assert!(toml.starts_with("[apns]\n"));
     // The printed section is a valid configuration pointing at this simulator.
-    let cfg = sca_dispatch::config::Config::from_toml_with_env(&toml, "sim.toml", &[]).unwrap();
+    let (cfg, _) = sca_dispatch::config::Config::parse_with_env(&toml, "sim.toml", &[]).unwrap();
+    assert!(
+        cfg.apns.settings().unwrap().is_some(),
+        "a configured APNs section"
+    );
     assert_eq!(cfg.apns.endpoint, sim.endpoint());
     assert_eq!(cfg.apns.ca_file, sim.ca_pem_path().display().to_string());
     assert_eq!(cfg.apns.key_file, sim.key_path().display().to_string());

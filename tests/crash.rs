@@ -112,6 +112,7 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
             "http://127.0.0.1:{http_port}/v1/challenges/{id}/otp"
         ))
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TEST_TOKEN}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(
             json!({"code": code}).to_string(),
         )))

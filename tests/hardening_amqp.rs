@@ -50,7 +50,9 @@ async fn rig(tweak: impl FnOnce(&mut Config)) -> Rig {
         ..Default::default()
     };
     let (conn, ch) = amqp().await;
-    let daemon = Daemon::start(cfg.clone(), providers).await.unwrap();
+    let daemon = Daemon::start(cfg.validate().unwrap(), providers)
+        .await
+        .unwrap();
     for _ in 0..400 {
         if daemon.status.connected() {
             break;

@@ -286,14 +286,11 @@ async fn long_poll_returns_when_decided() {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Full<bytes::Bytes>>();
         let started = std::time::Instant::now();
-        let resp = client
-            .get(
-                format!("{base}/v1/challenges/poll-1?wait=20")
-                    .parse()
-                    .unwrap(),
-            )
-            .await
+        let req = hyper::Request::get(format!("{base}/v1/challenges/poll-1?wait=20"))
+            .header("authorization", format!("Bearer {TEST_TOKEN}"))
+            .body(Default::default())
             .unwrap();
+        let resp = client.request(req).await.unwrap();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
             .unwrap()

@@ -20,6 +20,7 @@ async fn call(
     let req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {TEST_TOKEN}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(
             body.map(|b| b.to_string()).unwrap_or_default(),
         )))
@@ -32,7 +33,9 @@ async fn call(
 
 /// A second daemon on the harness's topology, connected and known to the first.
 async fn second_instance(h: &Harness) -> Daemon {
-    let second = Daemon::start(h.cfg.clone(), h.providers()).await.unwrap();
+    let second = Daemon::start(h.cfg.validate().unwrap(), h.providers())
+        .await
+        .unwrap();
     for _ in 0..100 {
         if second.status.connected() {
             break;

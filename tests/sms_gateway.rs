@@ -352,7 +352,7 @@ async fn standalone_prints_working_configs_and_masks_numbers() {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             // The printed section is a valid daemon configuration.
-            let cfg = sca_dispatch::config::Config::from_toml_with_env(&text, "sim.toml", &[])
+            let (cfg, _) = sca_dispatch::config::Config::parse_with_env(&text, "sim.toml", &[])
                 .unwrap_or_else(|e| panic!("{}: {e}\n{text}", shape.as_str()));
             let g = gateway(&cfg.sms);
             deliver(g.as_ref(), &msg(PHONE, "Code 909090"), WAIT)

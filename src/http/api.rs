@@ -21,6 +21,10 @@ pub trait Readiness: Send + Sync + 'static {
     fn broker_connected(&self) -> bool;
     fn providers(&self) -> serde_json::Value;
     fn any_provider(&self) -> bool;
+    /// How backend calls are authenticated: `bearer_token` or `unauthenticated`.
+    fn auth(&self) -> &'static str {
+        "bearer_token"
+    }
 }
 
 pub struct Api {
@@ -147,6 +151,7 @@ impl Api {
             "status": if ok { "ready" } else { "not_ready" },
             "amqp": if broker { "connected" } else { "disconnected" },
             "providers": self.ready.providers(),
+            "auth": self.ready.auth(),
         });
         json_response(if ok { 200 } else { 503 }, &body)
     }

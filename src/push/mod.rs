@@ -1,20 +1,20 @@
 //! Push delivery: the [`PushProvider`] trait the engine talks to, the message it hands
-//! over, the outcome classes every provider answer maps to, and the APNs, FCM and
-//! Huawei Push Kit transports. Only this module knows provider protocols.
+//! over, the outcome classes every provider answer maps to, the [`delivery`] loop every
+//! provider shares, and the APNs, FCM and Huawei Push Kit transports. Only this module
+//! knows provider protocols.
 
 pub mod apns;
+pub mod delivery;
 pub mod fcm;
 pub mod hms;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::{Kind, Platform};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A boxed future borrowed from its provider.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Kept for callers that name it here; it is `futures_util`'s.
+pub use futures_util::future::BoxFuture;
 
 /// What goes to one device.
 #[derive(Debug, Clone)]
@@ -51,10 +51,12 @@ impl PushMessage {
     }
 }
 
-/// A push transport. `send` resolves once the push is delivered, known to be impossible,
-/// or the challenge's life ran out while retrying; a challenge push never outlives
-/// `expires_at_ms` by more than one request timeout. A withdrawal always gets one
-/// attempt, even after expiry (expiry is itself a reason to withdraw).
+/// A push provider as the engine sees it. `send` resolves once the push is delivered,
+/// known to be impossible, or the challenge's life ran out while retrying; a challenge
+/// push never outlives `expires_at_ms` by more than one request timeout. A withdrawal
+/// always gets one attempt, even after expiry (expiry is itself a reason to withdraw).
+/// The providers here implement it with [`delivery::deliver`] over a
+/// [`delivery::Transport`].
 pub trait PushProvider: Send + Sync + 'static {
     fn platform(&self) -> Platform;
     fn send(&self, msg: PushMessage) -> BoxFuture<'_, PushResult>;

@@ -5,7 +5,7 @@
 pub mod abuse;
 pub mod gateway;
 
-use crate::push::BoxFuture;
+use futures_util::future::BoxFuture;
 use std::time::Duration;
 
 /// One text to one number. `reference` is the challenge id.

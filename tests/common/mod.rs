@@ -26,9 +26,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>())
 }
 
-/// A config with every queue/exchange name unique to this test.
+/// The bearer token [`test_config`] configures; [`Harness::http`] sends it when a test
+/// gives none and kept this token.
+pub const TEST_TOKEN: &str = "sca-test-token";
+
+/// A config with every queue/exchange name unique to this test and [`TEST_TOKEN`].
 pub fn test_config(ns: &str) -> Config {
     let mut c = Config::default();
+    c.http.api_tokens = TEST_TOKEN.into();
     c.amqp = c.amqp.namespaced(ns);
     c.amqp.url = AMQP_URL.into();
     c.amqp.prefetch = 200;
@@ -216,7 +221,8 @@ impl Harness {
     }
 
     pub async fn start_daemon(&mut self) {
-        let d = Daemon::start(self.cfg.clone(), self.providers())
+        let settings = self.cfg.validate().expect("a valid test configuration");
+        let d = Daemon::start(settings, self.providers())
             .await
             .expect("daemon starts");
         // Wait until connected and consuming.
@@ -377,6 +383,7 @@ impl Harness {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base()));
+        let token = token.or((self.cfg.http.api_tokens == TEST_TOKEN).then_some(TEST_TOKEN));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

@@ -4,9 +4,9 @@
 
 use crate::push::Classification;
 
-/// The `reason` Apple sends when a provider token is older than an hour. The provider
-/// handles it before classification: it renews the token at once and retries the push
-/// once (see `ApnsProvider::send`); on its own the answer is permanent.
+/// The `reason` Apple sends when a provider token is older than an hour. The transport
+/// handles it before classification: it answers `AuthExpired`, and the delivery loop
+/// renews the token at once and retries the push once; on its own the answer is permanent.
 pub const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
 
 /// Maps an APNs answer to a [`Classification`].
@@ -33,16 +33,6 @@ pub fn classify(status: u16, reason: Option<&str>) -> Classification {
         (429, _) => Classification::Retry { after: None },
         (500..=599, _) => Classification::Retry { after: None },
         _ => Classification::Permanent,
-    }
-}
-
-/// A short, bounded metric label for a classification.
-pub fn label(c: Classification) -> &'static str {
-    match c {
-        Classification::Delivered => "delivered",
-        Classification::TokenGone => "token_gone",
-        Classification::Retry { .. } => "retry",
-        Classification::Permanent => "permanent",
     }
 }
 
@@ -131,15 +121,5 @@ mod tests {
         assert_eq!(classify(403, None), Permanent);
         assert_eq!(classify(404, None), Permanent);
         assert_eq!(classify(301, None), Permanent);
-    }
-
-    #[test]
-    fn labels_are_distinct() {
-        let labels = [Delivered, TokenGone, RETRY, Permanent].map(label);
-        for (i, a) in labels.iter().enumerate() {
-            for b in &labels[i + 1..] {
-                assert_ne!(a, b);
-            }
-        }
     }
 }

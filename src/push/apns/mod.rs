@@ -5,6 +5,9 @@
 //! - [`payload`]: the request (path, `apns-*` headers, JSON) for a challenge or withdrawal.
 //! - [`mod@classify`]: the pure mapping of an answer to delivered / retry / token gone / failed.
 //!
+//! Retries, the deadline, token renewal after `ExpiredProviderToken` and metrics are the
+//! shared [`crate::push::delivery`] loop's; this module makes one attempt at a time.
+//!
 //! `a2` hard-codes Apple's hosts and the webpki roots, so it cannot reach a simulator or a
 //! private CA; the transport is ours, on hyper.
 
@@ -17,15 +20,15 @@ pub use classify::classify;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
-use crate::config::ApnsConfig;
-use crate::push::{BoxFuture, Classification, MaskedToken, PushMessage, PushProvider};
+use crate::config::{ApnsConfig, ApnsSettings};
+use crate::push::delivery::{self, Attempt, Transport, Unsendable};
+use crate::push::{BoxFuture, PushMessage, PushProvider};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http_body_util::{BodyExt as _, Full, Limited};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// APNs error bodies are tiny JSON objects; never read more than this.
 const MAX_ERROR_BODY: usize = 8 * 1024;
@@ -35,8 +38,8 @@ const MAX_ERROR_BODY: usize = 8 * 1024;
 pub enum ApnsError {
     #[error("apns: {0}")]
     Setup(String),
-    #[error("apns.endpoint: {0}")]
-    Endpoint(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("apns.key_file: {0}")]
     Key(#[from] jwt::KeyError),
     #[error("apns.ca_file: {0}")]
@@ -58,39 +61,28 @@ struct Inner {
     timeout: Duration,
 }
 
-/// What one attempt produced.
-enum Answer {
-    Status(u16, Option<String>),
-    Timeout,
-    Transport(String),
-}
-
 #[derive(serde::Deserialize)]
 struct ErrorBody {
     reason: String,
 }
 
 impl ApnsProvider {
+    /// Validates the section ([`ApnsConfig::settings`]) and [`start`](Self::start)s.
+    pub fn new(cfg: &ApnsConfig) -> Result<ApnsProvider, ApnsError> {
+        match cfg.settings()? {
+            Some(s) => Self::start(&s),
+            None => Err(ApnsError::Setup("apns.key_file is not set".into())),
+        }
+    }
+
     /// Loads the key, builds the TLS configuration and starts the connection pool.
     /// Must be called inside a tokio runtime (it spawns the connection supervisors).
-    pub fn new(cfg: &ApnsConfig) -> Result<ApnsProvider, ApnsError> {
+    pub fn start(cfg: &ApnsSettings) -> Result<ApnsProvider, ApnsError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ApnsError::Setup(
                 "must be started inside a tokio runtime".into(),
             ));
         }
-        for (key, v) in [
-            ("apns.key_id", &cfg.key_id),
-            ("apns.team_id", &cfg.team_id),
-            ("apns.topic", &cfg.topic),
-        ] {
-            if v.is_empty() {
-                return Err(ApnsError::Setup(format!("{key} is required")));
-            }
-        }
-        let topic = HeaderValue::from_str(&cfg.topic)
-            .map_err(|_| ApnsError::Setup("apns.topic is not a valid header value".into()))?;
-        let endpoint = pool::Endpoint::parse(&cfg.endpoint).map_err(ApnsError::Endpoint)?;
         let key = jwt::load_key(&cfg.key_file)?;
         let tls = crate::tls::client_config(&cfg.ca_file, &[b"h2"])?;
         let minted = Arc::new(AtomicU64::new(0));
@@ -99,23 +91,21 @@ impl ApnsProvider {
             key,
             &cfg.key_id,
             &cfg.team_id,
-            Duration::from_secs(cfg.token_refresh_seconds),
+            cfg.token_refresh,
             Box::new(move || {
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::telemetry::PROVIDER_TOKEN_RENEWALS, "provider" => "apns")
                     .increment(1);
             }),
         );
-        let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
-        let base = endpoint.base.clone();
+        let timeout = cfg.request_timeout;
+        let base = cfg.endpoint.base.clone();
         let pool = pool::Pool::start(
-            endpoint,
+            cfg.endpoint.clone(),
             Arc::new(tls),
             pool::PoolConfig {
-                connections: cfg.connections.max(1) as usize,
-                // 0 turns keep-alive PINGs off.
-                ping_interval: (cfg.ping_interval_seconds > 0)
-                    .then(|| Duration::from_secs(cfg.ping_interval_seconds)),
+                connections: cfg.connections,
+                ping_interval: cfg.ping_interval,
                 ping_timeout: timeout.max(Duration::from_secs(5)),
                 connect_timeout: timeout.max(Duration::from_secs(5)),
             },
@@ -124,7 +114,7 @@ impl ApnsProvider {
             inner: Arc::new(Inner {
                 pool,
                 base,
-                topic,
+                topic: cfg.topic.clone(),
                 token,
                 minted,
                 timeout,
@@ -150,145 +140,105 @@ impl ApnsProvider {
 
 impl Inner {
     /// One request, bounded by the request timeout (waiting for a stream included).
-    async fn attempt(&self, req: &payload::ApnsRequest, bearer: &str) -> Answer {
-        let fut = async {
-            let request = http::Request::post(format!("{}{}", self.base, req.path))
-                .header("apns-push-type", req.push_type)
-                .header("apns-priority", req.priority)
-                .header("apns-expiration", req.expiration.as_str())
-                .header("apns-topic", self.topic.clone())
-                .header(AUTHORIZATION, bearer)
-                .header(CONTENT_TYPE, "application/json");
-            let request = match &req.collapse_id {
-                Some(id) => request.header("apns-collapse-id", id.as_str()),
-                None => request,
-            };
-            let request = request
-                .body(Full::new(req.body.clone()))
-                .map_err(|e| format!("building the request: {e}"))?;
-            let mut lease = self.pool.checkout().await;
-            let resp = lease
-                .sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("{e}"))?;
-            let status = resp.status().as_u16();
-            if status == 200 {
-                return Ok((status, None));
-            }
-            let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_else(|_| Bytes::new());
-            let reason = serde_json::from_slice::<ErrorBody>(&body)
-                .ok()
-                .map(|b| b.reason);
-            Ok((status, reason))
+    async fn request(
+        &self,
+        req: &payload::ApnsRequest,
+        bearer: &str,
+    ) -> Result<(u16, Option<String>), String> {
+        let request = http::Request::post(format!("{}{}", self.base, req.path))
+            .header("apns-push-type", req.push_type)
+            .header("apns-priority", req.priority)
+            .header("apns-expiration", req.expiration.as_str())
+            .header("apns-topic", self.topic.clone())
+            .header(AUTHORIZATION, bearer)
+            .header(CONTENT_TYPE, "application/json");
+        let request = match &req.collapse_id {
+            Some(id) => request.header("apns-collapse-id", id.as_str()),
+            None => request,
         };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok((status, reason))) => Answer::Status(status, reason),
-            Ok(Err(e)) => Answer::Transport(e),
-            Err(_) => Answer::Timeout,
+        let request = request
+            .body(Full::new(req.body.clone()))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let mut lease = self.pool.checkout().await;
+        let resp = lease
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{e}"))?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok((status, None));
         }
-    }
-
-    async fn send(&self, msg: PushMessage) -> PushResult {
-        let masked = MaskedToken(&msg.token);
-        let req = match payload::build(&msg) {
-            Ok(r) => r,
-            Err(e) => {
-                crate::telemetry::record_push("apns", "invalid", Duration::ZERO);
-                tracing::warn!(
-                    challenge_id = %msg.challenge_id, device_id = %msg.device_id,
-                    token = %masked, error = %e, "apns push not sent"
-                );
-                return if e == payload::PayloadError::BadToken {
-                    // Apple would answer 400 BadDeviceToken for it.
-                    PushResult::TokenGone
-                } else {
-                    PushResult::Failed
-                };
-            }
-        };
-        let mut attempt: u32 = 0;
-        let mut renewed = false;
-        loop {
-            // A challenge push is only sent while the challenge lives; a withdrawal is
-            // tried once even after the expiry (taking it off the screen), never retried.
-            if (attempt > 0 || !msg.is_withdraw()) && msg.remaining(payload::now_ms()).is_zero() {
-                tracing::info!(challenge_id = %msg.challenge_id, token = %masked, attempt, "apns push gave up: challenge expired");
-                return PushResult::Failed;
-            }
-            let bearer = self.token.bearer();
-            let started = Instant::now();
-            let answer = self.attempt(&req, &bearer).await;
-            let took = started.elapsed();
-            let (class, label) = match &answer {
-                Answer::Status(status, reason) => {
-                    if *status == 403
-                        && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN)
-                        && !renewed
-                    {
-                        // Renew at once (unless another push already did) and retry once.
-                        crate::telemetry::record_push("apns", "token_expired", took);
-                        renewed = true;
-                        let minted = self.token.renew_rejected(&bearer);
-                        tracing::warn!(challenge_id = %msg.challenge_id, minted, "apns provider token expired; renewed, retrying");
-                        continue;
-                    }
-                    let c = classify(*status, reason.as_deref());
-                    (c, classify::label(c))
-                }
-                Answer::Timeout => (Classification::Retry { after: None }, "timeout"),
-                Answer::Transport(_) => (Classification::Retry { after: None }, "error"),
-            };
-            let detail = Describe(&answer);
-            crate::telemetry::record_push("apns", label, took);
-            match class {
-                Classification::Delivered => {
-                    tracing::debug!(challenge_id = %msg.challenge_id, token = %masked, "apns push delivered");
-                    return PushResult::Delivered;
-                }
-                Classification::TokenGone => {
-                    tracing::info!(challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, answer = %detail, "apns token gone");
-                    return PushResult::TokenGone;
-                }
-                Classification::Permanent => {
-                    tracing::warn!(challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, answer = %detail, "apns push failed");
-                    return PushResult::Failed;
-                }
-                Classification::Retry { after } => {
-                    let remaining = msg.remaining(payload::now_ms());
-                    match crate::retry::next_delay(attempt, after, remaining) {
-                        Some(delay) => {
-                            tracing::debug!(challenge_id = %msg.challenge_id, token = %masked, attempt, answer = %detail, ?delay, "apns push retrying");
-                            tokio::time::sleep(delay).await;
-                            attempt += 1;
-                        }
-                        None => {
-                            tracing::warn!(challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, attempt, answer = %detail, "apns push failed: no time left to retry");
-                            return PushResult::Failed;
-                        }
-                    }
-                }
-            }
-        }
+        let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_else(|_| Bytes::new());
+        let reason = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .map(|b| b.reason);
+        Ok((status, reason))
     }
 }
 
-/// Formats an answer for logs only when a log line is written.
-struct Describe<'a>(&'a Answer);
+/// One push's state across attempts: the request and the bearer it last carried.
+pub struct ApnsPush {
+    req: payload::ApnsRequest,
+    bearer: Option<Arc<str>>,
+}
 
-impl std::fmt::Display for Describe<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Answer::Status(status, reason) => {
-                write!(f, "{status} {}", reason.as_deref().unwrap_or("-"))
-            }
-            Answer::Timeout => f.write_str("timed out"),
-            Answer::Transport(e) => f.write_str(e),
+impl Transport for Inner {
+    type Push = ApnsPush;
+
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn prepare(&self, msg: &PushMessage) -> Result<ApnsPush, Unsendable> {
+        match payload::build(msg) {
+            Ok(req) => Ok(ApnsPush { req, bearer: None }),
+            Err(e) => Err(Unsendable {
+                // Apple would answer 400 BadDeviceToken for it.
+                token_gone: e == payload::PayloadError::BadToken,
+                reason: e.to_string(),
+            }),
         }
+    }
+
+    async fn attempt(&self, _msg: &PushMessage, push: &mut ApnsPush) -> Attempt {
+        let bearer = self.token.bearer();
+        push.bearer = Some(bearer.clone());
+        match tokio::time::timeout(self.timeout, self.request(&push.req, &bearer)).await {
+            Ok(Ok((status, reason))) => {
+                if status == 403 && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN) {
+                    return Attempt::AuthExpired;
+                }
+                Attempt::Answered {
+                    class: classify(status, reason.as_deref()),
+                    status,
+                    detail: reason.map(Bytes::from).unwrap_or_default(),
+                }
+            }
+            Ok(Err(e)) => Attempt::Unreachable(e),
+            Err(_) => Attempt::TimedOut,
+        }
+    }
+
+    async fn renew(&self, push: &mut ApnsPush) -> Result<(), String> {
+        // Renews at once unless another push already did; either way the next attempt
+        // takes the current token.
+        if let Some(rejected) = push.bearer.take() {
+            let minted = self.token.renew_rejected(&rejected);
+            tracing::debug!(
+                minted,
+                "apns provider token renewal after ExpiredProviderToken"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -297,6 +247,6 @@ impl PushProvider for ApnsProvider {
         Platform::Apns
     }
     fn send(&self, msg: PushMessage) -> BoxFuture<'_, PushResult> {
-        Box::pin(self.inner.send(msg))
+        Box::pin(delivery::deliver(&*self.inner, msg))
     }
 }

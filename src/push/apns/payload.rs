@@ -6,6 +6,7 @@
 //! `Payload`/`APS`: `a2` 0.10's `APS` has no `interruption-level` field (we must send
 //! `"time-sensitive"`), and its custom-data map would not let the `aps` object carry it.
 
+use crate::push::delivery::now_ms;
 use crate::push::{PushContent, PushMessage};
 use bytes::Bytes;
 use serde::Serialize;
@@ -163,11 +164,6 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs of strings and integers cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
-}
-
-/// Wall-clock Unix milliseconds (challenge expiries are wall-clock instants).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Classification of FCM HTTP v1 answers: a pure function from status, body and
-//! `Retry-After` to a [`Classification`], plus the separate check that tells the caller
+//! Classification of FCM HTTP v1 answers: a pure function from status, body and the
+//! `Retry-After` delay (read by [`crate::retry::retry_after`]) to a [`Classification`], plus the separate check that tells the caller
 //! its OAuth2 access token was refused (then it renews the token once and retries).
 //!
 //! Google's error body is `{"error":{"code","message","status","details":[…]}}`, where a
@@ -9,9 +9,6 @@
 use crate::push::Classification;
 use serde::Deserialize;
 use std::time::Duration;
-
-/// The longest `Retry-After` we believe; anything longer outlives every challenge anyway.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default, Deserialize)]
 struct ErrorEnvelope {
@@ -81,13 +78,6 @@ fn parse(body: &[u8]) -> Option<Parsed> {
     })
 }
 
-/// Parses a `Retry-After` in delta-seconds (what FCM sends). HTTP-dates are not
-/// honoured (that would need the clock here); the caller then backs off on its own.
-fn retry_after_delay(value: Option<&str>) -> Option<Duration> {
-    let secs: u64 = value?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
-}
-
 /// Maps one `messages:send` answer to what the sender should do.
 ///
 /// - 2xx → delivered.
@@ -102,16 +92,14 @@ fn retry_after_delay(value: Option<&str>) -> Option<Duration> {
 /// - `SENDER_ID_MISMATCH`, `THIRD_PARTY_AUTH_ERROR`, 401 and every other status →
 ///   permanent. A 401 for a stale access token is caught before this by
 ///   [`is_stale_access_token`]; reaching here with 401 means a fresh token was refused too.
-pub fn classify(status: u16, body: &[u8], retry_after: Option<&str>) -> Classification {
+pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Classification {
     if (200..300).contains(&status) {
         return Classification::Delivered;
     }
     let parsed = parse(body);
     let fcm_code = parsed.as_ref().and_then(|p| p.fcm_code.as_deref());
     let google_status = parsed.as_ref().map(|p| p.status.as_str()).unwrap_or("");
-    let retry = || Classification::Retry {
-        after: retry_after_delay(retry_after),
-    };
+    let retry = || Classification::Retry { after: retry_after };
     match fcm_code {
         Some("UNREGISTERED") => return Classification::TokenGone,
         Some("SENDER_ID_MISMATCH") | Some("THIRD_PARTY_AUTH_ERROR") => {
@@ -187,7 +175,7 @@ mod tests {
     fn table() {
         let s = |x: u64| Some(Duration::from_secs(x));
         #[rustfmt::skip]
-        let cases: Vec<(u16, String, Option<&str>, Classification)> = vec![
+        let cases: Vec<(u16, String, Option<Duration>, Classification)> = vec![
             (200, r#"{"name":"projects/p/messages/1"}"#.into(), None, Delivered),
             (204, String::new(), None, Delivered),
             (404, google(404, "NOT_FOUND", "Requested entity was not found.", Some("UNREGISTERED")), None, TokenGone),
@@ -198,12 +186,11 @@ mod tests {
             (400, bad_token_field(), None, TokenGone),
             (400, google(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", Some("INVALID_ARGUMENT")), None, Permanent),
             (400, google(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", None), None, Permanent),
-            (429, google(429, "RESOURCE_EXHAUSTED", "Quota exceeded", Some("QUOTA_EXCEEDED")), Some("1"), Retry { after: s(1) }),
+            (429, google(429, "RESOURCE_EXHAUSTED", "Quota exceeded", Some("QUOTA_EXCEEDED")), s(1), Retry { after: s(1) }),
             (429, google(429, "RESOURCE_EXHAUSTED", "Quota exceeded", Some("QUOTA_EXCEEDED")), None, Retry { after: None }),
-            (429, String::new(), Some(" 30 "), Retry { after: s(30) }),
-            (429, String::new(), Some("Wed, 21 Oct 2015 07:28:00 GMT"), Retry { after: None }),
-            (429, String::new(), Some("999999"), Retry { after: s(3600) }),
-            (503, google(503, "UNAVAILABLE", "The service is currently unavailable.", Some("UNAVAILABLE")), Some("5"), Retry { after: s(5) }),
+            (429, String::new(), s(30), Retry { after: s(30) }),
+            (429, String::new(), s(3600), Retry { after: s(3600) }),
+            (503, google(503, "UNAVAILABLE", "The service is currently unavailable.", Some("UNAVAILABLE")), s(5), Retry { after: s(5) }),
             (503, "upstream connect error".into(), None, Retry { after: None }),
             (500, google(500, "INTERNAL", "Internal error encountered.", Some("INTERNAL")), None, Retry { after: None }),
             (502, String::new(), None, Retry { after: None }),
@@ -256,7 +243,7 @@ mod tests {
             b"[]",
         ] {
             for status in [0u16, 100, 400, 401, 404, 429, 500, 999] {
-                let _ = classify(status, body, Some("\u{0}"));
+                let _ = classify(status, body, Some(Duration::ZERO));
                 let _ = is_stale_access_token(status, body);
             }
         }

@@ -2,9 +2,8 @@
 //! the transport it configures; `crate::config` embeds it as `Config::hms` and calls
 //! [`HmsConfig::validate`], so every error names its `hms.*` key like the others.
 
-use crate::config::ConfigError;
+use crate::config::{check_file_opt, check_url, invalid, ConfigError, Scheme};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +23,8 @@ pub struct HmsConfig {
     pub request_timeout_ms: u64,
     /// Sends in flight at once.
     pub max_concurrent: u32,
+    /// Allow an `http://` endpoint on a host that is not loopback.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for HmsConfig {
@@ -36,33 +37,8 @@ impl Default for HmsConfig {
             ca_file: String::new(),
             request_timeout_ms: 10_000,
             max_concurrent: 500,
+            allow_insecure_http: false,
         }
-    }
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
-
-fn check_url(key: &str, v: &str) -> Result<(), ConfigError> {
-    let u = url::Url::parse(v).map_err(|e| invalid(key, format!("`{v}` is not a URL: {e}")))?;
-    match u.scheme() {
-        "https" | "http" => Ok(()),
-        s => Err(invalid(
-            key,
-            format!("scheme `{s}` not supported (use https, or http for a simulator)"),
-        )),
-    }
-}
-
-fn check_file_opt(key: &str, v: &str) -> Result<(), ConfigError> {
-    if v.is_empty() || Path::new(v).is_file() {
-        Ok(())
-    } else {
-        Err(invalid(key, format!("file `{v}` does not exist")))
     }
 }
 
@@ -83,8 +59,19 @@ impl HmsConfig {
 
     /// Checks every value a type cannot express; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_url("hms.endpoint", &self.endpoint)?;
-        check_url("hms.token_endpoint", &self.token_endpoint)?;
+        for (key, url) in [
+            ("hms.endpoint", &self.endpoint),
+            ("hms.token_endpoint", &self.token_endpoint),
+        ] {
+            check_url(
+                key,
+                url,
+                Scheme::Https {
+                    insecure_key: "hms.allow_insecure_http",
+                    allow_insecure: self.allow_insecure_http,
+                },
+            )?;
+        }
         check_file_opt("hms.ca_file", &self.ca_file)?;
         check_file_opt("hms.app_secret_file", &self.app_secret_file)?;
         if self.request_timeout_ms == 0 {
@@ -137,16 +124,17 @@ mod tests {
             "[hms]\napp_id = \"101234567\"\napp_secret_file = \"{}\"\n",
             secret.display()
         );
-        let env = vec![(
-            "SCA_HMS_ENDPOINT".to_string(),
-            "http://127.0.0.1:9999".to_string(),
-        )];
-        let c = Config::from_toml_with_env(&toml, "t", &env).unwrap();
+        let env = [
+            ("SCA_HMS_ENDPOINT", "http://127.0.0.1:9999"),
+            ("SCA_HTTP_API_TOKENS", "t"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::from_toml_with_env(&toml, "t", &env).unwrap().config;
         assert!(c.hms.is_configured());
         assert_eq!(c.hms.app_id, "101234567");
         assert_eq!(c.hms.endpoint, "http://127.0.0.1:9999");
         assert!(c.provider_summary().contains("hms=configured"));
-        let e = Config::from_toml_with_env("[hms]\napp_id = \"1\"\n", "t", &[]).unwrap_err();
+        let e = Config::from_toml_with_env("[hms]\napp_id = \"1\"\n", "t", &env).unwrap_err();
         assert!(e.to_string().contains("hms.app_secret_file"), "{e}");
         let e = Config::from_toml_with_env("[hms]\nbogus = 1\n", "t", &[]).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");

@@ -1,7 +1,8 @@
 //! SMS gateways: [`twilio`] (form POST to the Messages resource, HTTP basic auth) and
 //! [`webhook`] (JSON POST with a bearer token), as CONTRACT §9 defines them, and what they
 //! share: one pooled hyper client over rustls ([`crate::tls::json_client`]), a timeout on
-//! every request, a bound on every response body, `Retry-After` parsing, and scrubbing of
+//! every request, a bound on every response body, `Retry-After` (read with [`crate::retry::retry_after`], capped
+//! at an hour; `deliver` also stops at the code's expiry), and scrubbing of
 //! gateway error texts so that neither a phone number nor a code ever ends up in a reason.
 //!
 //! Each gateway turns one HTTP answer into `Ok(())` or an [`SmsError`] through a pure
@@ -12,11 +13,11 @@
 pub mod twilio;
 pub mod webhook;
 
-use crate::config::SmsConfig;
+use crate::config::{SmsConfig, SmsGatewayKind, SmsSettings};
 use crate::sms::{SmsError, SmsGateway};
 use crate::tls::JsonClient;
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +28,6 @@ pub use webhook::WebhookGateway;
 
 /// Largest gateway answer read; anything longer is cut off (only error JSON is read).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Longest `Retry-After` taken from a gateway; `deliver` also stops at the code's expiry.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Requests one gateway has in flight at once. When push delivery fails wholesale every
 /// challenge may fall back to SMS together; this keeps the burst from opening thousands
 /// of connections to the gateway (it would answer 429 anyway).
@@ -42,18 +41,25 @@ pub(crate) const USER_AGENT: &str = concat!("sca-dispatch/", env!("CARGO_PKG_VER
 pub enum GatewayError {
     #[error("sms: {0}")]
     Setup(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
-/// Builds the configured gateway, or `None` when `sms.gateway` is empty.
+/// Validates the section ([`SmsConfig::settings`]) and builds the configured gateway, or
+/// `None` when `sms.gateway` is empty.
 pub fn from_config(cfg: &SmsConfig) -> Result<Option<Arc<dyn SmsGateway>>, GatewayError> {
-    match cfg.gateway.as_str() {
-        "" => Ok(None),
-        "twilio" => Ok(Some(Arc::new(TwilioGateway::new(cfg)?))),
-        "webhook" => Ok(Some(Arc::new(WebhookGateway::new(cfg)?))),
-        other => Err(GatewayError::Setup(format!(
-            "sms.gateway `{other}` is not supported (use `twilio`, `webhook` or leave it empty)"
-        ))),
+    match cfg.settings()? {
+        None => Ok(None),
+        Some(s) => from_settings(&s).map(Some),
     }
+}
+
+/// Builds the gateway the settings name.
+pub fn from_settings(s: &SmsSettings) -> Result<Arc<dyn SmsGateway>, GatewayError> {
+    Ok(match s.gateway {
+        SmsGatewayKind::Twilio { .. } => Arc::new(TwilioGateway::start(s)?),
+        SmsGatewayKind::Webhook { .. } => Arc::new(WebhookGateway::start(s)?),
+    })
 }
 
 /// A gateway's answer: status, the `Retry-After` hint, and at most
@@ -75,17 +81,12 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    pub fn new(cfg: &SmsConfig) -> Result<Transport, GatewayError> {
-        if cfg.request_timeout_ms == 0 {
-            return Err(GatewayError::Setup(
-                "sms.request_timeout_ms must be at least 1".into(),
-            ));
-        }
+    pub fn new(cfg: &SmsSettings) -> Result<Transport, GatewayError> {
         let client = crate::tls::json_client(&cfg.ca_file)
             .map_err(|e| GatewayError::Setup(format!("sms.ca_file: {e}")))?;
         Ok(Transport::with_limit(
             client,
-            Duration::from_millis(cfg.request_timeout_ms),
+            cfg.request_timeout,
             MAX_IN_FLIGHT,
         ))
     }
@@ -116,7 +117,7 @@ impl Transport {
             waiting = false;
             let resp = self.client.request(req).await.map_err(transport_error)?;
             let (parts, body) = resp.into_parts();
-            let retry_after = parse_retry_after(&parts.headers, chrono::Utc::now());
+            let retry_after = crate::retry::retry_after(&parts.headers);
             // A 2xx whose body cannot be read was still accepted: keep what arrived.
             let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -187,28 +188,6 @@ fn transport_error(e: hyper_util::client::legacy::Error) -> SmsError {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date, relative to `now`, capped at
-/// [`MAX_RETRY_AFTER`]. A date in the past means "now" (zero).
-pub fn parse_retry_after(
-    headers: &HeaderMap,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<Duration> {
-    let v = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let d = if let Ok(secs) = v.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(MAX_RETRY_AFTER))
-}
-
 /// Makes a gateway's error text safe to carry in a reason (logs, `sms.failed` events):
 /// runs of 8+ digits (phone numbers) are masked like [`crate::sms::mask_phone`], runs of
 /// 6–7 digits (codes) are starred, control characters dropped, and the text cut to
@@ -270,7 +249,6 @@ pub(crate) fn retryable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn cfg(gateway: &str) -> SmsConfig {
         SmsConfig {
@@ -350,31 +328,6 @@ mod tests {
         // The slot is given back after a timeout.
         assert_eq!(t.in_flight.available_permits(), 1);
         hold.abort();
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        let cases: &[(&str, Option<Duration>)] = &[
-            ("3", Some(Duration::from_secs(3))),
-            (" 0 ", Some(Duration::ZERO)),
-            (
-                "Tue, 24 Nov 2026 08:00:30 GMT",
-                Some(Duration::from_secs(30)),
-            ),
-            ("Tue, 24 Nov 2026 07:59:00 GMT", Some(Duration::ZERO)),
-            ("999999", Some(MAX_RETRY_AFTER)),
-            ("soon", None),
-            ("-1", None),
-        ];
-        for (v, want) in cases {
-            let mut h = HeaderMap::new();
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
-            assert_eq!(parse_retry_after(&h, now), *want, "{v}");
-        }
-        assert_eq!(parse_retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]

@@ -5,11 +5,11 @@
 //! unreachable destination, bad credentials, misconfigured sender).
 
 use super::{retryable, scrub, Answer, GatewayError, Transport, USER_AGENT};
-use crate::config::SmsConfig;
-use crate::push::BoxFuture;
+use crate::config::{SmsConfig, SmsGatewayKind, SmsSettings};
 use crate::sms::{mask_phone, SmsError, SmsGateway, SmsMessage};
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use std::time::{Duration, Instant};
@@ -138,23 +138,28 @@ pub struct TwilioGateway {
 }
 
 impl TwilioGateway {
+    /// Validates the section ([`SmsConfig::settings`]) and [`start`](Self::start)s.
     pub fn new(cfg: &SmsConfig) -> Result<TwilioGateway, GatewayError> {
-        for (key, v) in [
-            ("sms.account_sid", &cfg.account_sid),
-            ("sms.auth_token", &cfg.auth_token),
-            ("sms.from", &cfg.from),
-        ] {
-            if v.is_empty() {
-                return Err(GatewayError::Setup(format!(
-                    "{key} is required for the twilio gateway"
-                )));
-            }
+        match cfg.settings()? {
+            Some(s) => Self::start(&s),
+            None => Err(GatewayError::Setup("sms.gateway is not set".into())),
         }
+    }
+
+    pub fn start(s: &SmsSettings) -> Result<TwilioGateway, GatewayError> {
+        let SmsGatewayKind::Twilio {
+            account_sid,
+            auth_token,
+            from,
+        } = &s.gateway
+        else {
+            return Err(GatewayError::Setup("sms.gateway is not `twilio`".into()));
+        };
         Ok(TwilioGateway {
-            transport: Transport::new(cfg)?,
-            uri: messages_uri(&cfg.endpoint, &cfg.account_sid)?,
-            authorization: basic_auth(&cfg.account_sid, &cfg.auth_token)?,
-            from: cfg.from.clone(),
+            transport: Transport::new(s)?,
+            uri: messages_uri(s.endpoint.as_str(), account_sid)?,
+            authorization: basic_auth(account_sid, auth_token.expose())?,
+            from: from.clone(),
         })
     }
 

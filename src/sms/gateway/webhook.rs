@@ -5,10 +5,10 @@
 //! permanent refusal whose reason quotes the gateway's error text, scrubbed.
 
 use super::{retryable, scrub, Answer, GatewayError, Transport, USER_AGENT};
-use crate::config::SmsConfig;
-use crate::push::BoxFuture;
+use crate::config::{SmsConfig, SmsGatewayKind, SmsSettings};
 use crate::sms::{mask_phone, SmsError, SmsGateway, SmsMessage};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use std::time::{Duration, Instant};
@@ -72,28 +72,36 @@ pub struct WebhookGateway {
 }
 
 impl WebhookGateway {
+    /// Validates the section ([`SmsConfig::settings`]) and [`start`](Self::start)s.
     pub fn new(cfg: &SmsConfig) -> Result<WebhookGateway, GatewayError> {
-        let bad = |e: String| GatewayError::Setup(format!("sms.endpoint `{}`: {e}", cfg.endpoint));
-        let u = url::Url::parse(&cfg.endpoint).map_err(|e| bad(e.to_string()))?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(bad("use http or https".into()));
+        match cfg.settings()? {
+            Some(s) => Self::start(&s),
+            None => Err(GatewayError::Setup("sms.gateway is not set".into())),
         }
-        let uri = cfg
+    }
+
+    pub fn start(s: &SmsSettings) -> Result<WebhookGateway, GatewayError> {
+        let SmsGatewayKind::Webhook { auth_token } = &s.gateway else {
+            return Err(GatewayError::Setup("sms.gateway is not `webhook`".into()));
+        };
+        let uri = s
             .endpoint
+            .as_str()
             .parse::<Uri>()
-            .map_err(|e| bad(e.to_string()))?;
-        let authorization = if cfg.auth_token.is_empty() {
-            None
-        } else {
-            let mut v =
-                HeaderValue::from_str(&format!("Bearer {}", cfg.auth_token)).map_err(|_| {
-                    GatewayError::Setup("sms.auth_token: not a valid header value".into())
-                })?;
-            v.set_sensitive(true);
-            Some(v)
+            .map_err(|e| GatewayError::Setup(format!("sms.endpoint `{}`: {e}", s.endpoint)))?;
+        let authorization = match auth_token {
+            None => None,
+            Some(t) => {
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
+                        GatewayError::Setup("sms.auth_token: not a valid header value".into())
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
         };
         Ok(WebhookGateway {
-            transport: Transport::new(cfg)?,
+            transport: Transport::new(s)?,
             uri,
             authorization,
         })

@@ -1,0 +1,424 @@
+//! The one push delivery loop every provider shares. A provider implements
+//! [`Transport`] — one attempt in, one classified answer out — and [`deliver`] owns
+//! everything around the attempts:
+//!
+//! - the deadline: a challenge push is never attempted once the challenge has expired and
+//!   the whole delivery ends by the expiry plus one request timeout; a withdrawal gets one
+//!   attempt even after the expiry (expiry is itself a reason to withdraw), never a retry
+//!   past it;
+//! - retries of transient answers after the provider's `Retry-After` (parsed once, by
+//!   [`crate::retry::retry_after`]) or with [`crate::retry::backoff`];
+//! - renewing an auth credential the provider refused as expired, once per push, then
+//!   retrying at once;
+//! - the metrics: one `sca_push_requests_total{provider,result}` per attempt with the
+//!   same `result` words for every provider ([`label`]) and the attempt's duration.
+
+use super::{Classification, MaskedToken, PushMessage};
+use crate::challenge::machine::PushResult;
+use bytes::Bytes;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The provider answered and the transport classified the answer. `detail` is what is
+    /// worth logging about a refusal (Apple's `reason`, Google's error body); empty for a
+    /// delivered push.
+    Answered {
+        class: Classification,
+        status: u16,
+        detail: Bytes,
+    },
+    /// The provider refused the auth credential as expired or stale: [`Transport::renew`]
+    /// it and try again at once (once per push; a second refusal fails the push).
+    AuthExpired,
+    /// No answer within the request timeout.
+    TimedOut,
+    /// No answer at all (connection, protocol, or no credential could be had); retried.
+    Unreachable(String),
+}
+
+/// A push that cannot be sent as built (never retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsendable {
+    /// The device token itself is malformed: the provider would call it gone.
+    pub token_gone: bool,
+    pub reason: String,
+}
+
+/// One provider's wire protocol. Implementations make exactly one request per
+/// [`attempt`](Transport::attempt), bounded by their request timeout, and never retry,
+/// sleep or record metrics: [`deliver`] does that.
+pub trait Transport: Send + Sync + 'static {
+    /// Per-push state kept across attempts: the prepared request, the credential last
+    /// sent (so that [`renew`](Transport::renew) replaces exactly that one).
+    type Push: Send;
+
+    /// The provider's metric label and log prefix: `apns`, `fcm`, `hms`.
+    fn name(&self) -> &'static str;
+
+    /// The per-request timeout: the delivery may end this long after the expiry.
+    fn request_timeout(&self) -> Duration;
+
+    /// Builds what every attempt sends, or says why the push can never be sent.
+    fn prepare(&self, msg: &PushMessage) -> Result<Self::Push, Unsendable>;
+
+    /// One request and its classified answer.
+    fn attempt(
+        &self,
+        msg: &PushMessage,
+        push: &mut Self::Push,
+    ) -> impl Future<Output = Attempt> + Send;
+
+    /// Replaces the credential the last attempt used, after the provider refused it as
+    /// expired. `Err` (no new credential could be had) is retried with backoff and does not
+    /// use up the push's one renewal.
+    fn renew(&self, push: &mut Self::Push) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The `result` label of `sca_push_requests_total`, the same words for every provider:
+/// `delivered`, `token_gone`, `retry` (transient answer), `failed` (permanent refusal),
+/// `auth_expired` (credential refused as expired, renewed), `timeout`, `error` (no
+/// answer), `invalid` (not sent: the push could not be built).
+pub fn label(a: &Attempt) -> &'static str {
+    match a {
+        Attempt::Answered { class, .. } => match class {
+            Classification::Delivered => "delivered",
+            Classification::TokenGone => "token_gone",
+            Classification::Retry { .. } => "retry",
+            Classification::Permanent => "failed",
+        },
+        Attempt::AuthExpired => "auth_expired",
+        Attempt::TimedOut => "timeout",
+        Attempt::Unreachable(_) => "error",
+    }
+}
+
+/// Every value [`label`] can return, plus `invalid` (for docs and tests).
+pub const LABELS: [&str; 8] = [
+    "delivered",
+    "token_gone",
+    "retry",
+    "failed",
+    "auth_expired",
+    "timeout",
+    "error",
+    "invalid",
+];
+
+/// Wall-clock Unix milliseconds (challenge expiries are wall-clock instants).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Delivers one push: resolves once it is delivered, known to be impossible, or the
+/// challenge's life ran out while retrying — never later than `expires_at_ms` plus one
+/// request timeout (one request timeout from now for a late withdrawal).
+pub async fn deliver<T: Transport>(t: &T, msg: PushMessage) -> PushResult {
+    let remaining = msg.remaining(now_ms());
+    if remaining.is_zero() && !msg.is_withdraw() {
+        tracing::info!(provider = t.name(), challenge_id = %msg.challenge_id, "push not sent: challenge expired");
+        return PushResult::Failed;
+    }
+    let horizon = remaining + t.request_timeout();
+    match tokio::time::timeout(horizon, attempts(t, &msg)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(provider = t.name(), challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %MaskedToken(&msg.token), "push gave up: the challenge's life ran out");
+            PushResult::Failed
+        }
+    }
+}
+
+async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
+    let name = t.name();
+    let masked = MaskedToken(&msg.token);
+    let mut push = match t.prepare(msg) {
+        Ok(p) => p,
+        Err(u) => {
+            crate::telemetry::record_push(name, "invalid", Duration::ZERO);
+            tracing::warn!(
+                provider = name, challenge_id = %msg.challenge_id, device_id = %msg.device_id,
+                token = %masked, error = %u.reason, "push not sent"
+            );
+            return if u.token_gone {
+                PushResult::TokenGone
+            } else {
+                PushResult::Failed
+            };
+        }
+    };
+    let mut attempt: u32 = 0;
+    let mut renewed = false;
+    loop {
+        // A challenge push is only sent while the challenge lives; a withdrawal is tried
+        // once even after the expiry, never retried past it.
+        if (attempt > 0 || !msg.is_withdraw()) && msg.remaining(now_ms()).is_zero() {
+            tracing::info!(provider = name, challenge_id = %msg.challenge_id, token = %masked, attempt, "push gave up: challenge expired");
+            return PushResult::Failed;
+        }
+        let started = Instant::now();
+        let answer = t.attempt(msg, &mut push).await;
+        crate::telemetry::record_push(name, label(&answer), started.elapsed());
+        let hint = match answer {
+            Attempt::Answered {
+                class,
+                status,
+                detail,
+            } => {
+                let detail = || String::from_utf8_lossy(&detail[..detail.len().min(512)]);
+                match class {
+                    Classification::Delivered => {
+                        tracing::debug!(provider = name, challenge_id = %msg.challenge_id, token = %masked, "push delivered");
+                        return PushResult::Delivered;
+                    }
+                    Classification::TokenGone => {
+                        tracing::info!(provider = name, challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, status, detail = %detail(), "push token gone");
+                        return PushResult::TokenGone;
+                    }
+                    Classification::Permanent => {
+                        tracing::warn!(provider = name, challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, status, detail = %detail(), "push refused");
+                        return PushResult::Failed;
+                    }
+                    Classification::Retry { after } => {
+                        tracing::debug!(provider = name, challenge_id = %msg.challenge_id, token = %masked, attempt, status, detail = %detail(), "push answer is transient");
+                        after
+                    }
+                }
+            }
+            Attempt::AuthExpired if renewed => {
+                tracing::warn!(provider = name, challenge_id = %msg.challenge_id, "push refused: a renewed credential was refused as expired too");
+                return PushResult::Failed;
+            }
+            Attempt::AuthExpired => match t.renew(&mut push).await {
+                Ok(()) => {
+                    tracing::warn!(provider = name, challenge_id = %msg.challenge_id, "auth credential refused as expired; renewed, retrying");
+                    renewed = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = name, challenge_id = %msg.challenge_id, error = %e, "auth credential renewal failed");
+                    None
+                }
+            },
+            Attempt::TimedOut => None,
+            Attempt::Unreachable(e) => {
+                tracing::debug!(provider = name, challenge_id = %msg.challenge_id, token = %masked, attempt, error = %e, "push attempt failed");
+                None
+            }
+        };
+        match crate::retry::next_delay(attempt, hint, msg.remaining(now_ms())) {
+            Some(delay) => {
+                tracing::debug!(provider = name, challenge_id = %msg.challenge_id, token = %masked, attempt, ?delay, "push retrying");
+                tokio::time::sleep(delay).await;
+                attempt = attempt.saturating_add(1);
+            }
+            None => {
+                tracing::warn!(provider = name, challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %masked, attempts = attempt + 1, "push failed: no time left to retry");
+                return PushResult::Failed;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::model::Kind;
+    use crate::push::PushContent;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// A transport answering from a script, counting attempts and renewals.
+    struct Scripted {
+        answers: Mutex<VecDeque<Attempt>>,
+        attempts: Mutex<u32>,
+        renewals: Mutex<u32>,
+        renew_fails: bool,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Attempt>) -> Scripted {
+            Scripted {
+                answers: Mutex::new(answers.into()),
+                attempts: Mutex::new(0),
+                renewals: Mutex::new(0),
+                renew_fails: false,
+            }
+        }
+        fn attempts(&self) -> u32 {
+            *self.attempts.lock().unwrap()
+        }
+        fn renewals(&self) -> u32 {
+            *self.renewals.lock().unwrap()
+        }
+    }
+
+    impl Transport for Scripted {
+        type Push = ();
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn request_timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn prepare(&self, msg: &PushMessage) -> Result<(), Unsendable> {
+            if msg.token.is_empty() {
+                return Err(Unsendable {
+                    token_gone: true,
+                    reason: "empty token".into(),
+                });
+            }
+            Ok(())
+        }
+        async fn attempt(&self, _: &PushMessage, _: &mut ()) -> Attempt {
+            *self.attempts.lock().unwrap() += 1;
+            let next = self.answers.lock().unwrap().pop_front();
+            next.unwrap_or(Attempt::TimedOut)
+        }
+        async fn renew(&self, _: &mut ()) -> Result<(), String> {
+            *self.renewals.lock().unwrap() += 1;
+            if self.renew_fails {
+                Err("token endpoint down".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn answered(class: Classification) -> Attempt {
+        Attempt::Answered {
+            class,
+            status: 0,
+            detail: Bytes::new(),
+        }
+    }
+
+    const RETRY: Classification = Classification::Retry { after: None };
+
+    fn msg(ttl_ms: i64, withdraw: bool) -> PushMessage {
+        PushMessage {
+            challenge_id: "c1".into(),
+            kind: Kind::Login,
+            device_id: "d1".into(),
+            token: "tok".into(),
+            content: if withdraw {
+                PushContent::Withdraw
+            } else {
+                PushContent::Challenge {
+                    title: "t".into(),
+                    body: "b".into(),
+                    number_choices: None,
+                }
+            },
+            expires_at_ms: now_ms() + ttl_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn delivered_token_gone_and_refused_end_at_once() {
+        for (class, want) in [
+            (Classification::Delivered, PushResult::Delivered),
+            (Classification::TokenGone, PushResult::TokenGone),
+            (Classification::Permanent, PushResult::Failed),
+        ] {
+            let t = Scripted::new(vec![answered(class)]);
+            assert_eq!(deliver(&t, msg(60_000, false)).await, want);
+            assert_eq!(t.attempts(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_answers_are_retried_after_the_hint() {
+        let t = Scripted::new(vec![
+            answered(Classification::Retry {
+                after: Some(Duration::from_millis(5)),
+            }),
+            Attempt::Unreachable("reset".into()),
+            answered(Classification::Delivered),
+        ]);
+        assert_eq!(deliver(&t, msg(60_000, false)).await, PushResult::Delivered);
+        assert_eq!(t.attempts(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_expired_credential_is_renewed_once() {
+        let t = Scripted::new(vec![
+            Attempt::AuthExpired,
+            answered(Classification::Delivered),
+        ]);
+        assert_eq!(deliver(&t, msg(60_000, false)).await, PushResult::Delivered);
+        assert_eq!((t.attempts(), t.renewals()), (2, 1));
+        let t = Scripted::new(vec![Attempt::AuthExpired, Attempt::AuthExpired]);
+        assert_eq!(deliver(&t, msg(60_000, false)).await, PushResult::Failed);
+        assert_eq!((t.attempts(), t.renewals()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_backs_off_and_keeps_the_renewal() {
+        let mut t = Scripted::new(vec![
+            Attempt::AuthExpired,
+            Attempt::AuthExpired,
+            answered(Classification::Delivered),
+        ]);
+        t.renew_fails = true;
+        assert_eq!(deliver(&t, msg(60_000, false)).await, PushResult::Delivered);
+        assert_eq!((t.attempts(), t.renewals()), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn an_expired_challenge_is_not_pushed_but_withdrawn_once() {
+        let t = Scripted::new(vec![answered(Classification::Delivered)]);
+        assert_eq!(deliver(&t, msg(-1_000, false)).await, PushResult::Failed);
+        assert_eq!(t.attempts(), 0);
+        let t = Scripted::new(vec![answered(RETRY), answered(Classification::Delivered)]);
+        assert_eq!(deliver(&t, msg(-1_000, true)).await, PushResult::Failed);
+        assert_eq!(
+            t.attempts(),
+            1,
+            "a late withdrawal gets one attempt, no retry"
+        );
+        let t = Scripted::new(vec![answered(Classification::Delivered)]);
+        assert_eq!(deliver(&t, msg(-1_000, true)).await, PushResult::Delivered);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_expiry() {
+        let t = Scripted::new((0..1000).map(|_| answered(RETRY)).collect());
+        assert_eq!(deliver(&t, msg(400, false)).await, PushResult::Failed);
+        let n = t.attempts();
+        assert!(n > 1 && n < 1000, "{n} attempts");
+    }
+
+    #[tokio::test]
+    async fn an_unsendable_push_is_never_attempted() {
+        let t = Scripted::new(vec![]);
+        let mut m = msg(60_000, false);
+        m.token = "".into();
+        assert_eq!(deliver(&t, m).await, PushResult::TokenGone);
+        assert_eq!(t.attempts(), 0);
+    }
+
+    #[test]
+    fn labels_are_one_set() {
+        let all = [
+            answered(Classification::Delivered),
+            answered(Classification::TokenGone),
+            answered(RETRY),
+            answered(Classification::Permanent),
+            Attempt::AuthExpired,
+            Attempt::TimedOut,
+            Attempt::Unreachable(String::new()),
+        ];
+        for a in &all {
+            assert!(LABELS.contains(&label(a)), "{a:?}");
+        }
+        let mut seen: Vec<_> = all.iter().map(label).collect();
+        seen.push("invalid");
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), LABELS.len());
+    }
+}

@@ -119,53 +119,62 @@ fn challenge(id: &str, user: &str, kind: &str) -> Value {
 /// Watches the simulators and the broker, writing what they saw into the timeline.
 fn observe(
     tl: Arc<Timeline>,
-    apns: Arc<ApnsSim>,
-    fcm: Arc<FcmSim>,
+    apns: &ApnsSim,
+    fcm: &FcmSim,
     sms: &SmsSim,
     mut outcomes: lapin::Consumer,
     mut events: lapin::Consumer,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    // The simulators' feeds: each record is seen once, as it is answered (no copying of
+    // what was recorded before).
     let t = tl.clone();
+    let mut feed = apns.subscribe();
     tasks.push(tokio::spawn(async move {
-        let (mut seen_a, mut seen_f) = (0usize, 0usize);
         loop {
-            let pushes = apns.pushes();
-            for p in pushes.iter().skip(seen_a) {
-                let id = p.payload["challenge_id"].as_str().unwrap_or("?");
-                let what = if p.payload["type"] == "withdraw" {
-                    "withdrawal"
-                } else {
-                    "push"
-                };
-                t.note(
-                    id,
-                    format!(
-                        "APNs {what} to iPhone ({}): {} {}",
-                        p.header("apns-push-type"),
-                        p.status,
-                        p.reason.clone().unwrap_or_default()
-                    ),
-                );
-            }
-            seen_a = pushes.len();
-            let msgs = fcm.messages();
-            for m in msgs.iter().skip(seen_f) {
-                let d = m.data();
-                let id = d["challenge_id"].as_str().unwrap_or("?");
-                let what = if d["type"] == "withdraw" {
-                    "withdrawal".to_string()
-                } else {
-                    format!("push \"{}\"", d["body"].as_str().unwrap_or(""))
-                };
-                t.note_at(
-                    id,
-                    m.received_at,
-                    format!("FCM {what} to {}: {}", m.token, m.status),
-                );
-            }
-            seen_f = msgs.len();
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let p = match feed.recv().await {
+                Ok(p) => p,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let id = p.payload["challenge_id"].as_str().unwrap_or("?");
+            let what = if p.payload["type"] == "withdraw" {
+                "withdrawal"
+            } else {
+                "push"
+            };
+            t.note(
+                id,
+                format!(
+                    "APNs {what} to iPhone ({}): {} {}",
+                    p.header("apns-push-type"),
+                    p.status,
+                    p.reason.clone().unwrap_or_default()
+                ),
+            );
+        }
+    }));
+    let t = tl.clone();
+    let mut feed = fcm.subscribe();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let m = match feed.recv().await {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let d = m.data();
+            let id = d["challenge_id"].as_str().unwrap_or("?");
+            let what = if d["type"] == "withdraw" {
+                "withdrawal".to_string()
+            } else {
+                format!("push \"{}\"", d["body"].as_str().unwrap_or(""))
+            };
+            t.note_at(
+                id,
+                m.received_at,
+                format!("FCM {what} to {}: {}", m.token, m.status),
+            );
         }
     }));
     let t = tl.clone();
@@ -206,6 +215,7 @@ fn observe(
 
 struct Http {
     base: String,
+    token: String,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<bytes::Bytes>,
@@ -224,6 +234,7 @@ impl Http {
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", self.token))
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))?;
@@ -265,6 +276,45 @@ async fn until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The `--load RATE` phase: the project's load tool against the demo's daemon, until
+/// Ctrl-C or `duration`, one line per second; the CPU column is this whole process.
+async fn demo_load(
+    cfg: &Config,
+    http: &Http,
+    apns: &ApnsSim,
+    fcm: &FcmSim,
+    sms: &SmsSim,
+    rate: u32,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use crate::loadgen::{mix::Shares, player::Feeds, LoadOptions};
+    println!("\nLoad: {rate} challenges/s from simulated users (two devices each, APNs and FCM); devices approve 200 ms after their push. Ctrl-C stops.");
+    println!("(cores: CPU of this process — daemon, simulators and load tool together)");
+    let mut o = LoadOptions::new(&cfg.amqp.url, &http.base);
+    o.challenges_queue = cfg.amqp.challenges_queue.clone();
+    o.outcomes_exchange = cfg.amqp.outcomes_exchange.clone();
+    o.api_token = Some(http.token.clone());
+    o.rate = Some(rate.max(1) as f64);
+    // Until Ctrl-C means at most a week.
+    o.duration = Some(duration.unwrap_or(Duration::from_secs(7 * 24 * 3600)));
+    o.devices_per_challenge = 2;
+    o.kinds = Shares::parse("login=2,payment=1")?;
+    o.ttl_seconds = 120;
+    o.drain = Duration::from_secs(5);
+    o.pids = vec![std::process::id()];
+    let feeds = Feeds {
+        apns: Some(apns.subscribe()),
+        fcm: Some(fcm.subscribe()),
+        sms: Some(sms.subscribe()),
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = crate::loadgen::run_until(o, feeds, ctrl_c).await?;
+    print!("{}", report.summary());
+    Ok(())
+}
+
 /// The demo's own namespace, so it never touches a production `sca.*` topology.
 pub fn demo_config(amqp_url: &str) -> Config {
     let mut c = Config::default();
@@ -273,6 +323,8 @@ pub fn demo_config(amqp_url: &str) -> Config {
     c.http.addr = "127.0.0.1:0".into();
     c.metrics.addr = "127.0.0.1:0".into();
     c.shutdown.grace_seconds = 3;
+    // The API is never open: a fresh bearer token per run.
+    c.http.api_tokens = format!("demo-{:032x}", rand::random::<u128>());
     c
 }
 
@@ -287,11 +339,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let apns = Arc::new(
         ApnsSim::start(ApnsSimOptions {
             dir: Some(dir.join("apns")),
+            max_recorded: 1000,
             ..Default::default()
         })
         .await?,
     );
-    let fcm = Arc::new(FcmSim::start(FcmSimOptions::default()).await?);
+    let fcm = Arc::new(
+        FcmSim::start(FcmSimOptions {
+            max_recorded: 1000,
+            ..Default::default()
+        })
+        .await?,
+    );
     let sms = SmsSim::start(SmsSimOptions::default()).await?;
     println!(
         "  APNs simulator  {} (HTTP/2 over TLS, CA {})",
@@ -334,14 +393,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let tl = Arc::new(Timeline::default());
     let observers = observe(
         tl.clone(),
-        apns.clone(),
-        fcm.clone(),
+        &apns,
+        &fcm,
         &sms,
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.outcomes_exchange).await?,
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.events_exchange).await?,
     );
     let http = Http {
         base: format!("http://{}", daemon.http_addr),
+        token: cfg.http.api_tokens.clone(),
         client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http(),
     };
@@ -574,22 +634,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         );
     }
 
-    if let Some(rate) = opts.load {
-        crate::loadgen::demo_load(
-            &broker.conn,
-            &cfg,
-            &http.base,
-            fcm.clone(),
-            rate,
-            opts.duration,
-            &daemon,
-        )
-        .await?;
-    }
-
+    // The scenarios' observers stop here: during the load only the load tool runs
+    // beside the daemon and the simulators.
     for t in observers {
         t.abort();
     }
+    drop(tl);
+
+    if let Some(rate) = opts.load {
+        demo_load(&cfg, &http, &apns, &fcm, &sms, rate, opts.duration).await?;
+    }
+
     daemon.shutdown();
     daemon.wait().await;
     for q in [

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `demo`, `simulate`. All logic is in the library.
+//! The command line: `run`, `check-config`, `demo`, `simulate`, `load`. All logic is in the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,6 +52,9 @@ enum Cmd {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Drive daemon(s) through a broker: publish challenges, play the devices on the
+    /// simulators, read outcomes, report latencies, CPU and memory (JSON and SVG).
+    Load(Box<sca_dispatch::loadgen::cli::LoadArgs>),
     /// Run a provider simulator alone.
     Simulate {
         #[command(subcommand)]
@@ -152,6 +155,11 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Cmd::Load(args) => {
+            sca_dispatch::telemetry::init_tracing("text", "error,lapin=off");
+            let code = runtime(0)?.block_on(sca_dispatch::loadgen::cli::main(*args))?;
+            std::process::exit(code);
         }
         Cmd::Simulate { which } => {
             sca_dispatch::telemetry::init_tracing("text", "info");

@@ -258,6 +258,13 @@ fn mix_unit(seq: u64, salt: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Resolves once `stop` turns true (never, if its sender is gone without that).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Publishes until the count, the duration or `stop`, paced by `pacer`, keeping at most
 /// [`CONFIRM_WINDOW`] publishes awaiting their confirm and at most
 /// `opts.max_in_flight` challenges awaiting their outcome.
@@ -284,7 +291,7 @@ pub async fn publish(
             shared.counters.throttled.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                _ = stop.changed() => {}
+                _ = stopped(&mut stop) => {}
             }
             if *stop.borrow() || end.is_some_and(|e| Instant::now() >= e) {
                 break;
@@ -295,7 +302,7 @@ pub async fn publish(
         }
         tokio::select! {
             _ = pacer.wait(seq) => {}
-            _ = stop.changed() => continue,
+            _ = stopped(&mut stop) => break,
         }
         while confirms.len() >= CONFIRM_WINDOW {
             if let Some((s, r)) = confirms.next().await {

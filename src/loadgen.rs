@@ -402,6 +402,8 @@ pub async fn run_until(
             }
             r = &mut publisher, if published_done.is_none() => {
                 published_done = Some(Instant::now());
+                let us = shared.started.elapsed().as_micros() as u64;
+                shared.publish_end_us.store(us, Ordering::Relaxed);
                 match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => result = Err(e),

@@ -128,6 +128,8 @@ pub struct Shared {
     pub pids: Vec<u32>,
     /// When the last outcome was read, in µs since `started`.
     pub last_outcome_us: AtomicU64,
+    /// When publishing ended, in µs since `started` (0: not yet).
+    pub publish_end_us: AtomicU64,
     client: Client,
     slots: Arc<Semaphore>,
     http_running: AtomicUsize,
@@ -155,6 +157,7 @@ impl Shared {
             slots,
             http_running: AtomicUsize::new(0),
             last_outcome_us: AtomicU64::new(0),
+            publish_end_us: AtomicU64::new(0),
             opts,
         })
     }

@@ -315,10 +315,13 @@ async fn demo_load(
     Ok(())
 }
 
-/// The demo's own namespace, so it never touches a production `sca.*` topology.
+/// The demo's own namespace, `sca-demo-<random>`, so it never touches a production
+/// `sca.*` topology nor another demo running on the same broker (two demos sharing one
+/// queue would take each other's challenges, and the first to finish would delete it).
 pub fn demo_config(amqp_url: &str) -> Config {
     let mut c = Config::default();
-    c.amqp = c.amqp.namespaced("sca-demo");
+    let ns = format!("sca-demo-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    c.amqp = c.amqp.namespaced(&ns);
     c.amqp.url = amqp_url.to_string();
     c.http.addr = "127.0.0.1:0".into();
     c.metrics.addr = "127.0.0.1:0".into();
@@ -386,8 +389,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default())
         .await;
     println!(
-        "  daemon          http://{} (metrics http://{}/metrics), queues sca-demo.*\n",
-        daemon.http_addr, daemon.metrics_addr
+        "  daemon          http://{} (metrics http://{}/metrics), queues {}.*\n",
+        daemon.http_addr,
+        daemon.metrics_addr,
+        cfg.amqp.challenges_queue.trim_end_matches(".challenges")
     );
 
     let tl = Arc::new(Timeline::default());
@@ -434,7 +439,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     broker
         .publish(challenge(&id, "mario", "login").to_string().as_bytes())
         .await?;
-    tl.note(&id, "published to sca-demo.challenges");
+    tl.note(&id, format!("published to {}", cfg.amqp.challenges_queue));
     until(10, || pushes_for(&id) >= 2).await;
     http.decide(&tl, &id, "d-pixel", "approve", "Pixel approves")
         .await?;
@@ -655,6 +660,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         let _ = broker
             .ch
             .queue_delete(q, QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        &cfg.amqp.outcomes_exchange,
+        &cfg.amqp.events_exchange,
+        &cfg.amqp.dead_exchange,
+        &cfg.amqp.control_exchange,
+    ] {
+        let _ = broker
+            .ch
+            .exchange_delete(e, ExchangeDeleteOptions::default())
             .await;
     }
     sms.shutdown().await;

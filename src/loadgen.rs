@@ -40,6 +40,10 @@ use tokio::sync::watch;
 
 /// Publishes awaiting their broker confirm at once.
 const CONFIRM_WINDOW: usize = 1000;
+/// The broker confirming nothing for this long ends the run with an error.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Beyond the duration and the drain, the run ends after this much more in any case.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(60);
 /// Largest payload asked for (the contract's body bound).
 pub const MAX_PAYLOAD_BYTES: usize = crate::challenge::model::MAX_BODY_BYTES;
 /// Devices per challenge at most (the contract's bound).
@@ -305,8 +309,13 @@ pub async fn publish(
             _ = stopped(&mut stop) => break,
         }
         while confirms.len() >= CONFIRM_WINDOW {
-            if let Some((s, r)) = confirms.next().await {
-                shared.confirmed(s, r);
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
+                Ok(Some((s, r))) => shared.confirmed(s, r),
+                Ok(None) => break,
+                Err(_) => anyhow::bail!(
+                    "the broker confirmed no publish for {} s",
+                    CONFIRM_TIMEOUT.as_secs()
+                ),
             }
         }
         let (body, flight) = challenge(opts, &shared.prefix, seq);
@@ -336,10 +345,16 @@ pub async fn publish(
         }
         seq += 1;
     }
-    while let Some((s, r)) = confirms.next().await {
-        shared.confirmed(s, r);
+    loop {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
+            Ok(Some((s, r))) => shared.confirmed(s, r),
+            Ok(None) => return Ok(()),
+            Err(_) => anyhow::bail!(
+                "the broker confirmed no publish for {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ),
+        }
     }
-    Ok(())
 }
 
 /// Runs a load against the daemon(s) in `opts`, with the simulators' `feeds`; returns the
@@ -390,6 +405,12 @@ pub async fn run_until(
     let mut check = tokio::time::interval(Duration::from_millis(20));
     tokio::pin!(stop);
     let mut published_done: Option<Instant> = None;
+    // A run whose publisher hangs (a broker that stops confirming while the stop or the
+    // duration came) still ends.
+    let hard_stop = shared
+        .opts
+        .duration
+        .map(|d| shared.started + d + shared.opts.drain + HARD_STOP_GRACE);
     let mut result: anyhow::Result<()> = Ok(());
     loop {
         tokio::select! {
@@ -414,6 +435,11 @@ pub async fn run_until(
             _ = &mut stop, if !*stop_tx.borrow() => {
                 let _ = stop_tx.send(true);
             }
+        }
+        if published_done.is_none() && hard_stop.is_some_and(|h| Instant::now() >= h) {
+            publisher.abort();
+            result = Err(anyhow::anyhow!("the publisher did not finish in time"));
+            break;
         }
         if let Some(at) = published_done {
             if shared.flights.is_empty() || at.elapsed() >= shared.opts.drain || result.is_err() {

@@ -38,7 +38,7 @@ enum Cmd {
     },
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
     Demo {
-        /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
+        /// RabbitMQ to use (the demo declares its own `sca-demo-<random>.*` queues there).
         #[arg(
             long,
             env = "SCA_AMQP_URL",

@@ -120,53 +120,62 @@ fn challenge(id: &str, user: &str, kind: &str) -> Value {
 /// Watches the simulators and the broker, writing what they saw into the timeline.
 fn observe(
     tl: Arc<Timeline>,
-    apns: Arc<ApnsSim>,
-    fcm: Arc<FcmSim>,
+    apns: &ApnsSim,
+    fcm: &FcmSim,
     sms: &SmsSim,
     mut outcomes: lapin::Consumer,
     mut events: lapin::Consumer,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    // The simulators' feeds: each record is seen once, as it is answered (no copying of
+    // what was recorded before).
     let t = tl.clone();
+    let mut feed = apns.subscribe();
     tasks.push(tokio::spawn(async move {
-        let (mut seen_a, mut seen_f) = (0usize, 0usize);
         loop {
-            let pushes = apns.pushes();
-            for p in pushes.iter().skip(seen_a) {
-                let id = p.payload["challenge_id"].as_str().unwrap_or("?");
-                let what = if p.payload["type"] == "withdraw" {
-                    "withdrawal"
-                } else {
-                    "push"
-                };
-                t.note(
-                    id,
-                    format!(
-                        "APNs {what} to iPhone ({}): {} {}",
-                        p.header("apns-push-type"),
-                        p.status,
-                        p.reason.clone().unwrap_or_default()
-                    ),
-                );
-            }
-            seen_a = pushes.len();
-            let msgs = fcm.messages();
-            for m in msgs.iter().skip(seen_f) {
-                let d = m.data();
-                let id = d["challenge_id"].as_str().unwrap_or("?");
-                let what = if d["type"] == "withdraw" {
-                    "withdrawal".to_string()
-                } else {
-                    format!("push \"{}\"", d["body"].as_str().unwrap_or(""))
-                };
-                t.note_at(
-                    id,
-                    m.received_at,
-                    format!("FCM {what} to {}: {}", m.token, m.status),
-                );
-            }
-            seen_f = msgs.len();
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let p = match feed.recv().await {
+                Ok(p) => p,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let id = p.payload["challenge_id"].as_str().unwrap_or("?");
+            let what = if p.payload["type"] == "withdraw" {
+                "withdrawal"
+            } else {
+                "push"
+            };
+            t.note(
+                id,
+                format!(
+                    "APNs {what} to iPhone ({}): {} {}",
+                    p.header("apns-push-type"),
+                    p.status,
+                    p.reason.clone().unwrap_or_default()
+                ),
+            );
+        }
+    }));
+    let t = tl.clone();
+    let mut feed = fcm.subscribe();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let m = match feed.recv().await {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let d = m.data();
+            let id = d["challenge_id"].as_str().unwrap_or("?");
+            let what = if d["type"] == "withdraw" {
+                "withdrawal".to_string()
+            } else {
+                format!("push \"{}\"", d["body"].as_str().unwrap_or(""))
+            };
+            t.note_at(
+                id,
+                m.received_at,
+                format!("FCM {what} to {}: {}", m.token, m.status),
+            );
         }
     }));
     let t = tl.clone();
@@ -232,6 +241,7 @@ fn observe_hms(tl: Arc<Timeline>, hms: Arc<HmsSim>) -> tokio::task::JoinHandle<(
 
 struct Http {
     base: String,
+    token: String,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<bytes::Bytes>,
@@ -250,10 +260,7 @@ impl Http {
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .header(
-                "authorization",
-                format!("Bearer {}", crate::loadgen::API_TOKEN),
-            )
+            .header("authorization", format!("Bearer {}", self.token))
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))?;
@@ -295,15 +302,58 @@ async fn until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// The demo's own namespace, so it never touches a production `sca.*` topology.
+/// The `--load RATE` phase: the project's load tool against the demo's daemon, until
+/// Ctrl-C or `duration`, one line per second; the CPU column is this whole process.
+async fn demo_load(
+    cfg: &Config,
+    http: &Http,
+    apns: &ApnsSim,
+    fcm: &FcmSim,
+    sms: &SmsSim,
+    rate: u32,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use crate::loadgen::{mix::Shares, player::Feeds, LoadOptions};
+    println!("\nLoad: {rate} challenges/s from simulated users (two devices each, APNs and FCM); devices approve 200 ms after their push. Ctrl-C stops.");
+    println!("(cores: CPU of this process — daemon, simulators and load tool together)");
+    let mut o = LoadOptions::new(&cfg.amqp.url, &http.base);
+    o.challenges_queue = cfg.amqp.challenges_queue.clone();
+    o.outcomes_exchange = cfg.amqp.outcomes_exchange.clone();
+    o.api_token = Some(http.token.clone());
+    o.rate = Some(rate.max(1) as f64);
+    // Until Ctrl-C means at most a week.
+    o.duration = Some(duration.unwrap_or(Duration::from_secs(7 * 24 * 3600)));
+    o.devices_per_challenge = 2;
+    o.kinds = Shares::parse("login=2,payment=1")?;
+    o.ttl_seconds = 120;
+    o.drain = Duration::from_secs(5);
+    o.pids = vec![std::process::id()];
+    let feeds = Feeds {
+        apns: Some(apns.subscribe()),
+        fcm: Some(fcm.subscribe()),
+        sms: Some(sms.subscribe()),
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = crate::loadgen::run_until(o, feeds, ctrl_c).await?;
+    print!("{}", report.summary());
+    Ok(())
+}
+
+/// The demo's own namespace, `sca-demo-<random>`, so it never touches a production
+/// `sca.*` topology nor another demo running on the same broker (two demos sharing one
+/// queue would take each other's challenges, and the first to finish would delete it).
 pub fn demo_config(amqp_url: &str) -> Config {
     let mut c = Config::default();
-    c.amqp = c.amqp.namespaced("sca-demo");
+    let ns = format!("sca-demo-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    c.amqp = c.amqp.namespaced(&ns);
     c.amqp.url = amqp_url.to_string();
     c.http.addr = "127.0.0.1:0".into();
-    c.http.api_tokens = crate::loadgen::API_TOKEN.into();
     c.metrics.addr = "127.0.0.1:0".into();
     c.shutdown.grace_seconds = 3;
+    // The API is never open: a fresh bearer token per run.
+    c.http.api_tokens = format!("demo-{:032x}", rand::random::<u128>());
     c
 }
 
@@ -318,11 +368,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let apns = Arc::new(
         ApnsSim::start(ApnsSimOptions {
             dir: Some(dir.join("apns")),
+            max_recorded: 1000,
             ..Default::default()
         })
         .await?,
     );
-    let fcm = Arc::new(FcmSim::start(FcmSimOptions::default()).await?);
+    let fcm = Arc::new(
+        FcmSim::start(FcmSimOptions {
+            max_recorded: 1000,
+            ..Default::default()
+        })
+        .await?,
+    );
     let hms = Arc::new(HmsSim::start(HmsSimOptions::default()).await?);
     let sms = SmsSim::start(SmsSimOptions::default()).await?;
     println!(
@@ -368,15 +425,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default())
         .await;
     println!(
-        "  daemon          http://{} (metrics http://{}/metrics), queues sca-demo.*\n",
-        daemon.http_addr, daemon.metrics_addr
+        "  daemon          http://{} (metrics http://{}/metrics), queues {}.*\n",
+        daemon.http_addr,
+        daemon.metrics_addr,
+        cfg.amqp.challenges_queue.trim_end_matches(".challenges")
     );
 
     let tl = Arc::new(Timeline::default());
     let mut observers = observe(
         tl.clone(),
-        apns.clone(),
-        fcm.clone(),
+        &apns,
+        &fcm,
         &sms,
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.outcomes_exchange).await?,
         crate::amqp::client::tap(&broker.conn, &cfg.amqp.events_exchange).await?,
@@ -384,6 +443,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     observers.push(observe_hms(tl.clone(), hms.clone()));
     let http = Http {
         base: format!("http://{}", daemon.http_addr),
+        token: cfg.http.api_tokens.clone(),
         client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http(),
     };
@@ -420,7 +480,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         devices.push(json!({"device_id": "d-mate", "platform": "hms", "token": "hms-mate-mario", "name": "Huawei Mate"}));
     }
     broker.publish(c.to_string().as_bytes()).await?;
-    tl.note(&id, "published to sca-demo.challenges");
+    tl.note(&id, format!("published to {}", cfg.amqp.challenges_queue));
     until(10, || pushes_for(&id) >= 3).await;
     http.decide(&tl, &id, "d-pixel", "approve", "Pixel approves")
         .await?;
@@ -626,22 +686,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         );
     }
 
-    if let Some(rate) = opts.load {
-        crate::loadgen::demo_load(
-            &broker.conn,
-            &cfg,
-            &http.base,
-            fcm.clone(),
-            rate,
-            opts.duration,
-            &daemon,
-        )
-        .await?;
-    }
-
+    // The scenarios' observers stop here: during the load only the load tool runs
+    // beside the daemon and the simulators.
     for t in observers {
         t.abort();
     }
+    drop(tl);
+
+    if let Some(rate) = opts.load {
+        demo_load(&cfg, &http, &apns, &fcm, &sms, rate, opts.duration).await?;
+    }
+
     daemon.shutdown();
     daemon.wait().await;
     for q in [
@@ -652,6 +707,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         let _ = broker
             .ch
             .queue_delete(q, QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        &cfg.amqp.outcomes_exchange,
+        &cfg.amqp.events_exchange,
+        &cfg.amqp.dead_exchange,
+        &cfg.amqp.control_exchange,
+    ] {
+        let _ = broker
+            .ch
+            .exchange_delete(e, ExchangeDeleteOptions::default())
             .await;
     }
     sms.shutdown().await;

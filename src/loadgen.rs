@@ -1,346 +1,532 @@
-//! Load generation shared by `sca-dispatch demo --load` and the end-to-end benchmark:
-//! a publisher (flat out or at a fixed rate, with publisher confirms), simulated devices
-//! that decide over HTTP a moment after their push reaches the FCM simulator, an outcome
-//! reader, and latency recorders.
+//! The project's one load generator, behind `sca-dispatch load`, `demo --load` and the
+//! end-to-end benchmark. It publishes challenges to a broker (at a rate or flat out, for a
+//! duration or a count, with a mix of kinds, device platforms, SMS and payload size),
+//! plays the devices over the daemon's HTTP API when the simulators see their pushes
+//! (approve, deny or ignore, after a delay; an SMS code is entered when one arrives),
+//! reads the outcomes, and measures each stage in HDR histograms. Every map is bounded
+//! (in-flight challenges are capped and pruned), every loop ends (by count, time or stop),
+//! and it only talks to the broker and API addresses it was given.
+//!
+//! - [`cli`]: `sca-dispatch load`; [`pace`]: due times at a constant rate; [`mix`]: shares and picks; [`hist`]:
+//!   latencies; [`procstat`]: CPU and memory from /proc; [`svg`]: the picture;
+//!   [`player`]: devices and outcome reader; [`report`]: the per-second lines, the
+//!   summary and the JSON report; [`sims`]: the simulators a daemon under test points at.
+
+pub mod cli;
+pub mod hist;
+pub mod mix;
+pub mod pace;
+pub mod player;
+pub mod procstat;
+pub mod report;
+pub mod sims;
+pub mod svg;
 
 use crate::engine::json::rfc3339_ms;
 use crate::engine::now_ms;
-use crate::sim::fcm::{FcmSim, RecordedMessage};
-use dashmap::DashMap;
+use anyhow::Context;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
+use mix::{Answer, Kind, Platform, Shares};
+use pace::Pacer;
+use player::{Feeds, Flight, Shared};
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::watch;
 
-/// The bearer token the demo and the benchmarks configure and send.
-pub const API_TOKEN: &str = "sca-load-token";
-const BEARER: &str = "Bearer sca-load-token";
+/// Publishes awaiting their broker confirm at once.
+const CONFIRM_WINDOW: usize = 1000;
+/// The broker confirming nothing for this long ends the run with an error.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Beyond the duration and the drain, the run ends after this much more in any case.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(60);
+/// Largest payload asked for (the contract's body bound).
+pub const MAX_PAYLOAD_BYTES: usize = crate::challenge::model::MAX_BODY_BYTES;
+/// Devices per challenge at most (the contract's bound).
+pub const MAX_DEVICES: usize = crate::challenge::model::MAX_DEVICES;
+/// Salts for the independent picks of one challenge.
+const SALT_KIND: u64 = 1;
+const SALT_ANSWER: u64 = 2;
+const SALT_SMS: u64 = 3;
+const SALT_PLATFORM: u64 = 16;
 
-/// Latency samples in microseconds.
-#[derive(Default)]
-pub struct Latencies(Mutex<Vec<u32>>);
-
-impl Latencies {
-    pub fn record(&self, d: Duration) {
-        let us = d.as_micros().min(u32::MAX as u128) as u32;
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(us);
-    }
-    /// Takes the samples out (for per-second figures).
-    pub fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-    pub fn snapshot(&self) -> Vec<u32> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub amqp_url: String,
+    /// Queue the daemon consumes challenges from.
+    pub challenges_queue: String,
+    /// Exchange the daemon publishes outcomes to.
+    pub outcomes_exchange: String,
+    /// Base URLs of the daemons' HTTP APIs (`http://host:port`); decisions are spread
+    /// over them.
+    pub api: Vec<String>,
+    /// Bearer token for the API.
+    pub api_token: Option<String>,
+    /// Challenges per second; `None`: flat out.
+    pub rate: Option<f64>,
+    /// Stop publishing after this long…
+    pub duration: Option<Duration>,
+    /// …or after this many challenges (whichever comes first).
+    pub count: Option<u64>,
+    pub kinds: Shares<Kind>,
+    pub platforms: Shares<Platform>,
+    /// Devices per challenge, 1..=10, each on a platform picked from `platforms`.
+    pub devices_per_challenge: usize,
+    /// Share (0..=1) of challenges with an `sms` fallback.
+    pub sms_share: f64,
+    /// Seconds before the SMS fallback of those challenges.
+    pub sms_fallback_seconds: u64,
+    /// Pad each challenge to about this many bytes (with an extra field the daemon
+    /// ignores); `None`: no padding.
+    pub payload_bytes: Option<usize>,
+    pub answers: Shares<Answer>,
+    /// A device answers this long after its push (an SMS code: after the SMS).
+    pub decide_after: Duration,
+    pub ttl_seconds: u64,
+    /// Publishing pauses while this many challenges await their outcome.
+    pub max_in_flight: usize,
+    /// HTTP requests to the daemons at once.
+    pub http_concurrency: usize,
+    /// After publishing, wait at most this long for the outstanding outcomes.
+    pub drain: Duration,
+    /// Daemon processes whose CPU and memory are reported.
+    pub pids: Vec<u32>,
+    /// Print a line each second.
+    pub print_seconds: bool,
 }
 
-/// The `p`-quantile (0..=1) of samples in milliseconds; `None` without samples.
-pub fn quantile_ms(samples: &mut [u32], p: f64) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort_unstable();
-    let i = ((samples.len() - 1) as f64 * p).round() as usize;
-    Some(samples[i] as f64 / 1000.0)
-}
-
-/// One load run's counters and timings.
-pub struct Run {
-    pub prefix: String,
-    pub published: AtomicU64,
-    pub pushed: AtomicU64,
-    pub decided: AtomicU64,
-    pub outcomes: AtomicU64,
-    pub publish_to_push: Latencies,
-    pub decision_to_outcome: Latencies,
-    pub publish_to_outcome: Latencies,
-    published_at: DashMap<u64, Instant>,
-    decided_at: DashMap<u64, Instant>,
-    first_push: DashMap<u64, ()>,
-}
-
-impl Run {
-    pub fn new() -> Arc<Run> {
-        Arc::new(Run {
-            prefix: format!("ld{:06x}-", rand::random::<u32>() & 0xff_ffff),
-            published: AtomicU64::new(0),
-            pushed: AtomicU64::new(0),
-            decided: AtomicU64::new(0),
-            outcomes: AtomicU64::new(0),
-            publish_to_push: Latencies::default(),
-            decision_to_outcome: Latencies::default(),
-            publish_to_outcome: Latencies::default(),
-            published_at: DashMap::new(),
-            decided_at: DashMap::new(),
-            first_push: DashMap::new(),
-        })
-    }
-
-    pub fn id(&self, seq: u64) -> String {
-        format!("{}{seq}", self.prefix)
-    }
-
-    fn seq(&self, id: &str) -> Option<u64> {
-        id.strip_prefix(&self.prefix)?.parse().ok()
-    }
-
-    /// A challenge with two devices, APNs and FCM in alternating order, for user `seq`.
-    pub fn challenge(&self, seq: u64, ttl_seconds: u64) -> Vec<u8> {
-        let apns =
-            json!({"device_id": "ios", "platform": "apns", "token": format!("{:064x}", seq + 1)});
-        let fcm =
-            json!({"device_id": "android", "platform": "fcm", "token": format!("load-{seq}")});
-        let devices = if seq % 2 == 0 {
-            vec![apns, fcm]
-        } else {
-            vec![fcm, apns]
-        };
-        let locale = ["it", "en", "sq"][(seq % 3) as usize];
-        json!({
-            "v": 1,
-            "challenge_id": self.id(seq),
-            "user_id": format!("load-user-{seq}"),
-            "kind": if seq % 3 == 0 { "payment" } else { "login" },
-            "created_at": rfc3339_ms(now_ms()),
-            "ttl_seconds": ttl_seconds,
-            "locale": locale,
-            "transaction": {"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"},
-            "devices": devices,
-        })
-        .to_string()
-        .into_bytes()
-    }
-
-    /// Publishes `total` challenges (flat out when `rate` is `None`, else at `rate`/s),
-    /// keeping at most 1,000 publishes awaiting their confirm.
-    pub async fn publish(
-        self: &Arc<Self>,
-        ch: &Channel,
-        queue: &str,
-        rate: Option<f64>,
-        total: u64,
-        ttl_seconds: u64,
-        stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        let mut inflight = FuturesUnordered::new();
-        let started = Instant::now();
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        for seq in 0..total {
-            if *stop.borrow() {
-                break;
-            }
-            if let Some(r) = rate {
-                let due = started + Duration::from_secs_f64(seq as f64 / r);
-                if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
-                }
-            }
-            while inflight.len() >= 1000 {
-                if let Some(r) = inflight.next().await {
-                    r?;
-                }
-            }
-            let body = self.challenge(seq, ttl_seconds);
-            self.published_at.insert(seq, Instant::now());
-            let confirm = ch
-                .basic_publish(
-                    "",
-                    queue,
-                    BasicPublishOptions::default(),
-                    &body,
-                    props.clone(),
-                )
-                .await?;
-            self.published.fetch_add(1, Ordering::Relaxed);
-            inflight.push(confirm);
+impl LoadOptions {
+    /// Defaults for the daemon at `api`: 100/s for 60 s, logins and payments, one device
+    /// (APNs or FCM), every device approves after 200 ms.
+    pub fn new(amqp_url: &str, api: &str) -> LoadOptions {
+        LoadOptions {
+            amqp_url: amqp_url.into(),
+            challenges_queue: "sca.challenges".into(),
+            outcomes_exchange: "sca.outcomes".into(),
+            api: vec![api.trim_end_matches('/').to_string()],
+            api_token: None,
+            rate: Some(100.0),
+            duration: Some(Duration::from_secs(60)),
+            count: None,
+            kinds: Shares::new(vec![(Kind::Login, 2), (Kind::Payment, 1)]).expect("valid"),
+            platforms: Shares::new(vec![(Platform::Apns, 1), (Platform::Fcm, 1)]).expect("valid"),
+            devices_per_challenge: 1,
+            sms_share: 0.0,
+            sms_fallback_seconds: 2,
+            payload_bytes: None,
+            answers: Shares::new(vec![(Answer::Approve, 1)]).expect("valid"),
+            decide_after: Duration::from_millis(200),
+            ttl_seconds: 60,
+            max_in_flight: 100_000,
+            http_concurrency: 256,
+            drain: Duration::from_secs(75),
+            pids: Vec::new(),
+            print_seconds: true,
         }
-        while let Some(r) = inflight.next().await {
-            r?;
+    }
+
+    /// Checks the bounds; the error names the option.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::challenge::model::{MAX_TTL_SECONDS, MIN_TTL_SECONDS};
+        if self.api.is_empty() {
+            anyhow::bail!("--api: at least one daemon API address is needed");
+        }
+        for a in &self.api {
+            let u = url::Url::parse(a).with_context(|| format!("--api {a}"))?;
+            if u.scheme() != "http" || u.host_str().is_none() {
+                anyhow::bail!("--api {a}: an http://host:port address is needed");
+            }
+        }
+        if self.duration.is_none() && self.count.is_none() {
+            anyhow::bail!("--duration or --count is needed (a run must end)");
+        }
+        if self
+            .rate
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6))
+        {
+            anyhow::bail!("--rate must be above 0 and at most 1,000,000 (or absent: flat out)");
+        }
+        if !(1..=MAX_DEVICES).contains(&self.devices_per_challenge) {
+            anyhow::bail!("--devices must be 1..={MAX_DEVICES}");
+        }
+        if !(0.0..=1.0).contains(&self.sms_share) {
+            anyhow::bail!("--sms-share must be 0..=100 (percent)");
+        }
+        if self.sms_fallback_seconds > MAX_TTL_SECONDS {
+            anyhow::bail!("--sms-fallback must be 0..={MAX_TTL_SECONDS} seconds");
+        }
+        if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&self.ttl_seconds) {
+            anyhow::bail!("--ttl must be {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS} seconds");
+        }
+        if self.payload_bytes.is_some_and(|b| b > MAX_PAYLOAD_BYTES) {
+            anyhow::bail!("--payload-bytes must be at most {MAX_PAYLOAD_BYTES}");
+        }
+        if !(1..=10_000_000).contains(&self.max_in_flight) {
+            anyhow::bail!("--max-in-flight must be 1..=10,000,000");
+        }
+        if !(1..=10_000).contains(&self.http_concurrency) {
+            anyhow::bail!("--http-concurrency must be 1..=10,000");
+        }
+        if self.decide_after > Duration::from_secs(MAX_TTL_SECONDS) {
+            anyhow::bail!("--decide-after-ms must be below the longest ttl");
+        }
+        if self.drain > Duration::from_secs(3600) {
+            anyhow::bail!("--drain must be at most 3600 seconds");
         }
         Ok(())
     }
 
-    /// Simulated devices: when a challenge's push reaches the FCM simulator, the device
-    /// approves it over HTTP after `decide_after` (`None`: nobody answers).
-    pub async fn devices(
-        self: &Arc<Self>,
-        mut feed: broadcast::Receiver<RecordedMessage>,
-        base: String,
-        decide_after: Option<Duration>,
-        concurrency: usize,
-    ) {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(concurrency)
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let slots = Arc::new(Semaphore::new(concurrency));
-        loop {
-            let m = match feed.recv().await {
-                Ok(m) => m,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("load generator lagged {n} pushes");
-                    continue;
-                }
-                Err(_) => return,
+    /// The API's process ids: the given ones, else the local listeners of loopback APIs.
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        if !self.pids.is_empty() {
+            return self.pids.clone();
+        }
+        let mut out = Vec::new();
+        for a in &self.api {
+            let Ok(u) = url::Url::parse(a) else { continue };
+            let local = match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
             };
-            let data = m.data();
-            if data["type"] != "challenge" {
-                continue;
-            }
-            let Some(seq) = data["challenge_id"].as_str().and_then(|id| self.seq(id)) else {
-                continue;
-            };
-            if self.first_push.insert(seq, ()).is_some() {
-                continue;
-            }
-            self.pushed.fetch_add(1, Ordering::Relaxed);
-            if let Some(t) = self.published_at.get(&seq) {
-                self.publish_to_push
-                    .record(m.received_at.saturating_duration_since(*t));
-            }
-            let Some(delay) = decide_after else { continue };
-            let run = self.clone();
-            let client = client.clone();
-            let slots = slots.clone();
-            let url = format!("{base}/v1/challenges/{}/decision", self.id(seq));
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let Ok(_permit) = slots.acquire().await else {
-                    return;
-                };
-                let req = hyper::Request::post(url)
-                    .header("content-type", "application/json")
-                    .header("authorization", BEARER)
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                        br#"{"device_id":"android","decision":"approve"}"#,
-                    )));
-                let Ok(req) = req else { return };
-                run.decided_at.insert(seq, Instant::now());
-                if let Ok(resp) = client.request(req).await {
-                    if resp.status().is_success() {
-                        run.decided.fetch_add(1, Ordering::Relaxed);
+            if let (true, Some(port)) = (local, u.port_or_known_default()) {
+                if let Some(pid) = procstat::listener_pid(port) {
+                    if !out.contains(&pid) {
+                        out.push(pid);
                     }
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
                 }
-            });
+            }
+        }
+        out
+    }
+}
+
+/// The challenge body for `seq` of a run whose ids start with `prefix`.
+pub fn challenge(opts: &LoadOptions, prefix: &str, seq: u64) -> (Vec<u8>, Flight) {
+    let kind = opts.kinds.pick(seq, SALT_KIND);
+    let answer = opts.answers.pick(seq, SALT_ANSWER);
+    let sms =
+        opts.sms_share > 0.0 && (mix_unit(seq, SALT_SMS) < opts.sms_share || opts.sms_share >= 1.0);
+    let devices: Vec<serde_json::Value> = (0..opts.devices_per_challenge)
+        .map(|i| {
+            let p = opts.platforms.pick(seq, SALT_PLATFORM + i as u64);
+            json!({"device_id": format!("d{i}"), "platform": p.as_str(), "token": p.token(seq, i)})
+        })
+        .collect();
+    let locale = ["it", "en", "sq"][(seq % 3) as usize];
+    let mut v = json!({
+        "v": 1,
+        "challenge_id": format!("{prefix}{seq}"),
+        "user_id": format!("{prefix}user-{seq}"),
+        "kind": kind.as_str(),
+        "created_at": rfc3339_ms(now_ms()),
+        "ttl_seconds": opts.ttl_seconds,
+        "locale": locale,
+        "devices": devices,
+    });
+    if kind == Kind::Payment {
+        v["transaction"] = json!({"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"});
+    }
+    if sms {
+        v["sms"] = json!({
+            "phone": format!("+3934{:08}", seq % 100_000_000),
+            "fallback_after_seconds": opts.sms_fallback_seconds,
+        });
+    }
+    let mut body = v.to_string();
+    if let Some(target) = opts.payload_bytes {
+        // `"x_load_padding":"…",` is 21 bytes plus the padding.
+        let pad = target.saturating_sub(body.len() + 21);
+        if pad > 0 {
+            v["x_load_padding"] = json!("x".repeat(pad));
+            body = v.to_string();
         }
     }
+    let flight = Flight::new(kind, answer, sms);
+    (body.into_bytes(), flight)
+}
 
-    /// Reads outcomes until `expected` arrived or the consumer ends.
-    pub async fn outcomes(self: &Arc<Self>, mut consumer: lapin::Consumer, expected: u64) {
-        while let Some(Ok(d)) = consumer.next().await {
-            let now = Instant::now();
-            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-            let Some(seq) = v["challenge_id"].as_str().and_then(|id| self.seq(id)) else {
-                continue;
-            };
-            if let Some(t) = self.decided_at.get(&seq) {
-                self.decision_to_outcome
-                    .record(now.saturating_duration_since(*t));
+/// A number in 0..1 from `seq` (for shares that are not a [`Shares`] list).
+fn mix_unit(seq: u64, salt: u64) -> f64 {
+    let mut z = seq ^ salt.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Resolves once `stop` turns true (never, if its sender is gone without that).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Publishes until the count, the duration or `stop`, paced by `pacer`, keeping at most
+/// [`CONFIRM_WINDOW`] publishes awaiting their confirm and at most
+/// `opts.max_in_flight` challenges awaiting their outcome.
+pub async fn publish(
+    shared: &Arc<Shared>,
+    ch: &Channel,
+    pacer: Pacer,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let opts = &shared.opts;
+    let mut confirms = FuturesUnordered::new();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let end = opts.duration.map(|d| shared.started + d);
+    let count = opts.count.unwrap_or(u64::MAX);
+    let mut seq = 0u64;
+    while seq < count {
+        if *stop.borrow() || end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        // Back-pressure on outcomes: bounded in-flight table.
+        while shared.flights.len() >= opts.max_in_flight {
+            shared.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = stopped(&mut stop) => {}
             }
-            if let Some((_, t)) = self.published_at.remove(&seq) {
-                self.publish_to_outcome
-                    .record(now.saturating_duration_since(t));
+            if *stop.borrow() || end.is_some_and(|e| Instant::now() >= e) {
+                break;
             }
-            self.decided_at.remove(&seq);
-            self.first_push.remove(&seq);
-            if self.outcomes.fetch_add(1, Ordering::Relaxed) + 1 >= expected {
-                return;
+        }
+        if shared.flights.len() >= opts.max_in_flight {
+            break;
+        }
+        tokio::select! {
+            _ = pacer.wait(seq) => {}
+            _ = stopped(&mut stop) => break,
+        }
+        while confirms.len() >= CONFIRM_WINDOW {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
+                Ok(Some((s, r))) => shared.confirmed(s, r),
+                Ok(None) => break,
+                Err(_) => anyhow::bail!(
+                    "the broker confirmed no publish for {} s",
+                    CONFIRM_TIMEOUT.as_secs()
+                ),
             }
+        }
+        let (body, flight) = challenge(opts, &shared.prefix, seq);
+        shared.flights.insert(seq, flight);
+        match ch
+            .basic_publish(
+                "",
+                &opts.challenges_queue,
+                BasicPublishOptions::default(),
+                &body,
+                props.clone(),
+            )
+            .await
+        {
+            Ok(confirm) => {
+                shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                confirms.push(async move { (seq, confirm.await) });
+            }
+            Err(e) => {
+                shared.flights.remove(&seq);
+                shared
+                    .counters
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e).context("publishing a challenge");
+            }
+        }
+        seq += 1;
+    }
+    loop {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
+            Ok(Some((s, r))) => shared.confirmed(s, r),
+            Ok(None) => return Ok(()),
+            Err(_) => anyhow::bail!(
+                "the broker confirmed no publish for {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ),
         }
     }
 }
 
-/// The `--load RATE` phase of the demo: runs until Ctrl-C or `duration`, printing one
-/// line per second.
-pub async fn demo_load(
-    conn: &lapin::Connection,
-    cfg: &crate::config::Config,
-    base: &str,
-    fcm: Arc<FcmSim>,
-    rate: u32,
-    duration: Option<Duration>,
-    daemon: &crate::daemon::Daemon,
-) -> anyhow::Result<()> {
-    println!("\nLoad: {rate} challenges/s from simulated users; devices approve 200 ms after their push. Ctrl-C stops.");
-    println!(
-        "{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}",
-        "t (s)",
-        "published",
-        "pushed",
-        "outcomes",
-        "in flight",
-        "pub→push p50/p99",
-        "decide→out p50/p99"
-    );
-    let run = Run::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
+/// Runs a load against the daemon(s) in `opts`, with the simulators' `feeds`; returns the
+/// report once publishing ended and the outcomes came in (or the drain time passed).
+pub async fn run(opts: LoadOptions, feeds: Feeds) -> anyhow::Result<report::Report> {
+    run_until(opts, feeds, std::future::pending()).await
+}
+
+/// [`run`], also stopping the publisher when `stop` completes (e.g. on Ctrl-C).
+pub async fn run_until(
+    opts: LoadOptions,
+    feeds: Feeds,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<report::Report> {
+    opts.validate()?;
+    let conn = crate::amqp::client::connect(&opts.amqp_url, "sca-dispatch load")
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at {}",
+                crate::amqp::redact_url(&opts.amqp_url)
+            )
+        })?;
+    let outcomes = crate::amqp::client::tap(&conn, &opts.outcomes_exchange)
+        .await
+        .context("subscribing to the outcomes")?;
     let ch = conn.create_channel().await?;
-    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await?;
-    let consumer = crate::amqp::client::tap(conn, &cfg.amqp.outcomes_exchange).await?;
-    let r = run.clone();
-    let outcomes = tokio::spawn(async move { r.outcomes(consumer, u64::MAX).await });
-    let r = run.clone();
-    let (feed, base) = (fcm.subscribe(), base.to_string());
-    let devices = tokio::spawn(async move {
-        r.devices(feed, base, Some(Duration::from_millis(200)), 256)
-            .await
-    });
-    let r = run.clone();
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let pids = opts.daemon_pids();
+    let print = opts.print_seconds;
+    let shared = Shared::new(opts, pids);
+    let mut tasks = player::start(&shared, feeds, outcomes);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pacer = Pacer::new(shared.started, shared.opts.rate);
+    let s = shared.clone();
     let pch = ch.clone();
-    let queue = cfg.amqp.challenges_queue.clone();
-    let publisher = tokio::spawn(async move {
-        r.publish(&pch, &queue, Some(rate as f64), u64::MAX, 120, stop_rx)
-            .await
-    });
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let (mut last_p, mut last_push, mut last_o) = (0, 0, 0);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut publisher = tokio::spawn(async move { publish(&s, &pch, pacer, stop_rx).await });
+    let mut reporter = report::Seconds::new(&shared);
+    if print {
+        println!("{}", report::Seconds::header());
+    }
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    // How soon the end of the drain is noticed.
+    let mut check = tokio::time::interval(Duration::from_millis(20));
+    tokio::pin!(stop);
+    let mut published_done: Option<Instant> = None;
+    // A run whose publisher hangs (a broker that stops confirming while the stop or the
+    // duration came) still ends.
+    let hard_stop = shared
+        .opts
+        .duration
+        .map(|d| shared.started + d + shared.opts.drain + HARD_STOP_GRACE);
+    let mut result: anyhow::Result<()> = Ok(());
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut ctrl_c => break,
+            _ = tick.tick() => {
+                let line = reporter.tick(&shared);
+                if print {
+                    println!("{line}");
+                }
+                shared.prune();
+            }
+            r = &mut publisher, if published_done.is_none() => {
+                published_done = Some(Instant::now());
+                let us = shared.started.elapsed().as_micros() as u64;
+                shared.publish_end_us.store(us, Ordering::Relaxed);
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(e),
+                    Err(e) => result = Err(anyhow::anyhow!("publisher failed: {e}")),
+                }
+            }
+            _ = check.tick(), if published_done.is_some() => {}
+            _ = &mut stop, if !*stop_tx.borrow() => {
+                let _ = stop_tx.send(true);
+            }
         }
-        let (p, pu, o) = (
-            run.published.load(Ordering::Relaxed),
-            run.pushed.load(Ordering::Relaxed),
-            run.outcomes.load(Ordering::Relaxed),
-        );
-        let mut a = run.publish_to_push.take();
-        let mut b = run.decision_to_outcome.take();
-        let fmt = |s: &mut [u32]| match (quantile_ms(s, 0.5), quantile_ms(s, 0.99)) {
-            (Some(x), Some(y)) => format!("{x:.1}/{y:.1} ms"),
-            _ => "-".into(),
-        };
-        println!(
-            "{:>6} {:>10} {:>9} {:>9} {:>10} {:>16} {:>16}",
-            started.elapsed().as_secs(),
-            p - last_p,
-            pu - last_push,
-            o - last_o,
-            daemon.engine.pending(),
-            fmt(&mut a),
-            fmt(&mut b)
-        );
-        (last_p, last_push, last_o) = (p, pu, o);
-        if duration.is_some_and(|d| started.elapsed() >= d) {
+        if published_done.is_none() && hard_stop.is_some_and(|h| Instant::now() >= h) {
+            publisher.abort();
+            result = Err(anyhow::anyhow!("the publisher did not finish in time"));
             break;
         }
+        if let Some(at) = published_done {
+            if shared.flights.is_empty() || at.elapsed() >= shared.opts.drain || result.is_err() {
+                break;
+            }
+        }
     }
-    let _ = stop_tx.send(true);
-    let _ = publisher.await;
-    devices.abort();
-    outcomes.abort();
-    Ok(())
+    let line = reporter.tick(&shared);
+    if print {
+        println!("{line}");
+    }
+    // Let decisions still running finish before counting (bounded by their timeouts).
+    shared.http_idle(Duration::from_secs(2)).await;
+    for t in tasks.drain(..) {
+        t.abort();
+    }
+    let _ = conn.close(200, "load done").await;
+    result?;
+    Ok(reporter.finish(&shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LoadOptions {
+        LoadOptions::new("amqp://127.0.0.1", "http://127.0.0.1:8080")
+    }
+
+    #[test]
+    fn challenges_follow_the_options_and_are_accepted_by_the_parser() {
+        let mut o = opts();
+        o.kinds = Shares::parse("payment").unwrap();
+        o.devices_per_challenge = 3;
+        o.sms_share = 1.0;
+        o.payload_bytes = Some(4000);
+        let (body, f) = challenge(&o, "ldt-", 7);
+        assert!((3980..=4000).contains(&body.len()), "{}", body.len());
+        assert_eq!(f.kind, Kind::Payment);
+        assert!(f.sms);
+        let c = crate::challenge::model::parse_challenge(&body, now_ms(), 0).unwrap();
+        assert_eq!(c.devices.len(), 3);
+        assert!(c.sms.is_some());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["challenge_id"], "ldt-7");
+        assert_eq!(v["transaction"]["payee"], "Mario Rossi");
+    }
+
+    #[test]
+    fn the_sms_share_is_honoured() {
+        let mut o = opts();
+        o.sms_share = 0.25;
+        let n = (0..4000).filter(|&s| challenge(&o, "p", s).1.sms).count();
+        assert!((900..1100).contains(&n), "{n}");
+        o.sms_share = 0.0;
+        assert!((0..100).all(|s| !challenge(&o, "p", s).1.sms));
+    }
+
+    #[test]
+    fn bad_options_name_the_option() {
+        type Tweak = Box<dyn Fn(&mut LoadOptions)>;
+        let cases: Vec<(Tweak, &str)> = vec![
+            (Box::new(|o| o.api.clear()), "--api"),
+            (Box::new(|o| o.api = vec!["ftp://x".into()]), "--api"),
+            (
+                Box::new(|o| {
+                    o.duration = None;
+                    o.count = None
+                }),
+                "--duration",
+            ),
+            (Box::new(|o| o.rate = Some(0.0)), "--rate"),
+            (Box::new(|o| o.devices_per_challenge = 11), "--devices"),
+            (Box::new(|o| o.sms_share = 1.5), "--sms-share"),
+            (Box::new(|o| o.ttl_seconds = 5), "--ttl"),
+            (
+                Box::new(|o| o.payload_bytes = Some(20_000)),
+                "--payload-bytes",
+            ),
+            (Box::new(|o| o.max_in_flight = 0), "--max-in-flight"),
+        ];
+        for (f, key) in cases {
+            let mut o = opts();
+            f(&mut o);
+            let e = o.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        opts().validate().unwrap();
+    }
 }

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `demo`, `simulate`. All logic is in the library.
+//! The command line: `run`, `check-config`, `demo`, `simulate`, `load`. All logic is in the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -38,7 +38,7 @@ enum Cmd {
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
     #[cfg(feature = "tools")]
     Demo {
-        /// RabbitMQ to use (the demo declares its own `sca-demo.*` queues there).
+        /// RabbitMQ to use (the demo declares its own `sca-demo-<random>.*` queues there).
         #[arg(
             long,
             env = "SCA_AMQP_URL",
@@ -52,6 +52,10 @@ enum Cmd {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Drive daemon(s) through a broker: publish challenges, play the devices on the
+    /// simulators, read outcomes, report latencies, CPU and memory (JSON and SVG).
+    #[cfg(feature = "tools")]
+    Load(Box<sca_dispatch::loadgen::cli::LoadArgs>),
     /// Run a provider simulator alone.
     #[cfg(feature = "tools")]
     Simulate {
@@ -164,6 +168,15 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        #[cfg(feature = "tools")]
+        Cmd::Load(args) => {
+            sca_dispatch::telemetry::init_tracing(
+                sca_dispatch::config::LogFormat::Text,
+                "error,lapin=off",
+            );
+            let code = runtime(0)?.block_on(sca_dispatch::loadgen::cli::main(*args))?;
+            std::process::exit(code);
         }
         #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {

@@ -140,6 +140,8 @@ struct State {
     verified: Mutex<HashMap<String, u64>>,
     /// Bumped to send GOAWAY on every open connection.
     goaway: watch::Sender<u64>,
+    /// Every request as it is answered (for load generators and demos).
+    feed: tokio::sync::broadcast::Sender<RecordedPush>,
 }
 
 /// A running simulator; dropping it stops it.
@@ -209,6 +211,7 @@ impl ApnsSim {
             connections: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             goaway: watch::channel(0).0,
+            feed: tokio::sync::broadcast::channel(1 << 16).0,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let accept = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
@@ -320,6 +323,12 @@ impl ApnsSim {
             .filter(|p| p.status == 200)
             .cloned()
             .collect()
+    }
+
+    /// Every request from now on, as it is answered (a lagging receiver loses the
+    /// oldest). Costs nothing while nobody subscribes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RecordedPush> {
+        self.state.feed.subscribe()
     }
 
     /// Requests received so far (every answer, stalls included).
@@ -742,6 +751,9 @@ fn take_script(state: &State, token: &str) -> Option<Scripted> {
 fn record(state: &State, push: RecordedPush) {
     if push.status == 200 {
         state.ok.fetch_add(1, Ordering::Relaxed);
+    }
+    if state.feed.receiver_count() > 0 {
+        let _ = state.feed.send(push.clone());
     }
     if state.opts.max_recorded > 0 {
         let mut r = lock(&state.recorded);

@@ -15,8 +15,9 @@ pub mod message;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
+use crate::clock::now_ms;
 use crate::config::{FcmConfig, FcmSettings};
-use crate::push::delivery::{self, now_ms, Attempt, Transport, Unsendable};
+use crate::push::delivery::{self, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, Classification, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};

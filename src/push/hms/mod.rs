@@ -22,6 +22,7 @@ pub mod message;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
 use crate::clock::now_ms;
+use crate::push::bearer::BearerPush;
 use crate::push::delivery::{self, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, PushMessage, PushProvider};
 use crate::tls::JsonClient;
@@ -124,11 +125,7 @@ impl HmsProvider {
 
 /// One push's state across attempts: the access token to send next (after a renewal)
 /// and the one the last attempt sent.
-#[derive(Default)]
-pub struct HmsPush {
-    next: Option<Arc<AccessToken>>,
-    used: Option<Arc<AccessToken>>,
-}
+pub type HmsPush = BearerPush<AccessToken>;
 
 /// A classified answer as the delivery loop takes it. `detail` (the body, for the log)
 /// is kept for refusals only.
@@ -205,14 +202,10 @@ impl Transport for HmsProvider {
     /// request once per hold period, not once per push); waiting for a concurrency permit
     /// is bounded by the delivery's horizon, not by the request timeout.
     async fn attempt(&self, msg: &PushMessage, push: &mut HmsPush) -> Attempt {
-        let token = match push.next.take() {
-            Some(t) => t,
-            None => match self.auth.token().await {
-                Ok(t) => t,
-                Err(e) => return Attempt::Unreachable(e.to_string()),
-            },
+        let token = match push.token(|| self.auth.token()).await {
+            Ok(t) => t,
+            Err(e) => return Attempt::Unreachable(e.to_string()),
         };
-        push.used = Some(token.clone());
         let Ok(_permit) = self.permits.acquire().await else {
             return Attempt::Unreachable("provider is shutting down".into());
         };
@@ -221,16 +214,9 @@ impl Transport for HmsProvider {
 
     /// Renews the refused token unless another push already replaced it.
     async fn renew(&self, push: &mut HmsPush) -> Result<(), String> {
-        let Some(used) = push.used.take() else {
-            return Ok(());
-        };
-        let t = self
-            .auth
-            .renew_after_rejection(&used)
+        let auth = &self.auth;
+        push.renew(|refused| async move { auth.renew_after_rejection(&refused).await })
             .await
-            .map_err(|e| e.to_string())?;
-        push.next = Some(t);
-        Ok(())
     }
 }
 

@@ -11,11 +11,13 @@
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
 //! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
-//! - [`retry`], [`tls`], [`telemetry`]: backoff timing; TLS set-up; metrics and logs.
+//! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
+//!   logs; the wall clock.
 #![forbid(unsafe_code)]
 
 pub mod amqp;
 pub mod challenge;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "tools")]

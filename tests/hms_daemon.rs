@@ -134,7 +134,15 @@ async fn flow_control_is_retried_after_retry_after() {
         waited >= Duration::from_millis(990),
         "Retry-After honoured: waited {waited:?}"
     );
-    let (_, v) = h.http("GET", "/v1/challenges/hms-503", None, None).await;
+    // The simulator records the 200 before the engine hears the provider's answer.
+    let mut v = serde_json::Value::Null;
+    for _ in 0..100 {
+        v = h.http("GET", "/v1/challenges/hms-503", None, None).await.1;
+        if v["devices"][0]["push"] != "sending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(v["devices"][0]["push"], "delivered");
     h.cleanup().await;
 }

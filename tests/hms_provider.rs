@@ -6,9 +6,9 @@
 
 use sca_dispatch::challenge::machine::PushResult;
 use sca_dispatch::challenge::model::{Kind, Platform};
-use sca_dispatch::push::hms::classify::Class;
+use sca_dispatch::push::delivery::{Attempt, Transport};
 use sca_dispatch::push::hms::HmsProvider;
-use sca_dispatch::push::{PushContent, PushMessage, PushProvider};
+use sca_dispatch::push::{Classification, PushContent, PushMessage, PushProvider};
 use sca_dispatch::sim::hms::{Behaviour, HmsSim, HmsSimOptions};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -254,16 +254,36 @@ async fn one_attempt_answers_a_class_and_renews_a_refused_token() {
     s.sim
         .script("hms-auth", Behaviour::AuthExpired { times: 1 });
     let m = challenge("c1", "hms-auth", 60_000);
-    assert_eq!(s.provider.attempt(&m).await, Class::RenewAuth);
-    // The renewal happened inside the attempt.
+    let mut push = s.provider.prepare(&m).unwrap();
+    let a = s.provider.attempt(&m, &mut push).await;
+    assert!(matches!(a, Attempt::AuthExpired), "{a:?}");
+    s.provider.renew(&mut push).await.unwrap();
+    // The refused token was renewed, once.
     assert_eq!(s.sim.token_mints(), 2);
-    assert_eq!(s.provider.attempt(&m).await, Class::Delivered);
+    let a = s.provider.attempt(&m, &mut push).await;
+    assert!(
+        matches!(
+            a,
+            Attempt::Answered {
+                class: Classification::Delivered,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
     s.sim.script("hms-gone", Behaviour::Invalid);
-    assert_eq!(
-        s.provider
-            .attempt(&challenge("c2", "hms-gone", 60_000))
-            .await,
-        Class::TokenGone
+    let m = challenge("c2", "hms-gone", 60_000);
+    let mut push = s.provider.prepare(&m).unwrap();
+    let a = s.provider.attempt(&m, &mut push).await;
+    assert!(
+        matches!(
+            a,
+            Attempt::Answered {
+                class: Classification::TokenGone,
+                ..
+            }
+        ),
+        "{a:?}"
     );
     assert_eq!(s.sim.token_mints(), 2);
 }

@@ -23,13 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Wall-clock Unix milliseconds: the only clock the engine reads.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The only clock the engine reads: [`crate::clock::now_ms`].
+pub use crate::clock::now_ms;
 
 /// How a delivery is settled; `amqp` implements it for its ack handle.
 pub trait AckToken: Send + Sync + 'static {

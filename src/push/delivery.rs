@@ -108,10 +108,8 @@ pub const LABELS: [&str; 8] = [
     "invalid",
 ];
 
-/// Wall-clock Unix milliseconds (challenge expiries are wall-clock instants).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+/// The wall clock challenge expiries are read against: [`crate::clock::now_ms`].
+pub use crate::clock::now_ms;
 
 /// Delivers one push: resolves once it is delivered, known to be impossible, or the
 /// challenge's life ran out while retrying — never later than `expires_at_ms` plus one

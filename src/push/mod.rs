@@ -4,6 +4,7 @@
 //! knows provider protocols.
 
 pub mod apns;
+pub mod bearer;
 pub mod delivery;
 pub mod fcm;
 pub mod hms;

@@ -15,8 +15,10 @@ pub mod message;
 
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
+use crate::clock::now_ms;
 use crate::config::{FcmConfig, FcmSettings};
-use crate::push::delivery::{self, now_ms, Attempt, Transport, Unsendable};
+use crate::push::bearer::BearerPush;
+use crate::push::delivery::{self, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, Classification, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};
@@ -105,11 +107,7 @@ impl FcmProvider {
 
 /// One push's state across attempts: the access token to send next (after a renewal)
 /// and the one the last attempt sent.
-#[derive(Default)]
-pub struct FcmPush {
-    next: Option<Arc<AccessToken>>,
-    used: Option<Arc<AccessToken>>,
-}
+pub type FcmPush = BearerPush<AccessToken>;
 
 impl Inner {
     /// One `messages:send` exchange with `token`, request and answer bounded by the
@@ -182,14 +180,10 @@ impl Transport for Inner {
     /// by the request timeout (a busy provider is not a slow FCM) but by the delivery's
     /// horizon.
     async fn attempt(&self, msg: &PushMessage, push: &mut FcmPush) -> Attempt {
-        let token = match push.next.take() {
-            Some(t) => t,
-            None => match self.auth.token().await {
-                Ok(t) => t,
-                Err(e) => return Attempt::Unreachable(e.to_string()),
-            },
+        let token = match push.token(|| self.auth.token()).await {
+            Ok(t) => t,
+            Err(e) => return Attempt::Unreachable(e.to_string()),
         };
-        push.used = Some(token.clone());
         let Ok(_permit) = self.permits.acquire().await else {
             return Attempt::Unreachable("provider is shutting down".into());
         };
@@ -198,16 +192,9 @@ impl Transport for Inner {
 
     /// Renews the refused token unless another push already replaced it.
     async fn renew(&self, push: &mut FcmPush) -> Result<(), String> {
-        let Some(used) = push.used.take() else {
-            return Ok(());
-        };
-        let t = self
-            .auth
-            .renew_after_rejection(&used)
+        let auth = &self.auth;
+        push.renew(|refused| async move { auth.renew_after_rejection(&refused).await })
             .await
-            .map_err(|e| e.to_string())?;
-        push.next = Some(t);
-        Ok(())
     }
 }
 

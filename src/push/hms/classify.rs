@@ -1,5 +1,6 @@
 //! Classification of Huawei Push Kit answers: a pure function from the HTTP status, the
-//! headers and the body of a `messages:send` answer to a [`Class`].
+//! body and the `Retry-After` delay (read by [`crate::retry::retry_after`]) of a
+//! `messages:send` answer to a [`Class`].
 //!
 //! Push Kit answers `{"code":"80000000","msg":"Success","requestId":"…"}`; the business
 //! `code` says more than the HTTP status (most errors come with 200 or 400), so it is read
@@ -9,13 +10,8 @@
 //! so "no success and an illegal token" means that token is gone.
 
 use crate::push::Classification;
-use http::header::RETRY_AFTER;
-use http::HeaderMap;
 use serde::Deserialize;
 use std::time::Duration;
-
-/// The longest `Retry-After` we believe; anything longer outlives every challenge anyway.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What to do with one Push Kit answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +23,8 @@ pub enum Class {
     Retry {
         after: Option<Duration>,
     },
-    /// Our access token was refused or has expired: renew it and try again at once, once.
+    /// Our access token was refused or has expired: renew it and try again at once, once
+    /// (the delivery loop's [`Attempt::AuthExpired`](crate::push::delivery::Attempt)).
     RenewAuth,
     /// This push cannot succeed; do not retry.
     Permanent,
@@ -42,17 +39,6 @@ impl Class {
             Class::TokenGone => Classification::TokenGone,
             Class::Retry { after } => Classification::Retry { after },
             Class::RenewAuth | Class::Permanent => Classification::Permanent,
-        }
-    }
-
-    /// The `result` label of `sca_push_requests_total`.
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            Class::Delivered => "delivered",
-            Class::TokenGone => "token_gone",
-            Class::Retry { .. } => "retry",
-            Class::RenewAuth => "unauthenticated",
-            Class::Permanent => "failed",
         }
     }
 }
@@ -111,19 +97,6 @@ fn parse(body: &[u8]) -> Option<(String, String)> {
     Some((code, a.msg.unwrap_or_default()))
 }
 
-/// Parses a `Retry-After` in delta-seconds. HTTP-dates are not honoured (that would need
-/// the clock here); the caller then backs off on its own.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
-}
-
 /// Maps one `messages:send` answer to what the sender should do.
 ///
 /// - `80000000` → delivered; `80100000` → delivered when the one token succeeded, token
@@ -137,10 +110,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 ///   permission, `80300008`, `80300010` too many tokens, `80600003`, …) and every other
 ///   status → permanent. A 404 without a code is a wrong endpoint, not a dead token:
 ///   marking tokens invalid because of a wrong URL would unbind users' devices.
-pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Class {
-    let retry = || Class::Retry {
-        after: retry_after(headers),
-    };
+pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Class {
+    let retry = || Class::Retry { after: retry_after };
     if let Some((code, msg)) = parse(body) {
         return match code.as_str() {
             code::SUCCESS => Class::Delivered,
@@ -211,19 +182,11 @@ mod tests {
         answer(code::PARTIAL, &msg)
     }
 
-    fn headers(retry_after: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(v) = retry_after {
-            h.insert(RETRY_AFTER, v.parse().unwrap());
-        }
-        h
-    }
-
     #[test]
     fn table() {
         let s = |x: u64| Some(Duration::from_secs(x));
         #[rustfmt::skip]
-        let cases: Vec<(u16, String, Option<&str>, Class)> = vec![
+        let cases: Vec<(u16, String, Option<Duration>, Class)> = vec![
             (200, answer("80000000", "Success"), None, Delivered),
             (200, r#"{"code":80000000,"msg":"Success"}"#.into(), None, Delivered),
             (200, partial(1, &[]), None, Delivered),
@@ -243,13 +206,12 @@ mod tests {
             (403, answer("80300002", "The current app does not have the permission to send messages"), None, Permanent),
             (400, answer("80600003", "Request OAuth service failed"), None, Permanent),
             (500, answer("81000001", "System inner error"), None, Retry { after: None }),
-            (200, answer("81000001", "System inner error"), Some("3"), Retry { after: s(3) }),
-            (503, answer("81000001", "System inner error"), Some("5"), Retry { after: s(5) }),
-            (503, String::new(), Some(" 30 "), Retry { after: s(30) }),
+            (200, answer("81000001", "System inner error"), s(3), Retry { after: s(3) }),
+            (503, answer("81000001", "System inner error"), s(5), Retry { after: s(5) }),
+            (503, String::new(), s(30), Retry { after: s(30) }),
             (503, "flow control".into(), None, Retry { after: None }),
-            (429, String::new(), Some("1"), Retry { after: s(1) }),
-            (429, String::new(), Some("Wed, 21 Oct 2015 07:28:00 GMT"), Retry { after: None }),
-            (429, String::new(), Some("999999"), Retry { after: s(3600) }),
+            (429, String::new(), s(1), Retry { after: s(1) }),
+            (429, String::new(), Some(Duration::ZERO), Retry { after: Some(Duration::ZERO) }),
             (502, String::new(), None, Retry { after: None }),
             (504, "<html>Gateway Timeout</html>".into(), None, Retry { after: None }),
             (503, answer("89999999", "something new"), None, Retry { after: None }),
@@ -264,7 +226,7 @@ mod tests {
         ];
         for (i, (status, body, ra, want)) in cases.iter().enumerate() {
             assert_eq!(
-                classify(*status, &headers(*ra), body.as_bytes()),
+                classify(*status, body.as_bytes(), *ra),
                 *want,
                 "case {i}: {status} {body}"
             );
@@ -302,7 +264,7 @@ mod tests {
             b"[]",
         ] {
             for status in [0u16, 100, 200, 400, 401, 404, 429, 500, 999] {
-                let _ = classify(status, &headers(Some("soon")), body);
+                let _ = classify(status, body, Some(Duration::ZERO));
             }
         }
     }

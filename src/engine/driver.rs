@@ -337,6 +337,7 @@ impl Engine {
                 body,
                 reason,
                 outcome,
+                retained,
                 reply,
                 ack,
             } => {
@@ -346,7 +347,11 @@ impl Engine {
                     let queue = engine.challenges_queue.clone();
                     let dead = engine.sink.dead_letter(queue, body, reason).await;
                     if let Some((rk, out)) = outcome {
-                        engine.sink.publish_outcome(rk, out, reply).await;
+                        let confirmed = engine.sink.publish_outcome(rk, out, reply).await;
+                        if let (true, Some(id)) = (confirmed, retained) {
+                            let fx = engine.core.confirmed(now_ms(), &id);
+                            engine.run(fx);
+                        }
                     }
                     // Should the dead-letter publish fail, the queue's own DLX still
                     // catches it.

@@ -54,6 +54,8 @@ pub struct Engine {
     settled_notify: Notify,
     /// Where refused challenges come from (the `x-sca-source` of their dead letters).
     challenges_queue: Arc<str>,
+    /// The bound on an operation body from `sca.responses` (`http.max_body_bytes`).
+    max_response_bytes: usize,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
             unsettled: AtomicUsize::new(0),
             settled_notify: Notify::new(),
             challenges_queue: cfg.amqp.challenges_queue.as_str().into(),
+            max_response_bytes: cfg.http.max_body_bytes,
         })
     }
 
@@ -86,6 +89,11 @@ impl Engine {
 
     pub fn sink(&self) -> &Arc<dyn OutcomeSink> {
         &self.sink
+    }
+
+    /// The largest operation body accepted from `sca.responses` (as for HTTP bodies).
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
     }
 
     /// Pending (undecided) challenges.

@@ -1,7 +1,7 @@
 //! Memory kept per challenge, measured with a counting allocator through the engine
-//! core's public API (no broker): a pending challenge, and the compact record retained
-//! after its outcome is confirmed. The figures printed here are the ones in
-//! ARCHITECTURE.md (`cargo test --test retained_memory -- --nocapture`).
+//! core's public API (no broker): a pending challenge, the compact record retained
+//! after its outcome is confirmed, and the record of a rejected challenge. The figures
+//! printed here are the ones in ARCHITECTURE.md (`cargo test --test retained_memory -- --nocapture`).
 
 use sca_dispatch::engine::core::{Core, DeliveryMeta, OsEntropy, Reach, Settings};
 use sca_dispatch::wire::ops::{Authority, Operation};
@@ -35,6 +35,9 @@ static ALLOC: Counting = Counting;
 
 const N: usize = 20_000;
 
+/// The allocation counter is global: the measurements take turns.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn body(i: usize, now: i64) -> Vec<u8> {
     let created = sca_dispatch::wire::rfc3339_ms(now);
     serde_json::json!({
@@ -53,6 +56,7 @@ fn body(i: usize, now: i64) -> Vec<u8> {
 
 #[test]
 fn a_retained_challenge_is_a_compact_record() {
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = Config::default();
     cfg.limits.challenges_per_minute = 1_000_000;
     cfg.limits.challenge_burst = 1_000_000;
@@ -94,6 +98,48 @@ fn a_retained_challenge_is_a_compact_record() {
     assert!(r < p, "retained {r} B is not smaller than pending {p} B");
     assert!(r < 1024, "retained {r} B per challenge");
     // Retention over: the memory goes back.
+    for id in &ids {
+        drop(core.tick(now + 10_000_000, id));
+    }
+    assert_eq!(core.held(), 0);
+}
+
+#[test]
+fn a_retained_rejection_is_a_compact_record() {
+    let _turn = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config::default();
+    let settings = Settings::from_config(
+        &cfg,
+        Reach {
+            apns: true,
+            fcm: true,
+            hms: true,
+            sms_gateway: true,
+        },
+    );
+    let core: Core<u32> = Core::new(&cfg, settings, Box::new(OsEntropy));
+    let now = sca_dispatch::engine::now_ms();
+    // Invalid (an out-of-range ttl) but with a readable id, user and kind.
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let mut v: serde_json::Value = serde_json::from_slice(&body(i, now)).unwrap();
+            v["ttl_seconds"] = serde_json::json!(5);
+            v.to_string().into_bytes()
+        })
+        .collect();
+    let ids: Vec<String> = (0..N).map(|i| format!("mem-{i:08}")).collect();
+    let before = LIVE.load(Ordering::SeqCst);
+    for (i, b) in bodies.iter().enumerate() {
+        drop(core.intake(now, b, DeliveryMeta::default(), i as u32));
+    }
+    for id in &ids {
+        drop(core.confirmed(now + 1, id));
+    }
+    let retained = LIVE.load(Ordering::SeqCst) - before;
+    assert_eq!(core.held(), N);
+    let r = retained / N as isize;
+    println!("bytes per retained rejection: {r}");
+    assert!(r < 1024, "retained {r} B per rejection");
     for id in &ids {
         drop(core.tick(now + 10_000_000, id));
     }

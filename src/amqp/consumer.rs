@@ -136,16 +136,20 @@ pub(crate) async fn run_responses(
 
 async fn respond(d: Delivery, ack: AckHandle, engine: Arc<Engine>, queue: Arc<str>) {
     let reply = reply_to(&d);
-    let msg = match ResponseMessage::parse(&d.data) {
+    // The size first: an oversized body is never parsed.
+    let parsed = ResponseMessage::check_size(&d.data, engine.max_response_bytes())
+        .map_err(|r| (413, "body_too_large", r))
+        .and_then(|()| ResponseMessage::parse(&d.data).map_err(|r| (422, "invalid_message", r)));
+    let msg = match parsed {
         Ok(msg) => msg,
-        Err(reason) => {
+        Err((status, code, reason)) => {
             tracing::warn!(%reason, "response message refused");
             let dead = engine
                 .sink()
                 .dead_letter(queue, d.data, reason.clone())
                 .await;
             if let Some(r) = reply {
-                let b = Answer::error(422, "invalid_message", &reason).into_reply();
+                let b = Answer::error(status, code, &reason).into_reply();
                 engine
                     .sink()
                     .reply(r, serde_json::to_vec(&b).unwrap_or_default())

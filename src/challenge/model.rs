@@ -199,6 +199,8 @@ pub struct Rejection {
     pub challenge_id: Option<String>,
     pub user_id: Option<String>,
     pub kind: Option<Kind>,
+    /// `ttl_seconds`, if it was in range: how long a retained rejection must outlive.
+    pub ttl_seconds: Option<u64>,
 }
 
 impl fmt::Display for Rejection {
@@ -263,6 +265,7 @@ pub fn parse_challenge(
         challenge_id: None,
         user_id: None,
         kind: None,
+        ttl_seconds: None,
     };
     macro_rules! fail {
         ($code:expr, $($arg:tt)*) => {{
@@ -300,6 +303,11 @@ pub fn parse_challenge(
     if let Some(serde_json::Value::String(k)) = &raw.kind {
         rej.kind = Kind::parse(k);
     }
+    rej.ttl_seconds = raw
+        .ttl_seconds
+        .as_ref()
+        .and_then(serde_json::Value::as_u64)
+        .filter(|t| (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(t));
 
     match &raw.v {
         Some(v) if v.as_u64() == Some(1) => {}

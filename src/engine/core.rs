@@ -11,7 +11,9 @@
 //! so calls for different challenges run in parallel.
 
 use crate::challenge::machine::{Challenge, Command, Event, NumberMatch, PushResult, Reply};
-use crate::challenge::model::{parse_challenge, Channel, OutcomeKind, Platform, Rejection};
+use crate::challenge::model::{
+    parse_challenge, ChallengeSpec, Channel, Kind, OutcomeKind, Platform, Rejection,
+};
 use crate::challenge::otp::{OtpHasher, OTP_VALIDITY_MS};
 use crate::config::Config;
 use crate::limits::UserLimiter;
@@ -171,6 +173,9 @@ pub enum Effect<A> {
         body: Vec<u8>,
         reason: String,
         outcome: Option<(String, Vec<u8>)>,
+        /// The id retained as a `rejected` record: once `outcome` is confirmed, call
+        /// [`Core::confirmed`] for it (which starts its retention).
+        retained: Option<Arc<str>>,
         reply: Option<ReplyTo>,
         ack: A,
     },
@@ -338,31 +343,58 @@ impl<A> Core<A> {
         fx.push(Effect::Count(Metric::Rejected { reason: rej.code }));
         tracing::warn!(challenge_id = ?rej.challenge_id, reason = %rej, "challenge rejected");
         let reason = rej.to_string();
-        // A rejected copy of a challenge we hold must not produce a second outcome.
-        let outcome = rej
-            .challenge_id
-            .as_deref()
-            .filter(|id| !self.table.contains_key(*id))
-            .map(|id| {
-                let o = OutcomeMessage::rejected(
-                    id,
-                    rej.user_id.as_deref(),
-                    rej.kind,
-                    reason.clone(),
-                    now,
-                );
-                fx.push(Effect::Count(Metric::Outcome {
-                    kind: rej.kind.map(|k| k.as_str()).unwrap_or("unknown"),
-                    outcome: OutcomeKind::Rejected.as_str(),
-                    channel: "none",
-                    latency_s: None,
+        // A rejected copy of a challenge we hold must not produce a second outcome; a
+        // readable id not held yet is retained as a compact `rejected` record, so that
+        // later copies (valid or not) are duplicates of a finished challenge.
+        let mut retained = None;
+        if let Some(id) = rej.challenge_id.as_deref() {
+            if let MapEntry::Vacant(v) = self.table.entry(Arc::from(id)) {
+                let key = v.key().clone();
+                let spec = ChallengeSpec {
+                    challenge_id: id.into(),
+                    user_id: rej.user_id.as_deref().unwrap_or_default().into(),
+                    kind: rej.kind.unwrap_or(Kind::Other),
+                    created_at_ms: now,
+                    ttl_seconds: rej.ttl_seconds.unwrap_or(0),
+                    locale: Box::default(),
+                    transaction: None,
+                    devices: Vec::new(),
+                    sms: None,
+                    number_match: false,
+                };
+                // The record's outcome message is the one below (it names the reason and
+                // leaves an unknown kind out), so the machine's commands are not needed.
+                let (mut machine, _) =
+                    Challenge::refused(spec, now, OutcomeKind::Rejected, rej.code);
+                machine.compact();
+                v.insert(Box::new(Entry {
+                    machine,
+                    acks: Vec::new(),
+                    reply_to: None,
+                    confirmed: false,
+                    counted: false,
+                    timer_at: None,
+                    remove_at: None,
                 }));
-                (routing_key(rej.kind, OutcomeKind::Rejected), to_bytes(&o))
-            });
+                retained = Some(key);
+            }
+        }
+        let outcome = retained.as_deref().map(|id| {
+            let o =
+                OutcomeMessage::rejected(id, rej.user_id.as_deref(), rej.kind, reason.clone(), now);
+            fx.push(Effect::Count(Metric::Outcome {
+                kind: rej.kind.map(|k| k.as_str()).unwrap_or("unknown"),
+                outcome: OutcomeKind::Rejected.as_str(),
+                channel: "none",
+                latency_s: None,
+            }));
+            (routing_key(rej.kind, OutcomeKind::Rejected), to_bytes(&o))
+        });
         fx.push(Effect::DeadLetter {
             body: body.to_vec(),
             reason,
             outcome,
+            retained,
             reply: meta.reply_to,
             ack,
         });

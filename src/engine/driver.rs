@@ -49,6 +49,8 @@ pub struct Engine {
     settled_notify: Notify,
     /// Where refused challenges come from (the `x-sca-source` of their dead letters).
     challenges_queue: Arc<str>,
+    /// The bound on an operation body from `sca.responses` (`http.max_body_bytes`).
+    max_response_bytes: usize,
 }
 
 impl Engine {
@@ -72,6 +74,7 @@ impl Engine {
             unsettled: AtomicUsize::new(0),
             settled_notify: Notify::new(),
             challenges_queue: cfg.amqp.challenges_queue.as_str().into(),
+            max_response_bytes: cfg.http.max_body_bytes,
         })
     }
 
@@ -81,6 +84,11 @@ impl Engine {
 
     pub fn sink(&self) -> &Arc<dyn OutcomeSink> {
         &self.sink
+    }
+
+    /// The largest operation body accepted from `sca.responses` (as for HTTP bodies).
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
     }
 
     /// Pending (undecided) challenges.
@@ -332,6 +340,7 @@ impl Engine {
                 body,
                 reason,
                 outcome,
+                retained,
                 reply,
                 ack,
             } => {
@@ -341,7 +350,11 @@ impl Engine {
                     let queue = engine.challenges_queue.clone();
                     let dead = engine.sink.dead_letter(queue, body, reason).await;
                     if let Some((rk, out)) = outcome {
-                        engine.sink.publish_outcome(rk, out, reply).await;
+                        let confirmed = engine.sink.publish_outcome(rk, out, reply).await;
+                        if let (true, Some(id)) = (confirmed, retained) {
+                            let fx = engine.core.confirmed(now_ms(), &id);
+                            engine.run(fx);
+                        }
                     }
                     // Should the dead-letter publish fail, the queue's own DLX still
                     // catches it.

@@ -321,6 +321,18 @@ pub struct ResponseMessage {
 }
 
 impl ResponseMessage {
+    /// Refuses a body over `max` bytes before any parsing; the error is the
+    /// `x-sca-reason` of its dead letter (`body_too_large: …`).
+    pub fn check_size(body: &[u8], max: usize) -> Result<(), String> {
+        if body.len() > max {
+            return Err(format!(
+                "body_too_large: body is {} bytes, the limit is {max}",
+                body.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a body; the error is the `x-sca-reason` of its dead letter
     /// (`invalid_json: …`, `missing_field: …` or `invalid_field: …`).
     pub fn parse(body: &[u8]) -> Result<ResponseMessage, String> {
@@ -506,6 +518,13 @@ impl OpOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_body_over_the_bound_is_refused_by_its_size() {
+        assert_eq!(ResponseMessage::check_size(&[b'x'; 256], 256), Ok(()));
+        let e = ResponseMessage::check_size(&[b'x'; 257], 256).unwrap_err();
+        assert_eq!(e, "body_too_large: body is 257 bytes, the limit is 256");
+    }
 
     fn parse(s: &str) -> Result<ResponseMessage, String> {
         ResponseMessage::parse(s.as_bytes())

@@ -313,13 +313,149 @@ fn a_refused_body_is_dead_lettered_with_a_rejected_outcome_unless_held() {
     assert_eq!(rk, "outcome.login.rejected");
     let out: Value = serde_json::from_slice(out).unwrap();
     assert_eq!(out["outcome"], "rejected");
-    assert!(!c.holds("c1"));
+    // The rejected id is retained as a finished challenge.
+    assert_eq!(c.is_decided("c1"), Some(true));
     // The same id held: no second outcome.
-    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 2);
-    let fx = c.intake(T0, &body(&bad), DeliveryMeta::default(), 3);
+    c.intake(T0, &body(&challenge("c2")), DeliveryMeta::default(), 2);
+    let fx = c.intake(
+        T0,
+        &body(&{
+            let mut b = challenge("c2");
+            b["ttl_seconds"] = json!(1);
+            b
+        }),
+        DeliveryMeta::default(),
+        3,
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::DeadLetter {
+            outcome: None,
+            retained: None,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_rejected_id_is_retained_and_later_copies_get_no_second_outcome() {
+    let c = core_with(|_, s| s.retain_ms = 60_000);
+    let mut bad = challenge("c1");
+    bad["devices"] = json!("nope");
+    let fx = c.intake(T0, &body(&bad), DeliveryMeta::default(), 1);
+    let Some(Effect::DeadLetter {
+        retained,
+        outcome,
+        reason,
+        ..
+    }) = fx.iter().find(|e| matches!(e, Effect::DeadLetter { .. }))
+    else {
+        panic!("no dead letter: {fx:?}")
+    };
+    assert_eq!(retained.as_deref(), Some("c1"));
+    assert!(outcome.is_some());
+    assert!(reason.starts_with("invalid_field"), "{reason}");
+    // A valid copy before the confirm: no dispatch, no outcome, settled at the confirm.
+    let fx = c.intake(T0 + 1, &body(&challenge("c1")), DeliveryMeta::default(), 2);
+    assert_eq!(pushes(&fx), 0, "{fx:?}");
+    assert!(outcome_of(&fx).is_none());
+    assert!(!fx
+        .iter()
+        .any(|e| matches!(e, Effect::Settle(_) | Effect::DeadLetter { .. })));
+    // An invalid copy: dead-lettered without a second outcome.
+    let fx = c.intake(T0 + 1, &body(&bad), DeliveryMeta::default(), 3);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::DeadLetter {
+            outcome: None,
+            retained: None,
+            ack: 3,
+            ..
+        }
+    )));
+    let fx = c.confirmed(T0 + 2, "c1");
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Settle(a) if a == &vec![2])),
+        "{fx:?}"
+    );
+    // Retained for ttl (120 s parsed) since it is later than confirm + 60 s.
+    let at = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::ArmTimer { at, .. } => Some(*at),
+            _ => None,
+        })
+        .expect("a retention timer");
+    assert_eq!(at, T0 + 120_000);
+    let v = c.view("c1").unwrap();
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["state"], "completed", "{json}");
+    assert_eq!(json["outcome"], "rejected", "{json}");
+    assert!(v.devices.is_empty());
+    // A late operation is answered as for a finished challenge.
+    let (o, fx) = c.operate(T0 + 3, "c1", &Operation::Cancel, Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::AlreadyDecided {
+            outcome: OutcomeKind::Rejected
+        }
+    );
+    assert!(outcome_of(&fx).is_none());
+    // A valid copy after the confirm is settled at once, never dispatched.
+    let fx = c.intake(T0 + 4, &body(&challenge("c1")), DeliveryMeta::default(), 4);
+    assert_eq!(pushes(&fx), 0);
     assert!(fx
         .iter()
-        .any(|e| matches!(e, Effect::DeadLetter { outcome: None, .. })));
+        .any(|e| matches!(e, Effect::Settle(a) if a == &vec![4])));
+    // Retention over: forgotten.
+    c.tick(T0 + 120_000, "c1");
+    assert!(!c.holds("c1"));
+}
+
+#[test]
+fn a_rejection_without_ttl_is_retained_for_the_retention_alone() {
+    let c = core_with(|_, s| s.retain_ms = 60_000);
+    let mut bad = challenge("c1");
+    bad["ttl_seconds"] = json!("x");
+    c.intake(T0, &body(&bad), DeliveryMeta::default(), 1);
+    let fx = c.confirmed(T0 + 5, "c1");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::ArmTimer { at, .. } if *at == T0 + 5 + 60_000)));
+}
+
+#[test]
+fn a_rate_limited_challenge_is_retained_compact() {
+    let c = core_with(|cfg, s| {
+        cfg.limits.challenges_per_minute = 1;
+        cfg.limits.challenge_burst = 1;
+        s.retain_ms = 60_000;
+    });
+    c.intake(T0, &body(&challenge("c1")), DeliveryMeta::default(), 1);
+    let mut dup = challenge("c2");
+    dup["user_id"] = json!("u-c1");
+    let fx = c.intake(T0, &body(&dup), DeliveryMeta::default(), 2);
+    assert_eq!(pushes(&fx), 0);
+    assert!(outcome_of(&fx).is_some());
+    c.confirmed(T0 + 1, "c2");
+    let v = serde_json::to_value(c.view("c2").unwrap()).unwrap();
+    assert_eq!(v["outcome"], "rate_limited", "{v}");
+    // Compact: device tokens and names are gone.
+    let dev = &v["devices"];
+    assert!(!v.to_string().contains("tok-"), "{v}");
+    assert!(
+        dev.as_array()
+            .is_some_and(|d| d.iter().all(|d| d.get("name").is_none())),
+        "{v}"
+    );
+    // A duplicate is settled without dispatch or a second outcome.
+    let fx = c.intake(T0 + 2, &body(&dup), DeliveryMeta::default(), 3);
+    assert_eq!(pushes(&fx), 0);
+    assert!(outcome_of(&fx).is_none());
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Settle(a) if a == &vec![3])));
 }
 
 #[test]
@@ -527,8 +663,21 @@ impl World {
                         self.settled.insert(t);
                     }
                 }
-                Effect::DeadLetter { ack, .. } => {
+                Effect::DeadLetter {
+                    ack,
+                    outcome,
+                    retained,
+                    ..
+                } => {
                     prop_assert!(self.settled.insert(ack));
+                    prop_assert_eq!(outcome.is_some(), retained.is_some());
+                    if let Some(id) = retained {
+                        // The rejected outcome counts like any other: one per id.
+                        let n = self.outcomes.entry(id.to_string()).or_default();
+                        *n += 1;
+                        prop_assert_eq!(*n, 1, "a second outcome for {}", id);
+                        self.publishes.push(id);
+                    }
                 }
                 Effect::ArmTimer { id, at } => {
                     self.timer_seq += 1;
@@ -589,7 +738,9 @@ proptest! {
                 Step::Intake(i, ok) => {
                     if w.stopped { continue; }
                     let mut v = challenge(IDS[i]);
-                    if !ok { v["ttl_seconds"] = json!(1); }
+                    // Invalid copies: without a readable ttl, or with one (retained longer).
+                    if !ok && w.next_tag % 2 == 0 { v["ttl_seconds"] = json!(1); }
+                    if !ok && w.next_tag % 2 == 1 { v["devices"] = json!("nope"); }
                     w.next_tag += 1;
                     let tag = w.next_tag;
                     let held_before = c.holds(IDS[i]);

@@ -348,6 +348,7 @@ async fn daemon_run(
     let report = loadgen::run(o, sims.feeds()).await?;
     let split = cpu.per(n);
     if report.lost() > 0 {
+        eprint!("{}", report.summary());
         anyhow::bail!("{} challenges without an outcome", report.lost());
     }
     // Up to the last outcome (the run's end waits a moment for stragglers).

@@ -157,7 +157,8 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
     let h = Harness::start_with(|c| {
         c.http.api_tokens = TOKEN.into();
-        c.http.body_timeout_ms = 1500;
+        // Long enough that the probes below see the slot held even on a loaded machine.
+        c.http.body_timeout_ms = 6000;
         c.http.max_requests_in_flight = 1;
     })
     .await;
@@ -175,7 +176,7 @@ async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
     // While that request is in progress it holds the only request slot: another request
     // is refused at once with 503 rather than queued behind it.
     let mut refused = false;
-    for _ in 0..100 {
+    for _ in 0..200 {
         match get_status(api, "/healthz").await {
             503 => {
                 refused = true;

@@ -9,7 +9,11 @@
 //!    and decision → outcome latency;
 //! 3. the daemon at half the ceiling: publish → push latency;
 //! 4. memory: resident bytes per in-flight challenge with 100,000 in flight;
-//! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool.
+//! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool;
+//! 6. bytes the engine keeps per challenge — pending, retained after its outcome,
+//!    retained after a rejection — with a counting allocator, before anything else runs
+//!    (`sca_dispatch::engine::footprint`, the measurement the `retained_memory` test
+//!    asserts on).
 //!
 //! Publishing, the devices, the outcome reader and the latency histograms are the
 //! project's load tool (`sca_dispatch::loadgen`, also behind `sca-dispatch load`).
@@ -35,6 +39,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+#[global_allocator]
+static ALLOC: sca_dispatch::engine::footprint::CountingAlloc =
+    sca_dispatch::engine::footprint::CountingAlloc;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The bench daemon's API bearer token.
@@ -421,7 +429,7 @@ fn machine() -> String {
     format!("{cores} cores, {} GiB, {cpu}", mem / 1024 / 1024)
 }
 
-async fn bench() -> anyhow::Result<()> {
+async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow::Result<()> {
     let n = env_u64("E2E_N", 30_000);
     let inflight = env_u64("E2E_INFLIGHT", 100_000);
     let conn = connect().await?;
@@ -585,6 +593,9 @@ async fn bench() -> anyhow::Result<()> {
         "p99_decision_to_outcome_ms": flat.d2o[1],
         "inflight_challenges": held,
         "bytes_per_inflight_challenge": bytes_per.round(),
+        "engine_bytes_per_pending_challenge": footprint.pending,
+        "engine_bytes_per_retained_challenge": footprint.retained,
+        "engine_bytes_per_retained_rejection": footprint.rejected,
         "http_decision_per_s": http_decision_per_s.round(),
         "http_baseline_per_s": http_baseline_per_s.round(),
         "http_repeat_decision_per_s": http_repeat_per_s.round(),
@@ -609,6 +620,7 @@ async fn bench() -> anyhow::Result<()> {
          | publish → push p99 flat out | {:.1} ms | |\n\
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
          | resident memory per in-flight challenge ({:.0} in flight) | {:.0} bytes | ≤ 2048 |\n\
+         | engine bytes per challenge: pending / retained after its outcome / retained rejection | {} / {} / {} bytes | |\n\
          | HTTP decision endpoint vs bare hyper handler | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
@@ -620,6 +632,7 @@ async fn bench() -> anyhow::Result<()> {
         sustain, sl.p2p[0], sl.p2p[1], sl.p2p[2],
         flat.p2p[1],
         flat.d2o[0], flat.d2o[1], held, bytes_per,
+        footprint.pending, footprint.retained, footprint.rejected,
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
         cpu.daemon, cpu.broker, cpu.bench, ccpu.broker, ccpu.bench
@@ -633,8 +646,14 @@ async fn bench() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
+    // Measured first, while nothing else in the process allocates.
+    let footprint = sca_dispatch::engine::footprint::measure(20_000);
+    println!(
+        "engine memory per challenge (counting allocator, {} challenges): pending {} B, retained after its outcome {} B, retained rejection {} B",
+        footprint.challenges, footprint.pending, footprint.retained, footprint.rejected
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(bench())
+    rt.block_on(bench(footprint))
 }

@@ -10,6 +10,9 @@
 
 pub mod core;
 pub mod driver;
+#[cfg(feature = "tools")]
+#[allow(unsafe_code)]
+pub mod footprint;
 pub mod peers;
 pub mod sink;
 pub mod timers;

@@ -357,6 +357,29 @@ async fn daemon_run(
     let split = cpu.per(n);
     if report.lost() > 0 {
         eprint!("{}", report.summary());
+        // What the daemon says of the challenges still waiting.
+        let c = client(4);
+        for e in report.json["waiting_examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let id = e["challenge_id"].as_str().unwrap_or("");
+            let req = hyper::Request::get(format!("{}/v1/challenges/{id}", d.http))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+            let view = match c.request(req).await {
+                Ok(r) => {
+                    let status = r.status();
+                    let b = http_body_util::BodyExt::collect(r.into_body())
+                        .await?
+                        .to_bytes();
+                    format!("{status} {}", String::from_utf8_lossy(&b))
+                }
+                Err(e) => format!("request failed: {e}"),
+            };
+            eprintln!("daemon on {id}: {view}");
+        }
         anyhow::bail!("{} challenges without an outcome", report.lost());
     }
     // Up to the last outcome (the run's end waits a moment for stragglers).

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 /// Rows kept for the picture (a day of seconds).
 const MAX_ROWS: usize = 86_400;
+/// Challenges still waiting for an outcome listed in the report, at most.
+const LOST_EXAMPLES: usize = 10;
 
 /// One second of the run.
 #[derive(Debug, Clone, Default)]
@@ -167,6 +169,26 @@ impl Seconds {
         let published = get(&c.published);
         let outcomes = get(&c.outcomes);
         let lost = s.flights.len() as u64 + get(&c.pruned);
+        // A few of the challenges still waiting, to look them up on the daemon.
+        let waiting: Vec<Value> = s
+            .flights
+            .iter()
+            .take(LOST_EXAMPLES)
+            .map(|e| {
+                let f = e.value();
+                let ms = |t: Option<Instant>| {
+                    t.map(|t| t.saturating_duration_since(f.published).as_millis() as u64)
+                };
+                json!({
+                    "challenge_id": format!("{}{}", s.prefix, e.key()),
+                    "kind": f.kind.as_str(),
+                    "answer": f.answer.as_str(),
+                    "age_ms": f.published.elapsed().as_millis() as u64,
+                    "pushed_after_ms": ms(f.pushed),
+                    "decided_after_ms": ms(f.decided),
+                })
+            })
+            .collect();
         let o = &s.opts;
         let mut by_kind = Map::new();
         for (k, row) in Kind::ALL.iter().zip(&c.by_kind) {
@@ -230,6 +252,7 @@ impl Seconds {
             "decisions_ok": get(&c.decisions_ok),
             "outcomes": outcomes,
             "lost": lost,
+            "waiting_examples": waiting,
             "rates": {
                 "offered_per_s": o.rate,
                 // Over the publishing time, and up to the last outcome.
@@ -309,6 +332,12 @@ impl Report {
         if let Some(k) = j["outcomes_by_kind"].as_object() {
             for (kind, m) in k {
                 out.push_str(&format!("  {kind:<20} {m}\n"));
+            }
+        }
+        if let Some(w) = j["waiting_examples"].as_array().filter(|w| !w.is_empty()) {
+            out.push_str("  still without an outcome (first few):\n");
+            for e in w {
+                out.push_str(&format!("    {e}\n"));
             }
         }
         if let Some(d) = j["daemon"].as_object() {

@@ -76,7 +76,9 @@ pub struct LoadArgs {
     /// HTTP requests to the daemons at once.
     #[arg(long, default_value_t = 256)]
     pub http_concurrency: usize,
-    /// After publishing, wait at most this many seconds for outstanding outcomes.
+    /// After publishing, wait at most this many seconds for outstanding outcomes. A
+    /// challenge still inside its ttl at the end counts as unfinished, not lost: keep this
+    /// above --ttl to account for every challenge.
     #[arg(long, default_value_t = 75)]
     pub drain: u64,
     /// A daemon process to measure (CPU, RSS); repeat for several. Default: the local
@@ -212,5 +214,11 @@ pub async fn main(args: LoadArgs) -> anyhow::Result<i32> {
         args.report.with_extension("svg").display()
     );
     sims.shutdown().await;
+    if report.unfinished() > 0 {
+        eprintln!(
+            "{} challenges were still inside their ttl when the drain ended: raise --drain above --ttl to account for them",
+            report.unfinished()
+        );
+    }
     Ok(if report.lost() == 0 { 0 } else { 1 })
 }

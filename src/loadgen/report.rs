@@ -8,10 +8,13 @@ use super::procstat::{self, CpuMark};
 use super::svg;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Rows kept for the picture (a day of seconds).
 const MAX_ROWS: usize = 86_400;
+/// How long past its ttl a challenge may wait for the outcome of its expiry before it
+/// counts as lost.
+const OVERDUE_MARGIN: Duration = Duration::from_secs(10);
 /// Challenges still waiting for an outcome listed in the report, at most.
 const LOST_EXAMPLES: usize = 10;
 
@@ -166,9 +169,19 @@ impl Seconds {
     pub fn finish(self, s: &Shared) -> Report {
         let c = &s.counters;
         let wall = self.wall_start.elapsed().as_secs_f64().max(1e-9);
+        let o = &s.opts;
         let published = get(&c.published);
         let outcomes = get(&c.outcomes);
-        let lost = s.flights.len() as u64 + get(&c.pruned);
+        // A challenge still waiting past its expiry (plus a margin for the expiry's own
+        // outcome) is lost; one still inside it when the drain ended is only unfinished.
+        let overdue_after = Duration::from_secs(o.ttl_seconds) + OVERDUE_MARGIN;
+        let overdue = s
+            .flights
+            .iter()
+            .filter(|e| e.value().published.elapsed() >= overdue_after)
+            .count() as u64;
+        let unfinished = (s.flights.len() as u64).saturating_sub(overdue);
+        let lost = overdue + get(&c.pruned);
         // A few of the challenges still waiting, to look them up on the daemon.
         let waiting: Vec<Value> = s
             .flights
@@ -189,7 +202,6 @@ impl Seconds {
                 })
             })
             .collect();
-        let o = &s.opts;
         let mut by_kind = Map::new();
         for (k, row) in Kind::ALL.iter().zip(&c.by_kind) {
             let mut m = Map::new();
@@ -252,6 +264,7 @@ impl Seconds {
             "decisions_ok": get(&c.decisions_ok),
             "outcomes": outcomes,
             "lost": lost,
+            "unfinished": unfinished,
             "waiting_examples": waiting,
             "rates": {
                 "offered_per_s": o.rate,
@@ -301,6 +314,11 @@ impl Report {
         self.json["lost"].as_u64().unwrap_or(0)
     }
 
+    /// Challenges still inside their ttl, without an outcome, when the drain ended.
+    pub fn unfinished(&self) -> u64 {
+        self.json["unfinished"].as_u64().unwrap_or(0)
+    }
+
     /// Whole-run figures of one stage.
     pub fn latency(&self, stage: Stage) -> &Value {
         &self.json["latency"][stage.name()]
@@ -311,8 +329,8 @@ impl Report {
         let j = &self.json;
         let mut out = String::new();
         out.push_str(&format!(
-            "\nSummary: {} published, {} outcomes, {} lost, {} errors in {} s ({} published/s, {} outcomes/s)\n",
-            j["published"], j["outcomes"], j["lost"], j["errors"]["total"], j["wall_seconds"],
+            "\nSummary: {} published, {} outcomes, {} lost, {} unfinished, {} errors in {} s ({} published/s, {} outcomes/s)\n",
+            j["published"], j["outcomes"], j["lost"], j["unfinished"], j["errors"]["total"], j["wall_seconds"],
             j["rates"]["published_per_s"], j["rates"]["outcomes_per_s"]
         ));
         out.push_str("  latency (ms)          count     p50     p90     p99   p99.9     max\n");

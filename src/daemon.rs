@@ -7,10 +7,10 @@ use crate::amqp::publisher::AmqpPublisher;
 use crate::amqp::{self, BrokerStatus, Signals};
 use crate::config::{ApiAuth, ApnsSettings, FcmSettings, Settings};
 use crate::engine::{AppProviders, Engine, Providers};
+use crate::http::api::{Api, Readiness};
 use crate::push::apns::ApnsProvider;
 use crate::push::fcm::FcmProvider;
 use crate::push::hms::HmsProvider;
-use crate::http::api::{Api, Readiness};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -76,9 +76,8 @@ impl Started {
         if let Some(shared) = self.hms.iter().find(|o| o.app_id() == c.app_id) {
             return Ok(shared.clone());
         }
-        let h = Arc::new(
-            HmsProvider::new(c).map_err(|e| StartError::Provider(format!("{key}: {e}")))?,
-        );
+        let h =
+            Arc::new(HmsProvider::new(c).map_err(|e| StartError::Provider(format!("{key}: {e}")))?);
         self.hms.push(h.clone());
         Ok(h)
     }

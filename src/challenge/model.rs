@@ -132,8 +132,7 @@ impl Ord for AppName {
 /// True for 1–32 characters of `[a-z0-9_-]` (an app's name, CONTRACT §10).
 pub fn valid_app_name(s: &str) -> bool {
     (1..=AppName::MAX_LEN).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -759,7 +758,10 @@ mod tests {
             assert_eq!(r.challenge_id.as_deref(), Some("c-1"));
         }
         assert!(valid_app_name(&"a".repeat(32)) && valid_app_name("retail_2-x"));
-        assert_eq!(AppName::parse("b2b").unwrap(), AppName::parse("b2b").unwrap());
+        assert_eq!(
+            AppName::parse("b2b").unwrap(),
+            AppName::parse("b2b").unwrap()
+        );
         assert!(AppName::parse("a").unwrap() < AppName::parse("b").unwrap());
     }
 

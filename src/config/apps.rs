@@ -245,7 +245,10 @@ fn hms_settings(
     key: &dyn Fn(&str) -> String,
 ) -> Result<Option<HmsConfig>, ConfigError> {
     use crate::push::hms::auth::{AppSecret, AuthError};
-    match (app.hms_app_id.is_empty(), app.hms_app_secret_file.is_empty()) {
+    match (
+        app.hms_app_id.is_empty(),
+        app.hms_app_secret_file.is_empty(),
+    ) {
         (true, true) => return Ok(None),
         (false, true) => {
             return Err(invalid(
@@ -378,7 +381,10 @@ mod tests {
         let apns = b.apns.as_ref().unwrap();
         assert_eq!(apns.topic, "com.bank.business");
         // The default app's key, shared.
-        assert_eq!((apns.key_id.as_str(), apns.key_file.as_str()), ("K1", f.p8.as_str()));
+        assert_eq!(
+            (apns.key_id.as_str(), apns.key_file.as_str()),
+            ("K1", f.p8.as_str())
+        );
         assert_eq!(b.fcm.as_ref().unwrap().service_account_file, f.sa2);
         assert_eq!(b.hms.as_ref().unwrap().app_id, "102");
         assert_eq!(b.platforms(), "apns,fcm,hms");
@@ -386,7 +392,10 @@ mod tests {
         let apns = o.apns.as_ref().unwrap();
         assert_eq!((apns.key_id.as_str(), apns.team_id.as_str()), ("K2", "T2"));
         assert!(o.fcm.is_none() && o.hms.is_none());
-        assert!(s.config.provider_summary().contains("apps=business[apns,fcm,hms],own_key[apns]"));
+        assert!(s
+            .config
+            .provider_summary()
+            .contains("apps=business[apns,fcm,hms],own_key[apns]"));
     }
 
     #[test]
@@ -420,13 +429,9 @@ mod tests {
             assert!(e.contains(key), "{apps}: {e}");
         }
         // Sharing the default key needs a default key.
-        let e = Config::from_toml_with_env(
-            "[apps.b]\napns_topic = \"x\"\n",
-            "t",
-            &env(&[TOKEN]),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = Config::from_toml_with_env("[apps.b]\napns_topic = \"x\"\n", "t", &env(&[TOKEN]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("apps.b.apns_key_file"), "{e}");
         // The secret file's content is never shown.
         let e = Config::from_toml_with_env(
@@ -473,7 +478,10 @@ mod tests {
 
     #[test]
     fn env_keys_split_on_the_longest_known_key() {
-        assert_eq!(split_env_key("business_apns_topic"), Some(("business", "apns_topic")));
+        assert_eq!(
+            split_env_key("business_apns_topic"),
+            Some(("business", "apns_topic"))
+        );
         assert_eq!(split_env_key("a_b_hms_app_id"), Some(("a_b", "hms_app_id")));
         assert_eq!(
             split_env_key("x_hms_app_secret_file"),

@@ -39,9 +39,11 @@ async fn sims() -> Sims {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.apns = apns.config();
-    cfg.fcm = fcm.write_config_files(dir.path()).unwrap();
+    let mut cfg = Config {
+        apns: apns.config(),
+        fcm: fcm.write_config_files(dir.path()).unwrap(),
+        ..Default::default()
+    };
     let business_sa = dir.path().join("business-sa.json");
     fcm.write_service_account_for(BUSINESS_PROJECT, &business_sa)
         .unwrap();

@@ -74,6 +74,7 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
 
     let report = loadgen::run(o, sims.feeds()).await.unwrap();
     let j = &report.json;
+    assert!(sims.hms.delivered_count() > 0, "no Push Kit message");
     assert_eq!(report.lost(), 0, "{j:#}");
     assert_eq!(j["published"], N);
     assert_eq!(j["outcomes"], N);

@@ -39,6 +39,7 @@ fn message(n: u64) -> PushMessage {
             number_choices: None,
         },
         expires_at_ms: chrono::Utc::now().timestamp_millis() + 600_000,
+        app: Default::default(),
     }
 }
 

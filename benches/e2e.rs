@@ -68,6 +68,10 @@ fn quorum() -> FieldTable {
     t
 }
 
+/// The device mix: iOS and Android devices, and Huawei phones without Google services
+/// on Push Kit.
+const PLATFORMS: &str = "apns=2,fcm=2,hms=1";
+
 /// The ceiling: publisher flat out and a bare consumer acking with multiple-acks.
 /// The load tool's publisher alone, for `n` challenges (flat out or at `rate`) with
 /// `ttl` seconds to queue `queue`; nobody answers.
@@ -79,6 +83,7 @@ fn publisher(queue: &str, n: u64, rate: Option<f64>, ttl: u64) -> Arc<Shared> {
     o.rate = rate;
     o.ttl_seconds = ttl;
     o.devices_per_challenge = 2;
+    o.platforms = Shares::parse(PLATFORMS).expect("a valid device mix");
     o.max_in_flight = n as usize + 1;
     Shared::new(o, Vec::new())
 }
@@ -346,6 +351,7 @@ async fn daemon_run(
     o.duration = None;
     o.kinds = Shares::parse("login=2,payment=1")?;
     o.devices_per_challenge = 2;
+    o.platforms = Shares::parse(PLATFORMS)?;
     o.decide_after = Duration::from_millis(20);
     o.ttl_seconds = 120;
     o.max_in_flight = n as usize + 1;
@@ -465,6 +471,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     let sims = Sims::start(&SimOptions {
         apns_addr: any,
         fcm_addr: any,
+        hms_addr: any,
         sms_addr: any,
         dir: dir.join("sim"),
         // HTTPS with HTTP/2, as Google serves it.

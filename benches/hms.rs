@@ -44,6 +44,7 @@ fn message(i: usize) -> PushMessage {
             number_choices: None,
         },
         expires_at_ms: now_ms() + 300_000,
+        app: Default::default(),
     }
 }
 

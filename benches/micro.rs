@@ -171,6 +171,7 @@ fn payloads(c: &mut Criterion) {
             number_choices: None,
         },
         expires_at_ms: NOW + 120_000,
+        app: Default::default(),
     };
     let apns = msg(&"ab".repeat(32));
     let fcm = msg(&"f".repeat(152));

@@ -37,7 +37,10 @@ ROWS = [
     ("Push", [
         ("Push requests by provider and result", "reqps", [
             (f"sum by (provider, result) (rate(sca_push_requests_total{{{I}}}[{RI}]))", "{{provider}} {{result}}")],
-         "timeseries", "Requests to APNs/FCM and how they ended."),
+         "timeseries", "Requests to APNs/FCM/Push Kit and how they ended."),
+        ("Push requests by app and result", "reqps", [
+            (f"sum by (app, result) (rate(sca_push_requests_total{{{I}}}[{RI}]))", "{{app}} {{result}}")],
+         "timeseries", "Per app (default = the top-level [apns]/[fcm]/[hms]; others: [apps.<name>]): one app's failing credentials show here."),
         ("Push latency by provider", "s", [
             (f"histogram_quantile(0.5, sum by (le, provider) (rate(sca_push_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p50 {{provider}}"),
             (f"histogram_quantile(0.99, sum by (le, provider) (rate(sca_push_request_duration_seconds_bucket{{{I}}}[{RI}])))", "p99 {{provider}}")],

@@ -25,7 +25,9 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+mod apps;
 mod settings;
+pub use apps::{AppConfig, AppSettings};
 pub use settings::*;
 
 pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -51,6 +53,9 @@ pub struct Config {
     pub sms: SmsConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    /// Named apps (`[apps.<name>]`, challenge field `app`); the sections above are the
+    /// default app.
+    pub apps: std::collections::BTreeMap<String, AppConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -550,6 +555,7 @@ impl Config {
         let fcm = self.fcm.settings()?;
         self.hms.validate()?;
         let sms = self.sms.settings()?;
+        let apps = apps::validate(self, apns.as_ref())?;
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
         }
@@ -584,6 +590,7 @@ impl Config {
             apns,
             fcm,
             sms,
+            apps,
             prune_interval: Duration::from_secs(self.limits.prune_interval_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown.grace_seconds),
             worker_threads: self.runtime.worker_threads,
@@ -644,7 +651,33 @@ impl Config {
             } else {
                 "not configured"
             },
-        )
+        ) + &self.apps_summary()
+    }
+
+    /// ` apps=business[apns,fcm],…` (empty without named apps): which platforms each
+    /// names.
+    fn apps_summary(&self) -> String {
+        if self.apps.is_empty() {
+            return String::new();
+        }
+        let apps: Vec<String> = self
+            .apps
+            .iter()
+            .map(|(name, a)| {
+                let mut p = Vec::new();
+                if !a.apns_topic.is_empty() {
+                    p.push("apns");
+                }
+                if !a.fcm_service_account_file.is_empty() {
+                    p.push("fcm");
+                }
+                if !a.hms_app_id.is_empty() {
+                    p.push("hms");
+                }
+                format!("{}[{}]", name.escape_debug(), p.join(","))
+            })
+            .collect();
+        format!(" apps={}", apps.join(","))
     }
 }
 
@@ -977,6 +1010,10 @@ fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<Vec<Str
         };
         let lower = rest.to_ascii_lowercase();
         let (section, key) = lower.split_once('_').unwrap_or((lower.as_str(), ""));
+        if section == "apps" {
+            apply_app_env(root, var, key, raw)?;
+            continue;
+        }
         let Some(table) = root.get_mut(section).and_then(|v| v.as_table_mut()) else {
             warnings.push(format!(
                 "environment variable {var} ignored: `{section}` is not a configuration section"
@@ -993,8 +1030,53 @@ fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<Vec<Str
             return Err(env_err(format!("unknown key `{section}.{key}`")));
         };
         let full = format!("{section}.{key}");
+        set_typed(slot, raw, &full, env_err)?;
+    }
+    Ok(warnings)
+}
+
+/// `SCA_APPS_<NAME>_<KEY>` onto `[apps.<name>]`, which the file must declare (the
+/// environment fills in or overrides an app's keys; it does not make up apps).
+fn apply_app_env(
+    root: &mut toml::map::Map<String, toml::Value>,
+    var: &str,
+    rest: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let Some((app, key)) = apps::split_env_key(rest) else {
+        return Err(env_err(format!(
+            "expected SCA_APPS_<NAME>_<KEY> for apps.<name>.<key>, <KEY> one of {}",
+            AppConfig::KEYS.join(", ")
+        )));
+    };
+    let Some(slot) = root
+        .get_mut("apps")
+        .and_then(|v| v.as_table_mut())
+        .and_then(|t| t.get_mut(app))
+        .and_then(|v| v.as_table_mut())
+        .and_then(|t| t.get_mut(key))
+    else {
+        return Err(env_err(format!(
+            "app `{app}` is not declared in the configuration file (an [apps.{app}] table)"
+        )));
+    };
+    set_typed(slot, raw, &format!("apps.{app}.{key}"), env_err)
+}
+
+/// Replaces `slot` by `raw` parsed as the type the slot has.
+fn set_typed(
+    slot: &mut toml::Value,
+    raw: &str,
+    full: &str,
+    env_err: impl Fn(String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    {
         *slot = match slot {
-            toml::Value::String(_) => toml::Value::String(raw.clone()),
+            toml::Value::String(_) => toml::Value::String(raw.to_string()),
             toml::Value::Integer(_) => toml::Value::Integer(
                 raw.trim()
                     .parse()
@@ -1021,7 +1103,7 @@ fn apply_env(tree: &mut toml::Value, env: &[(String, String)]) -> Result<Vec<Str
             }
         };
     }
-    Ok(warnings)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,9 +5,12 @@
 
 use crate::amqp::publisher::AmqpPublisher;
 use crate::amqp::{self, BrokerStatus, Signals};
-use crate::config::{ApiAuth, Settings};
-use crate::engine::{Engine, Providers};
+use crate::config::{ApiAuth, ApnsSettings, FcmSettings, Settings};
+use crate::engine::{AppProviders, Engine, Providers};
 use crate::http::api::{Api, Readiness};
+use crate::push::apns::ApnsProvider;
+use crate::push::fcm::FcmProvider;
+use crate::push::hms::HmsProvider;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -25,23 +28,93 @@ pub enum StartError {
     Provider(String),
 }
 
-/// Builds the configured transports; an unconfigured one is `None` and reported.
+/// The transports already started, so that apps sharing a credential share its
+/// transport: one APNs pool and provider token per key, one FCM token cache per service
+/// account, one Push Kit token cache per app id.
+#[derive(Default)]
+struct Started {
+    apns: Vec<((String, String, String), ApnsProvider)>,
+    fcm: Vec<Arc<FcmProvider>>,
+    hms: Vec<Arc<HmsProvider>>,
+}
+
+impl Started {
+    /// `key` names the setting an error is about (`apns.key_file`,
+    /// `apps.business.apns_key_file`).
+    fn apns(&mut self, s: &ApnsSettings, key: &str) -> Result<Arc<ApnsProvider>, StartError> {
+        let id = (s.key_file.clone(), s.key_id.clone(), s.team_id.clone());
+        if let Some((_, shared)) = self.apns.iter().find(|(k, _)| *k == id) {
+            return Ok(Arc::new(shared.for_topic(s.topic.clone())));
+        }
+        let a = ApnsProvider::start(s).map_err(|e| StartError::Provider(format!("{key}: {e}")))?;
+        let made = Arc::new(a.for_topic(s.topic.clone()));
+        self.apns.push((id, a));
+        Ok(made)
+    }
+
+    fn fcm(&mut self, s: &FcmSettings, key: &str) -> Result<Arc<FcmProvider>, StartError> {
+        // Reading the key file costs no request: the first token is minted on the first
+        // send, so a duplicate is simply dropped.
+        let f = FcmProvider::start(s).map_err(|e| StartError::Provider(format!("{key}: {e}")))?;
+        if let Some(shared) = self
+            .fcm
+            .iter()
+            .find(|o| o.project_id() == f.project_id() && o.client_email() == f.client_email())
+        {
+            return Ok(shared.clone());
+        }
+        let f = Arc::new(f);
+        self.fcm.push(f.clone());
+        Ok(f)
+    }
+
+    fn hms(
+        &mut self,
+        c: &crate::config::HmsConfig,
+        key: &str,
+    ) -> Result<Arc<HmsProvider>, StartError> {
+        if let Some(shared) = self.hms.iter().find(|o| o.app_id() == c.app_id) {
+            return Ok(shared.clone());
+        }
+        let h =
+            Arc::new(HmsProvider::new(c).map_err(|e| StartError::Provider(format!("{key}: {e}")))?);
+        self.hms.push(h.clone());
+        Ok(h)
+    }
+}
+
+/// Builds the configured transports, the default app's and every named app's; an
+/// unconfigured one is `None` and reported.
 pub fn providers_from_config(cfg: &Settings) -> Result<Providers, StartError> {
     let mut p = Providers::default();
+    let mut started = Started::default();
     if let Some(s) = &cfg.apns {
-        let a = crate::push::apns::ApnsProvider::start(s)
-            .map_err(|e| StartError::Provider(e.to_string()))?;
-        p.apns = Some(Arc::new(a));
+        p.apns = Some(started.apns(s, "apns.key_file")?);
     }
     if let Some(s) = &cfg.fcm {
-        let f = crate::push::fcm::FcmProvider::start(s)
-            .map_err(|e| StartError::Provider(e.to_string()))?;
-        p.fcm = Some(Arc::new(f));
+        p.fcm = Some(started.fcm(s, "fcm.service_account_file")?);
     }
     if cfg.config.hms.is_configured() {
-        let h = crate::push::hms::HmsProvider::new(&cfg.config.hms)
-            .map_err(|e| StartError::Provider(e.to_string()))?;
-        p.hms = Some(Arc::new(h));
+        p.hms = Some(started.hms(&cfg.config.hms, "hms.app_secret_file")?);
+    }
+    for app in &cfg.apps {
+        let key = |k: &str| format!("apps.{}.{k}", app.name);
+        let mut a = AppProviders::default();
+        if let Some(s) = &app.apns {
+            let k = if s.key_file == cfg.apns.as_ref().map_or("", |d| d.key_file.as_str()) {
+                "apns.key_file".to_string()
+            } else {
+                key("apns_key_file")
+            };
+            a.apns = Some(started.apns(s, &k)?);
+        }
+        if let Some(s) = &app.fcm {
+            a.fcm = Some(started.fcm(s, &key("fcm_service_account_file"))?);
+        }
+        if let Some(c) = &app.hms {
+            a.hms = Some(started.hms(c, &key("hms_app_secret_file"))?);
+        }
+        p.apps.insert(app.name.clone(), a);
     }
     if let Some(s) = &cfg.sms {
         let g = crate::sms::gateway::from_settings(s)
@@ -61,23 +134,39 @@ impl Readiness for Ready {
     fn broker_connected(&self) -> bool {
         self.status.connected()
     }
+    /// The default app's providers and SMS at the top (as before apps existed), and
+    /// every app's push providers under `apps`.
     fn providers(&self) -> serde_json::Value {
         let s = |b: bool| if b { "configured" } else { "not_configured" };
+        let apps: serde_json::Map<String, serde_json::Value> = self
+            .providers
+            .all_apps()
+            .into_iter()
+            .map(|(name, p)| {
+                let r = p.reach();
+                (
+                    name.to_string(),
+                    serde_json::json!({"apns": s(r.apns), "fcm": s(r.fcm), "hms": s(r.hms)}),
+                )
+            })
+            .collect();
         serde_json::json!({
             "apns": s(self.providers.apns.is_some()),
             "fcm": s(self.providers.fcm.is_some()),
             "hms": s(self.providers.hms.is_some()),
             "sms": s(self.providers.sms.is_some()),
+            "apps": apps,
         })
     }
     fn auth(&self) -> &'static str {
         self.auth
     }
     fn any_provider(&self) -> bool {
-        self.providers.apns.is_some()
-            || self.providers.fcm.is_some()
-            || self.providers.hms.is_some()
-            || self.providers.sms.is_some()
+        self.providers.sms.is_some()
+            || self.providers.all_apps().iter().any(|(_, p)| {
+                let r = p.reach();
+                r.apns || r.fcm || r.hms
+            })
     }
 }
 
@@ -129,6 +218,16 @@ impl Daemon {
         }
         if providers.sms.is_none() {
             tracing::warn!("no SMS gateway is configured: SMS fallback is off");
+        }
+        for (name, p) in &providers.apps {
+            let r = p.reach();
+            tracing::info!(
+                app = %name,
+                apns = r.apns,
+                fcm = r.fcm,
+                hms = r.hms,
+                "app configured; its devices on the other platforms count as unreachable"
+            );
         }
         if settings.http.auth == ApiAuth::Unauthenticated {
             tracing::warn!("http.allow_unauthenticated is set and http.api_tokens is empty: the backend API accepts calls from anyone");

@@ -331,6 +331,7 @@ async fn demo_load(
     let feeds = Feeds {
         apns: Some(apns.subscribe()),
         fcm: Some(fcm.subscribe()),
+        hms: None,
         sms: Some(sms.subscribe()),
     };
     let ctrl_c = async {

@@ -69,7 +69,10 @@ fn describe() {
         OUTCOMES,
         "Outcomes published, by kind, outcome and channel."
     );
-    describe_counter!(PUSH_REQUESTS, "Push requests sent, by provider and result.");
+    describe_counter!(
+        PUSH_REQUESTS,
+        "Push requests sent, by provider, app and result."
+    );
     describe_histogram!(
         PUSH_DURATION,
         Unit::Seconds,
@@ -121,10 +124,21 @@ fn describe() {
     );
 }
 
-/// Records one push request to a provider (`apns`/`fcm`/…) with its result label (one
-/// of [`crate::push::delivery::LABELS`]).
-pub fn record_push(provider: &'static str, result: &'static str, took: Duration) {
-    metrics::counter!(PUSH_REQUESTS, "provider" => provider, "result" => result).increment(1);
+/// Records one push request to a provider (`apns`/`fcm`/…) for an app with its result
+/// label (one of [`crate::push::delivery::LABELS`]). The app label is the configured
+/// name (unknown apps are refused before any push), shared, not copied.
+pub fn record_push(
+    provider: &'static str,
+    app: &crate::challenge::model::AppName,
+    result: &'static str,
+    took: Duration,
+) {
+    let app: metrics::SharedString = match app.shared() {
+        Some(name) => name.clone().into(),
+        None => crate::challenge::model::AppName::DEFAULT.into(),
+    };
+    metrics::counter!(PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
+        .increment(1);
     metrics::histogram!(PUSH_DURATION, "provider" => provider).record(took.as_secs_f64());
 }
 

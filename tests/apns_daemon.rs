@@ -80,10 +80,9 @@ async fn delivered_with_contract_headers_then_withdrawn() {
     assert_eq!(w[0].header("apns-push-type"), "background");
     assert_eq!(w[0].header("apns-priority"), "5");
     assert_eq!(w[0].payload["aps"]["content-available"], 1);
-    assert!(h
-        .metrics()
-        .await
-        .contains("sca_push_requests_total{provider=\"apns\",result=\"delivered\"}"));
+    assert!(h.metrics().await.contains(
+        "sca_push_requests_total{provider=\"apns\",app=\"default\",result=\"delivered\"}"
+    ));
     h.cleanup().await;
 }
 

@@ -30,6 +30,7 @@ fn challenge(token: &str, ttl: Duration) -> PushMessage {
             number_choices: Some([12, 47, 83]),
         },
         expires_at_ms: now_ms() + ttl.as_millis() as i64,
+        app: Default::default(),
     }
 }
 

@@ -84,10 +84,9 @@ async fn delivered_then_withdrawn_from_the_other_device() {
     assert_eq!(w[0].data()["challenge_id"], "fcm-d-1");
     let (_, v) = h.http("GET", "/v1/challenges/fcm-d-1", None, None).await;
     assert_eq!(v["devices"][0]["push"], "delivered");
-    assert!(h
-        .metrics()
-        .await
-        .contains("sca_push_requests_total{provider=\"fcm\",result=\"delivered\"}"));
+    assert!(h.metrics().await.contains(
+        "sca_push_requests_total{provider=\"fcm\",app=\"default\",result=\"delivered\"}"
+    ));
     h.cleanup().await;
 }
 

@@ -55,6 +55,7 @@ fn challenge(id: &str, token: &str, ttl_ms: i64) -> PushMessage {
             number_choices: Some([12, 47, 83]),
         },
         expires_at_ms: now_ms() + ttl_ms,
+        app: Default::default(),
     }
 }
 
@@ -62,6 +63,7 @@ fn withdraw(id: &str, token: &str, expires_at_ms: i64) -> PushMessage {
     PushMessage {
         content: PushContent::Withdraw,
         expires_at_ms,
+        app: Default::default(),
         ..challenge(id, token, 0)
     }
 }

@@ -82,10 +82,9 @@ async fn delivered_then_withdrawn_from_the_other_device() {
     assert_eq!(w[0].data["challenge_id"], "hms-d-1");
     let (_, v) = h.http("GET", "/v1/challenges/hms-d-1", None, None).await;
     assert_eq!(v["devices"][0]["push"], "delivered");
-    assert!(h
-        .metrics()
-        .await
-        .contains("sca_push_requests_total{provider=\"hms\",result=\"delivered\"}"));
+    assert!(h.metrics().await.contains(
+        "sca_push_requests_total{provider=\"hms\",app=\"default\",result=\"delivered\"}"
+    ));
     h.cleanup().await;
 }
 
@@ -102,10 +101,9 @@ async fn an_invalid_token_publishes_token_invalid_and_ends_undeliverable() {
     let (rk, o) = h.outcome(10).await;
     assert_eq!(rk, "outcome.payment.undeliverable");
     assert_eq!(o["reason"], "no_reachable_device");
-    assert!(h
-        .metrics()
-        .await
-        .contains("sca_push_requests_total{provider=\"hms\",result=\"token_gone\"}"));
+    assert!(h.metrics().await.contains(
+        "sca_push_requests_total{provider=\"hms\",app=\"default\",result=\"token_gone\"}"
+    ));
     h.cleanup().await;
 }
 

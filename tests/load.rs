@@ -18,6 +18,7 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
     let sims = Sims::start(&SimOptions {
         apns_addr: "127.0.0.1:0".parse().unwrap(),
         fcm_addr: "127.0.0.1:0".parse().unwrap(),
+        hms_addr: "127.0.0.1:0".parse().unwrap(),
         sms_addr: "127.0.0.1:0".parse().unwrap(),
         dir: dir.path().join("sim"),
         fcm_tls: false,
@@ -25,7 +26,9 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
     .await
     .unwrap();
     let toml = sims.config_toml();
-    assert!(toml.contains("[apns]") && toml.contains("[fcm]") && toml.contains("[sms]"));
+    for section in ["[apns]", "[fcm]", "[hms]", "[sms]"] {
+        assert!(toml.contains(section), "{section} missing: {toml}");
+    }
 
     let mut cfg = common::test_config(&common::unique("load"));
     sims.apply(&mut cfg);
@@ -51,6 +54,8 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
     o.count = Some(N);
     o.duration = Some(Duration::from_secs(30));
     o.devices_per_challenge = 2;
+    // Huawei devices too: they see their pushes on the Push Kit simulator's feed.
+    o.platforms = Shares::parse("apns=1,fcm=1,hms=1").unwrap();
     o.answers = Shares::parse("approve=8,deny=1,ignore=1").unwrap();
     // Every challenge has SMS: an ignored push ends by the SMS code after 1 s.
     o.sms_share = 1.0;
@@ -69,6 +74,7 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
 
     let report = loadgen::run(o, sims.feeds()).await.unwrap();
     let j = &report.json;
+    assert!(sims.hms.delivered_count() > 0, "no Push Kit message");
     assert_eq!(report.lost(), 0, "{j:#}");
     assert_eq!(report.unfinished(), 0, "{j:#}");
     assert_eq!(j["published"], N);
@@ -189,7 +195,7 @@ fn the_command_line_options_are_checked() {
         "--count",
         "1",
         "--platforms",
-        "hms=1",
+        "wns=1",
     ])
     .unwrap()
     .unwrap_err()

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Largest accepted challenge body (CONTRACT §3).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -65,6 +66,74 @@ impl Platform {
             Platform::Hms => "hms",
         }
     }
+}
+
+/// The app a challenge is for (CONTRACT §10 `app`): 1–32 of `[a-z0-9_-]`, `default` when
+/// the challenge names none. Each app has its own push credentials (`[apps.<name>]`; the
+/// default app is the top-level `[apns]`, `[fcm]` and `[hms]`). Cheap to clone: the
+/// default app holds no allocation, a named one an `Arc` the engine shares with the
+/// configured name.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct AppName(Option<Arc<str>>);
+
+impl AppName {
+    /// The name of the app a challenge without `app` is for.
+    pub const DEFAULT: &'static str = "default";
+    pub const MAX_LEN: usize = 32;
+
+    /// A name that follows the rule, `None` otherwise. `"default"` is the default app.
+    pub fn parse(s: &str) -> Option<AppName> {
+        if !valid_app_name(s) {
+            return None;
+        }
+        Some(if s == Self::DEFAULT {
+            AppName(None)
+        } else {
+            AppName(Some(Arc::from(s)))
+        })
+    }
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or(Self::DEFAULT)
+    }
+    pub fn is_default(&self) -> bool {
+        self.0.is_none()
+    }
+    /// The shared name of a named app (`None` for the default app), e.g. as a metric
+    /// label without copying it.
+    pub fn shared(&self) -> Option<&Arc<str>> {
+        self.0.as_ref()
+    }
+}
+
+impl fmt::Debug for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppName({})", self.as_str())
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialOrd for AppName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for AppName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// True for 1–32 characters of `[a-z0-9_-]` (an app's name, CONTRACT §10).
+pub fn valid_app_name(s: &str) -> bool {
+    (1..=AppName::MAX_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// The final result of a challenge (CONTRACT §4).
@@ -175,6 +244,9 @@ pub struct ChallengeSpec {
     pub devices: Vec<Device>,
     pub sms: Option<SmsSpec>,
     pub number_match: bool,
+    /// The app whose credentials push it (`app`, CONTRACT §10). Whether it is configured
+    /// is the engine's to check (`unknown_app`).
+    pub app: AppName,
 }
 
 impl ChallengeSpec {
@@ -223,6 +295,7 @@ struct RawChallenge {
     devices: Option<serde_json::Value>,
     sms: Option<serde_json::Value>,
     number_match: Option<serde_json::Value>,
+    app: Option<serde_json::Value>,
 }
 
 /// True for 1–64 characters of `[A-Za-z0-9_-]`.
@@ -470,6 +543,14 @@ pub fn parse_challenge(
         Some(serde_json::Value::Bool(b)) => *b,
         Some(_) => fail!("invalid_field", "number_match must be a boolean"),
     };
+    let app = match &raw.app {
+        None | Some(serde_json::Value::Null) => AppName::default(),
+        Some(serde_json::Value::String(s)) => match AppName::parse(s) {
+            Some(a) => a,
+            None => fail!("invalid_field", "app must be 1-32 characters of [a-z0-9_-]"),
+        },
+        Some(_) => fail!("invalid_field", "app must be a string"),
+    };
     Ok(ChallengeSpec {
         challenge_id: challenge_id.into(),
         user_id: user_id.into(),
@@ -484,6 +565,7 @@ pub fn parse_challenge(
             fallback_after_seconds: fallback,
         }),
         number_match,
+        app,
     })
 }
 
@@ -647,6 +729,40 @@ mod tests {
         assert_eq!(r.code, "invalid_json");
         let r = parse_challenge(&vec![b' '; MAX_BODY_BYTES + 1], NOW, 0).unwrap_err();
         assert_eq!(r.code, "body_too_large");
+    }
+
+    #[test]
+    fn app_is_optional_validated_and_defaults_to_default() {
+        assert!(parse(&sample()).unwrap().app.is_default());
+        let mut v = sample();
+        v["app"] = "business".into();
+        let s = parse(&v).unwrap();
+        assert_eq!(s.app.as_str(), "business");
+        assert!(!s.app.is_default());
+        v["app"] = "default".into();
+        assert!(parse(&v).unwrap().app.is_default());
+        v["app"] = serde_json::Value::Null;
+        assert!(parse(&v).unwrap().app.is_default());
+        for bad in [
+            serde_json::json!(""),
+            serde_json::json!("Business"),
+            serde_json::json!("a b"),
+            serde_json::json!("x".repeat(33)),
+            serde_json::json!("caf\u{e9}"),
+            serde_json::json!(7),
+        ] {
+            v["app"] = bad.clone();
+            let r = parse(&v).unwrap_err();
+            assert_eq!(r.code, "invalid_field", "{bad}: {r}");
+            assert!(r.detail.contains("app"), "{r}");
+            assert_eq!(r.challenge_id.as_deref(), Some("c-1"));
+        }
+        assert!(valid_app_name(&"a".repeat(32)) && valid_app_name("retail_2-x"));
+        assert_eq!(
+            AppName::parse("b2b").unwrap(),
+            AppName::parse("b2b").unwrap()
+        );
+        assert!(AppName::parse("a").unwrap() < AppName::parse("b").unwrap());
     }
 
     #[test]

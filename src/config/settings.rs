@@ -41,6 +41,9 @@ pub struct Settings {
     pub fcm: Option<FcmSettings>,
     /// `None`: no SMS gateway.
     pub sms: Option<SmsSettings>,
+    /// The named apps (`[apps.<name>]`) in name order, credentials loaded and checked;
+    /// `apns`, `fcm` and `config.hms` above are the default app's.
+    pub apps: Vec<super::AppSettings>,
     pub prune_interval: Duration,
     pub shutdown_grace: Duration,
     /// Tokio worker threads; 0 = one per core.
@@ -60,6 +63,7 @@ impl std::fmt::Debug for Settings {
             .field("apns", &self.apns)
             .field("fcm", &self.fcm)
             .field("sms", &self.sms)
+            .field("apps", &self.apps)
             .field("prune_interval", &self.prune_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("worker_threads", &self.worker_threads)

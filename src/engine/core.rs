@@ -12,7 +12,7 @@
 
 use crate::challenge::machine::{Challenge, Command, Event, NumberMatch, PushResult, Reply};
 use crate::challenge::model::{
-    parse_challenge, ChallengeSpec, Channel, Kind, OutcomeKind, Platform, Rejection,
+    parse_challenge, AppName, ChallengeSpec, Channel, Kind, OutcomeKind, Platform, Rejection,
 };
 use crate::challenge::otp::{OtpHasher, OTP_VALIDITY_MS};
 use crate::config::Config;
@@ -78,8 +78,30 @@ pub struct Settings {
     pub retain_ms: i64,
     pub max_skew_ms: i64,
     pub dispatched_events: bool,
-    /// Which transports are configured.
+    /// Which transports are configured (for the default app).
     pub reach: Reach,
+    /// The named apps (CONTRACT §10 `app`) and which of their transports are
+    /// configured; a challenge for an app not here (nor the default) is refused
+    /// `unknown_app`.
+    pub apps: Vec<(AppName, AppReach)>,
+}
+
+/// Which of a named app's push transports are configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppReach {
+    pub apns: bool,
+    pub fcm: bool,
+    pub hms: bool,
+}
+
+impl AppReach {
+    pub fn has(self, p: Platform) -> bool {
+        match p {
+            Platform::Apns => self.apns,
+            Platform::Fcm => self.fcm,
+            Platform::Hms => self.hms,
+        }
+    }
 }
 
 /// Which transports are configured; a device on a missing one counts as unreachable.
@@ -99,15 +121,29 @@ impl Settings {
             max_skew_ms: cfg.challenge.max_clock_skew_seconds as i64 * 1000,
             dispatched_events: cfg.amqp.dispatched_events,
             reach,
+            apps: Vec::new(),
         }
     }
 
-    fn reachable(&self, p: Platform) -> bool {
-        match p {
-            Platform::Apns => self.reach.apns,
-            Platform::Fcm => self.reach.fcm,
-            Platform::Hms => self.reach.hms,
+    /// The configured name of `app` (sharing its allocation) and its transports; `None`
+    /// for an app that is not configured.
+    fn app(&self, app: &AppName) -> Option<(AppName, AppReach)> {
+        if app.is_default() {
+            let r = self.reach;
+            return Some((
+                AppName::default(),
+                AppReach {
+                    apns: r.apns,
+                    fcm: r.fcm,
+                    hms: r.hms,
+                },
+            ));
         }
+        self.apps.iter().find(|(n, _)| n == app).cloned()
+    }
+
+    fn reachable(&self, app: &AppName, p: Platform) -> bool {
+        self.app(app).is_some_and(|(_, r)| r.has(p))
     }
 }
 
@@ -267,13 +303,20 @@ impl<A> Core<A> {
     /// Takes one delivery from the challenges queue.
     pub fn intake(&self, now: i64, body: &[u8], meta: DeliveryMeta, ack: A) -> Effects<A> {
         let mut fx = Vec::new();
-        let spec = match parse_challenge(body, now, self.settings.max_skew_ms) {
+        let mut spec = match parse_challenge(body, now, self.settings.max_skew_ms) {
             Ok(s) => s,
             Err(rej) => {
                 self.reject(now, body, meta, ack, rej, &mut fx);
                 return fx;
             }
         };
+        let Some((app, reach)) = self.settings.app(&spec.app) else {
+            let rej = unknown_app(&spec);
+            self.reject(now, body, meta, ack, rej, &mut fx);
+            return fx;
+        };
+        // The configured name: one allocation per app, not per challenge.
+        spec.app = app;
         fx.push(Effect::Count(Metric::Received {
             kind: spec.kind.as_str(),
         }));
@@ -292,11 +335,8 @@ impl<A> Core<A> {
             MapEntry::Vacant(v) => {
                 let counted = self.limiter.check(&spec.user_id);
                 let (machine, cmds) = if counted {
-                    let reachable: Vec<bool> = spec
-                        .devices
-                        .iter()
-                        .map(|d| self.settings.reachable(d.platform))
-                        .collect();
+                    let reachable: Vec<bool> =
+                        spec.devices.iter().map(|d| reach.has(d.platform)).collect();
                     let number = spec.number_match.then(|| self.entropy.number_match());
                     Challenge::start(
                         spec,
@@ -361,6 +401,7 @@ impl<A> Core<A> {
                     devices: Vec::new(),
                     sms: None,
                     number_match: false,
+                    app: AppName::default(),
                 };
                 // The record's outcome message is the one below (it names the reason and
                 // leaves an unknown kind out), so the machine's commands are not needed.
@@ -643,8 +684,9 @@ impl<A> Core<A> {
         device: usize,
         content: PushContent,
     ) -> Option<(Platform, PushMessage)> {
-        let d = entry.machine.spec.devices.get(device)?;
-        if !self.settings.reachable(d.platform) {
+        let spec = &entry.machine.spec;
+        let d = spec.devices.get(device)?;
+        if !self.settings.reachable(&spec.app, d.platform) {
             return None;
         }
         Some((
@@ -655,7 +697,8 @@ impl<A> Core<A> {
                 device_id: d.device_id.clone(),
                 token: d.token.clone(),
                 content,
-                expires_at_ms: entry.machine.spec.expires_at_ms(),
+                expires_at_ms: spec.expires_at_ms(),
+                app: spec.app.clone(),
             },
         ))
     }
@@ -749,6 +792,19 @@ impl<A> Core<A> {
             reply: entry.reply_to.as_deref().cloned(),
         });
         fx.push(Effect::WakeWaiters(id.clone()));
+    }
+}
+
+/// The refusal of a valid challenge whose `app` is not configured (CONTRACT §10).
+fn unknown_app(spec: &ChallengeSpec) -> Rejection {
+    Rejection {
+        code: "unknown_app",
+        // The name passed the app-name rule: safe to repeat.
+        detail: format!("app `{}` is not configured", spec.app),
+        challenge_id: Some(spec.challenge_id.to_string()),
+        user_id: Some(spec.user_id.to_string()),
+        kind: Some(spec.kind),
+        ttl_seconds: Some(spec.ttl_seconds),
     }
 }
 

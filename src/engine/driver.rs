@@ -11,7 +11,6 @@ use super::peers::{Asked, Peers};
 use super::sink::OutcomeSink;
 use super::timers::Timers;
 use super::Providers;
-use crate::challenge::model::Platform;
 use crate::config::Config;
 use crate::telemetry as t;
 use crate::wire::control::{PeerAnswer, PeerAsk, PeerRequest};
@@ -55,7 +54,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: &Config, providers: Providers, sink: Arc<dyn OutcomeSink>) -> Arc<Engine> {
-        let settings = Settings::from_config(
+        let mut settings = Settings::from_config(
             cfg,
             Reach {
                 apns: providers.apns.is_some(),
@@ -64,6 +63,11 @@ impl Engine {
                 sms_gateway: providers.sms.is_some(),
             },
         );
+        settings.apps = providers
+            .apps
+            .iter()
+            .map(|(name, p)| (name.clone(), p.reach()))
+            .collect();
         Arc::new(Engine {
             core: Core::new(cfg, settings, Box::new(OsEntropy)),
             timers: Timers::default(),
@@ -271,7 +275,7 @@ impl Engine {
                 platform,
                 msg,
             } => {
-                let Some(provider) = self.provider(platform) else {
+                let Some(provider) = self.providers.push(&msg.app, platform) else {
                     return;
                 };
                 let engine = self.clone();
@@ -283,7 +287,7 @@ impl Engine {
                 });
             }
             Effect::Withdraw { platform, msg } => {
-                let Some(provider) = self.provider(platform) else {
+                let Some(provider) = self.providers.push(&msg.app, platform) else {
                     return;
                 };
                 tokio::spawn(async move {
@@ -380,14 +384,6 @@ impl Engine {
                 }
             }
             Effect::Count(m) => count(m),
-        }
-    }
-
-    fn provider(&self, p: Platform) -> Option<Arc<dyn crate::push::PushProvider>> {
-        match p {
-            Platform::Apns => self.providers.apns.clone(),
-            Platform::Fcm => self.providers.fcm.clone(),
-            Platform::Hms => self.providers.hms.clone(),
         }
     }
 

@@ -45,7 +45,7 @@ pub struct LoadArgs {
     /// Challenge kinds and their weights.
     #[arg(long, default_value = "login=2,payment=1")]
     pub kinds: String,
-    /// Device platforms and their weights (apns, fcm).
+    /// Device platforms and their weights (apns, fcm, hms).
     #[arg(long, default_value = "apns=1,fcm=1")]
     pub platforms: String,
     /// Devices per challenge (1-10), each on a platform picked from --platforms.
@@ -91,6 +91,9 @@ pub struct LoadArgs {
     /// FCM simulator address (`fcm.endpoint`).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub fcm_addr: SocketAddr,
+    /// Huawei Push Kit simulator address (`hms.endpoint`, `hms.token_endpoint`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub hms_addr: SocketAddr,
     /// SMS simulator address (`sms.endpoint`, webhook shape).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub sms_addr: SocketAddr,
@@ -185,6 +188,7 @@ pub async fn main(args: LoadArgs) -> anyhow::Result<i32> {
     let sims = Sims::start(&SimOptions {
         apns_addr: args.apns_addr,
         fcm_addr: args.fcm_addr,
+        hms_addr: args.hms_addr,
         sms_addr: args.sms_addr,
         dir: args.sim_dir.clone(),
         fcm_tls: args.fcm_tls,

@@ -168,6 +168,7 @@ named!(
     Platform, "platform" {
         Apns => "apns",
         Fcm => "fcm",
+        Hms => "hms",
     }
 );
 
@@ -186,6 +187,7 @@ impl Platform {
         match self {
             Platform::Apns => format!("{:056x}{:08x}", seq, device),
             Platform::Fcm => format!("load-{seq}-{device}"),
+            Platform::Hms => format!("hms-load-{seq}-{device}"),
         }
     }
 }
@@ -207,9 +209,9 @@ mod tests {
     fn refuses_bad_lists_with_the_reason() {
         let e = Shares::<Kind>::parse("login=x").unwrap_err().0;
         assert!(e.contains("whole number"), "{e}");
-        let e = Shares::<Platform>::parse("hms=1").unwrap_err().0;
+        let e = Shares::<Platform>::parse("wns=1").unwrap_err().0;
         assert!(
-            e.contains("unknown platform") && e.contains("apns, fcm"),
+            e.contains("unknown platform") && e.contains("apns, fcm, hms"),
             "{e}"
         );
         let e = Shares::<Kind>::parse("login=0").unwrap_err().0;
@@ -260,5 +262,6 @@ mod tests {
         assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(t, Platform::Apns.token(5, 0));
         assert_eq!(Platform::Fcm.token(5, 1), "load-5-1");
+        assert_eq!(Platform::Hms.token(5, 1), "hms-load-5-1");
     }
 }

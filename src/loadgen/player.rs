@@ -54,6 +54,7 @@ pub fn outcome_index(name: &str) -> usize {
 pub struct Feeds {
     pub apns: Option<broadcast::Receiver<RecordedPush>>,
     pub fcm: Option<broadcast::Receiver<RecordedMessage>>,
+    pub hms: Option<broadcast::Receiver<crate::sim::hms::RecordedMessage>>,
     pub sms: Option<broadcast::Receiver<SentSms>>,
 }
 
@@ -379,6 +380,19 @@ pub fn start(
                 let d = m.data();
                 if m.status == 200 && d["type"] == "challenge" {
                     if let Some(id) = d["challenge_id"].as_str() {
+                        s.on_push(id, m.received_at);
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(mut rx) = feeds.hms {
+        let s = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = recv(&s, &mut rx).await {
+                // Push Kit's `80000000` is "accepted"; `data` is the parsed JSON string.
+                if m.status == 200 && m.code == "80000000" && m.data["type"] == "challenge" {
+                    if let Some(id) = m.data["challenge_id"].as_str() {
                         s.on_push(id, m.received_at);
                     }
                 }

@@ -10,7 +10,7 @@
 //!   [`crate::retry::retry_after`]) or with [`crate::retry::backoff`];
 //! - renewing an auth credential the provider refused as expired, once per push, then
 //!   retrying at once;
-//! - the metrics: one `sca_push_requests_total{provider,result}` per attempt with the
+//! - the metrics: one `sca_push_requests_total{provider,app,result}` per attempt with the
 //!   same `result` words for every provider ([`label`]) and the attempt's duration.
 
 use super::{Classification, MaskedToken, PushMessage};
@@ -136,7 +136,7 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
     let mut push = match t.prepare(msg) {
         Ok(p) => p,
         Err(u) => {
-            crate::telemetry::record_push(name, "invalid", Duration::ZERO);
+            crate::telemetry::record_push(name, &msg.app, "invalid", Duration::ZERO);
             tracing::warn!(
                 provider = name, challenge_id = %msg.challenge_id, device_id = %msg.device_id,
                 token = %masked, error = %u.reason, "push not sent"
@@ -159,7 +159,7 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
         }
         let started = Instant::now();
         let answer = t.attempt(msg, &mut push).await;
-        crate::telemetry::record_push(name, label(&answer), started.elapsed());
+        crate::telemetry::record_push(name, &msg.app, label(&answer), started.elapsed());
         let hint = match answer {
             Attempt::Answered {
                 class,
@@ -312,6 +312,7 @@ mod tests {
                 }
             },
             expires_at_ms: now_ms() + ttl_ms,
+            app: Default::default(),
         }
     }
 

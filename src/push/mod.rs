@@ -10,7 +10,7 @@ pub mod fcm;
 pub mod hms;
 
 use crate::challenge::machine::PushResult;
-use crate::challenge::model::{Kind, Platform};
+use crate::challenge::model::{AppName, Kind, Platform};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub struct PushMessage {
     pub content: PushContent,
     /// The challenge's expiry (Unix ms): APNs expiration, FCM ttl, and the retry horizon.
     pub expires_at_ms: i64,
+    /// The challenge's app: whose credentials the engine picked for it (the `app` label
+    /// of the push metrics).
+    pub app: AppName,
 }
 
 impl PushMessage {

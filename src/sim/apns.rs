@@ -53,8 +53,10 @@ pub struct ApnsSimOptions {
     pub dir: Option<PathBuf>,
     pub key_id: String,
     pub team_id: String,
-    /// The only `apns-topic` accepted (others: 400 `TopicDisallowed`).
+    /// The `apns-topic` accepted, with `extra_topics` (others: 400 `TopicDisallowed`).
     pub topic: String,
+    /// More bundle ids the key may push to (several apps of one team).
+    pub extra_topics: Vec<String>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection (Apple: up to 1000).
     pub max_concurrent_streams: u32,
     /// Provider tokens older than this are refused with 403 `ExpiredProviderToken`.
@@ -74,6 +76,7 @@ impl Default for ApnsSimOptions {
             key_id: "SIMKEY0001".into(),
             team_id: "SIMTEAM001".into(),
             topic: "com.example.sca".into(),
+            extra_topics: Vec::new(),
             max_concurrent_streams: 1000,
             token_max_age: Duration::from_secs(3600),
             max_recorded: 10_000,
@@ -593,7 +596,7 @@ fn check(state: &State, headers: &HeaderMap, token: &str, body: &[u8]) -> Result
     verify_provider_token(state, jwt)?;
 
     let topic = text("apns-topic").ok_or((400, "MissingTopic"))?;
-    if topic != state.opts.topic {
+    if topic != state.opts.topic && !state.opts.extra_topics.iter().any(|t| t == topic) {
         return Err((400, "TopicDisallowed"));
     }
     let push_type = text("apns-push-type").ok_or((400, "InvalidPushType"))?;

@@ -57,6 +57,10 @@ pub struct FcmSimOptions {
     /// Serve HTTPS (ALPN `h2` and `http/1.1`) with a certificate from a CA generated at
     /// start (see [`FcmSim::ca_pem`]), as Google does, instead of plain HTTP.
     pub tls: bool,
+    /// More Firebase projects served on the same endpoint, each with a service account of
+    /// its own ([`FcmSim::write_service_account_for`]); an access token sends to its own
+    /// project only (several apps, each with its own project).
+    pub extra_projects: Vec<String>,
 }
 
 impl Default for FcmSimOptions {
@@ -68,6 +72,7 @@ impl Default for FcmSimOptions {
             latency: Duration::ZERO,
             max_recorded: 100_000,
             tls: false,
+            extra_projects: Vec::new(),
         }
     }
 }
@@ -122,6 +127,7 @@ impl RecordedMessage {
     }
 }
 
+#[derive(Clone)]
 struct Account {
     project_id: String,
     client_email: String,
@@ -133,9 +139,12 @@ struct Account {
 
 struct State {
     account: Account,
+    /// The accounts of `opts.extra_projects`.
+    more: Vec<Account>,
     opts: FcmSimOptions,
-    /// Access token → its expiry.
-    tokens: Mutex<HashMap<String, Instant>>,
+    /// Access token → its expiry and the account it was issued to (0: `account`, i + 1:
+    /// `more[i]`).
+    tokens: Mutex<HashMap<String, (Instant, usize)>>,
     scripts: Mutex<HashMap<String, Behaviour>>,
     recorded: Mutex<Vec<RecordedMessage>>,
     mints: AtomicU64,
@@ -207,10 +216,21 @@ impl FcmSim {
             token_uri: format!("{scheme}://{advertised}/token"),
             decoding_key,
         };
+        let more = opts
+            .extra_projects
+            .iter()
+            .map(|p| Account {
+                client_email: format!("sca-dispatch@{p}.iam.gserviceaccount.com"),
+                project_id: p.clone(),
+                private_key_id: random_hex(20),
+                ..account.clone()
+            })
+            .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (delivered, _) = watch::channel(0usize);
         let state = Arc::new(State {
             account,
+            more,
             opts,
             tokens: Mutex::new(HashMap::new()),
             scripts: Mutex::new(HashMap::new()),
@@ -271,20 +291,24 @@ impl FcmSim {
 
     /// A Google-style service-account key file for this simulator's account.
     pub fn service_account_json(&self) -> String {
-        let a = &self.state.account;
-        let v = json!({
-            "type": "service_account",
-            "project_id": a.project_id,
-            "private_key_id": a.private_key_id,
-            "private_key": a.private_key_pem,
-            "client_email": a.client_email,
-            "client_id": "100000000000000000001",
-            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": a.token_uri,
-            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
-            "universe_domain": "googleapis.com",
-        });
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        account_json(&self.state.account)
+    }
+
+    /// Writes the service account of `project`, one of the options' `extra_projects`.
+    pub fn write_service_account_for(&self, project: &str, path: &Path) -> std::io::Result<()> {
+        let Some(a) = self.state.more.iter().find(|a| a.project_id == project) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("project {project} is not one of the simulator's extra_projects"),
+            ));
+        };
+        std::fs::write(path, account_json(a))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
     }
 
     /// Writes [`Self::service_account_json`] to `path` (mode 0600 on Unix: it holds a key).
@@ -354,7 +378,7 @@ impl FcmSim {
     /// Issues an access token directly, without the OAuth2 exchange (not counted as a
     /// mint). For benchmarks that drive the API with a bare client.
     pub fn issue_access_token(&self) -> String {
-        issue_token(&self.state)
+        issue_token(&self.state, 0)
     }
 
     /// Waits until at least `n` messages were accepted; `false` on timeout.
@@ -380,17 +404,35 @@ impl Drop for FcmSim {
     }
 }
 
+/// A Google service-account key file for `a`.
+fn account_json(a: &Account) -> String {
+    let v = json!({
+        "type": "service_account",
+        "project_id": a.project_id,
+        "private_key_id": a.private_key_id,
+        "private_key": a.private_key_pem,
+        "client_email": a.client_email,
+        "client_id": "100000000000000000001",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": a.token_uri,
+        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+        "universe_domain": "googleapis.com",
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn issue_token(state: &State) -> String {
+/// An access token for account `account` (0: the main one, i + 1: `more[i]`).
+fn issue_token(state: &State, account: usize) -> String {
     let token = format!("ya29.sim-{}", random_hex(24));
     let mut tokens = lock(&state.tokens);
     let now = Instant::now();
     // Keep the table bounded: expired tokens are dropped whenever a new one is issued.
-    tokens.retain(|_, exp| *exp > now);
-    tokens.insert(token.clone(), now + state.opts.token_lifetime);
+    tokens.retain(|_, (exp, _)| *exp > now);
+    tokens.insert(token.clone(), (now + state.opts.token_lifetime, account));
     token
 }
 
@@ -604,10 +646,19 @@ async fn token_endpoint(state: &State, req: Request<Incoming>) -> Response<Full<
             "Missing required parameter: assertion",
         );
     };
-    if let Err(why) = verify_assertion(&state.account, assertion) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &why);
-    }
-    let token = issue_token(state);
+    // The account whose key signed it; the main account's refusal otherwise.
+    let account = match verify_assertion(&state.account, assertion) {
+        Ok(()) => 0,
+        Err(why) => match state
+            .more
+            .iter()
+            .position(|a| verify_assertion(a, assertion).is_ok())
+        {
+            Some(i) => i + 1,
+            None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &why),
+        },
+    };
+    let token = issue_token(state, account);
     state.mints.fetch_add(1, Ordering::SeqCst);
     json_response(
         StatusCode::OK,
@@ -871,15 +922,20 @@ async fn send_endpoint(
 ) -> Response<Full<Bytes>> {
     state.send_requests.fetch_add(1, Ordering::SeqCst);
     let version = req.version();
-    let authorized = bearer(&req).is_some_and(|t| {
+    let account = bearer(&req).and_then(|t| {
         lock(&state.tokens)
             .get(&t)
-            .is_some_and(|exp| *exp > Instant::now())
+            .filter(|(exp, _)| *exp > Instant::now())
+            .map(|(_, a)| *a)
     });
-    if !authorized {
+    let Some(account) = account else {
         return unauthenticated();
-    }
-    if project != state.account.project_id {
+    };
+    let own = match account {
+        0 => &state.account,
+        i => state.more.get(i - 1).unwrap_or(&state.account),
+    };
+    if project != own.project_id {
         return google_error(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",

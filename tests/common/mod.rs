@@ -217,6 +217,7 @@ impl Harness {
                 rec: self.push.clone(),
             })),
             sms: Some(self.sms.clone()),
+            apps: Default::default(),
         }
     }
 

@@ -338,6 +338,60 @@ fn a_refused_body_is_dead_lettered_with_a_rejected_outcome_unless_held() {
 }
 
 #[test]
+fn an_unknown_app_is_dead_lettered_and_each_app_pushes_on_its_own_platforms() {
+    let business = AppName::parse("business").unwrap();
+    let c = core_with(|_, s| {
+        s.apps = vec![(
+            business.clone(),
+            AppReach {
+                apns: true,
+                fcm: false,
+                hms: false,
+            },
+        )]
+    });
+    let mut v = challenge("c1");
+    v["app"] = json!("nope");
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    let Some(Effect::DeadLetter {
+        reason, outcome, ..
+    }) = fx.iter().find(|e| matches!(e, Effect::DeadLetter { .. }))
+    else {
+        panic!("no dead letter: {fx:?}")
+    };
+    assert_eq!(reason, "unknown_app: app `nope` is not configured");
+    let out: Value = serde_json::from_slice(&outcome.as_ref().unwrap().1).unwrap();
+    assert_eq!(out["outcome"], "rejected");
+    assert_eq!(pushes(&fx), 0);
+    assert!(fx.contains_effect_count(Metric::Rejected {
+        reason: "unknown_app"
+    }));
+    // A configured app: only its APNs device is pushed (it has no FCM), with its name.
+    v["challenge_id"] = json!("c2");
+    v["app"] = json!("business");
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 2);
+    let apps: Vec<(&str, Platform)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Push { msg, platform, .. } => Some((msg.app.as_str(), *platform)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(apps, [("business", Platform::Apns)]);
+    // The configured name is shared, not copied per challenge.
+    let shared = fx.iter().find_map(|e| match e {
+        Effect::Push { msg, .. } => msg.app.shared().cloned(),
+        _ => None,
+    });
+    assert!(Arc::ptr_eq(&shared.unwrap(), business.shared().unwrap()));
+    // "default" and no app are the default app: both devices.
+    v["challenge_id"] = json!("c3");
+    v["app"] = json!("default");
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 3);
+    assert_eq!(pushes(&fx), 2);
+}
+
+#[test]
 fn a_rejected_id_is_retained_and_later_copies_get_no_second_outcome() {
     let c = core_with(|_, s| s.retain_ms = 60_000);
     let mut bad = challenge("c1");

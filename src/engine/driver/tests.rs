@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::challenge::machine::PushResult;
+use crate::challenge::model::Platform;
 use crate::push::{PushMessage, PushProvider};
 use crate::sms::{SmsError, SmsGateway, SmsMessage};
 use crate::wire::ops::OpOutcome;

@@ -46,16 +46,18 @@ pub enum ApnsError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// The APNs [`PushProvider`]. Cheap to share behind an `Arc`; dropping it closes its
-/// connections.
+/// The APNs [`PushProvider`] for one topic (app). Cheap to share behind an `Arc`; the
+/// connection pool and the provider token belong to the key and are shared by every
+/// topic's provider made with [`for_topic`](Self::for_topic); dropping the last closes
+/// the connections.
 pub struct ApnsProvider {
     inner: Arc<Inner>,
+    topic: HeaderValue,
 }
 
 struct Inner {
     pool: pool::Pool,
     base: String,
-    topic: HeaderValue,
     token: jwt::TokenCache,
     minted: Arc<AtomicU64>,
     timeout: Duration,
@@ -114,12 +116,31 @@ impl ApnsProvider {
             inner: Arc::new(Inner {
                 pool,
                 base,
-                topic: cfg.topic.clone(),
                 token,
                 minted,
                 timeout,
             }),
+            topic: cfg.topic.clone(),
         })
+    }
+
+    /// A provider for another topic (app) of the same key and endpoint: the same
+    /// connections and provider token, its own `apns-topic`.
+    pub fn for_topic(&self, topic: HeaderValue) -> ApnsProvider {
+        ApnsProvider {
+            inner: self.inner.clone(),
+            topic,
+        }
+    }
+
+    /// The `apns-topic` this provider sends.
+    pub fn topic(&self) -> &HeaderValue {
+        &self.topic
+    }
+
+    /// Whether `other` shares this provider's connections and token (the same key).
+    pub fn shares_pool_with(&self, other: &ApnsProvider) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Provider tokens minted so far (also counted in `sca_provider_token_renewals_total`).
@@ -143,13 +164,14 @@ impl Inner {
     async fn request(
         &self,
         req: &payload::ApnsRequest,
+        topic: &HeaderValue,
         bearer: &str,
     ) -> Result<(u16, Option<String>), String> {
         let request = http::Request::post(format!("{}{}", self.base, req.path))
             .header("apns-push-type", req.push_type)
             .header("apns-priority", req.priority)
             .header("apns-expiration", req.expiration.as_str())
-            .header("apns-topic", self.topic.clone())
+            .header("apns-topic", topic.clone())
             .header(AUTHORIZATION, bearer)
             .header(CONTENT_TYPE, "application/json");
         let request = match &req.collapse_id {
@@ -187,7 +209,7 @@ pub struct ApnsPush {
     bearer: Option<Arc<str>>,
 }
 
-impl Transport for Inner {
+impl Transport for ApnsProvider {
     type Push = ApnsPush;
 
     fn name(&self) -> &'static str {
@@ -195,7 +217,7 @@ impl Transport for Inner {
     }
 
     fn request_timeout(&self) -> Duration {
-        self.timeout
+        self.inner.timeout
     }
 
     fn prepare(&self, msg: &PushMessage) -> Result<ApnsPush, Unsendable> {
@@ -210,9 +232,10 @@ impl Transport for Inner {
     }
 
     async fn attempt(&self, _msg: &PushMessage, push: &mut ApnsPush) -> Attempt {
-        let bearer = self.token.bearer();
+        let bearer = self.inner.token.bearer();
         push.bearer = Some(bearer.clone());
-        match tokio::time::timeout(self.timeout, self.request(&push.req, &bearer)).await {
+        let request = self.inner.request(&push.req, &self.topic, &bearer);
+        match tokio::time::timeout(self.inner.timeout, request).await {
             Ok(Ok((status, reason))) => {
                 if status == 403 && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN) {
                     return Attempt::AuthExpired;
@@ -232,7 +255,7 @@ impl Transport for Inner {
         // Renews at once unless another push already did; either way the next attempt
         // takes the current token.
         if let Some(rejected) = push.bearer.take() {
-            let minted = self.token.renew_rejected(&rejected);
+            let minted = self.inner.token.renew_rejected(&rejected);
             tracing::debug!(
                 minted,
                 "apns provider token renewal after ExpiredProviderToken"
@@ -247,6 +270,6 @@ impl PushProvider for ApnsProvider {
         Platform::Apns
     }
     fn send(&self, msg: PushMessage) -> BoxFuture<'_, PushResult> {
-        Box::pin(delivery::deliver(&*self.inner, msg))
+        Box::pin(delivery::deliver(self, msg))
     }
 }

@@ -180,6 +180,7 @@ mod tests {
             token: "ab".repeat(32).into(),
             content,
             expires_at_ms: 4_102_444_800_000, // 2100-01-01T00:00:00Z
+            app: Default::default(),
         }
     }
 

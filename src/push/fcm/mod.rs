@@ -103,6 +103,11 @@ impl FcmProvider {
     pub fn project_id(&self) -> &str {
         &self.inner.auth.account().project_id
     }
+
+    /// The service account's email: with the project, what identifies its token cache.
+    pub fn client_email(&self) -> &str {
+        &self.inner.auth.account().client_email
+    }
 }
 
 /// One push's state across attempts: the access token to send next (after a renewal)

@@ -135,6 +135,7 @@ mod tests {
             token: "IQAAAACy0kYkAAB".into(),
             content,
             expires_at_ms: 1_795_462_920_000, // 2026-11-23T19:42:00Z
+            app: Default::default(),
         }
     }
 

@@ -10,7 +10,9 @@
 
 pub mod core;
 pub mod driver;
+pub mod fatigue;
 pub mod peers;
+pub mod pending_index;
 pub mod sink;
 pub mod timers;
 

@@ -170,6 +170,7 @@ fn payloads(c: &mut Criterion) {
             title: title.clone().into(),
             body: body.clone().into(),
             number_choices: None,
+            extra: None,
         },
         expires_at_ms: NOW + 120_000,
     };

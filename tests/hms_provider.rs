@@ -53,6 +53,7 @@ fn challenge(id: &str, token: &str, ttl_ms: i64) -> PushMessage {
             title: Arc::from("Approve payment"),
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: Some([12, 47, 83]),
+            extra: None,
         },
         expires_at_ms: now_ms() + ttl_ms,
     }

@@ -57,10 +57,16 @@ async fn a_fraud_report_mutes_the_users_pushes_and_the_next_challenge_goes_to_sm
     let (st, b) = h.http("POST", path, Some(body), None).await;
     assert_eq!((st, b["outcome"].as_str()), (200, Some("denied")), "{b}");
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["reason"].as_str(), o["device_id"].as_str()), (Some("fraud_reported"), Some("d-pixel")));
+    assert_eq!(
+        (o["reason"].as_str(), o["device_id"].as_str()),
+        (Some("fraud_reported"), Some("d-pixel"))
+    );
     let ev = h.event("user.fraud_reported", 5).await;
     assert_eq!(ev["user_id"], user.as_str());
-    assert_eq!((ev["challenge_id"].as_str(), ev["device_id"].as_str()), (Some("fr-1"), Some("d-pixel")));
+    assert_eq!(
+        (ev["challenge_id"].as_str(), ev["device_id"].as_str()),
+        (Some("fr-1"), Some("d-pixel"))
+    );
     assert!(ev["at"].as_str().is_some());
 
     // Muted: the next challenge goes straight to SMS, nothing is pushed.
@@ -72,7 +78,10 @@ async fn a_fraud_report_mutes_the_users_pushes_and_the_next_challenge_goes_to_sm
     let (st, _) = h.otp("fr-2", &code).await;
     assert_eq!(st, 200);
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["challenge_id"].as_str(), o["channel"].as_str()), (Some("fr-2"), Some("sms")));
+    assert_eq!(
+        (o["challenge_id"].as_str(), o["channel"].as_str()),
+        (Some("fr-2"), Some("sms"))
+    );
     // Without a phone it ends rate_limited, reason push_muted.
     h.publish(&without_sms(of_user("fr-3", &user))).await;
     let (rk, o) = h.outcome(5).await;
@@ -109,7 +118,10 @@ async fn an_unanswered_push_holds_the_next_one_back() {
     assert_eq!(push_states(&h, "bo-2").await, ["suppressed", "suppressed"]);
     h.publish(&without_sms(of_user("bo-3", &user))).await;
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["outcome"].as_str(), o["reason"].as_str()), (Some("rate_limited"), Some("push_backoff")));
+    assert_eq!(
+        (o["outcome"].as_str(), o["reason"].as_str()),
+        (Some("rate_limited"), Some("push_backoff"))
+    );
     h.cleanup().await;
 }
 
@@ -122,7 +134,10 @@ async fn a_new_challenge_supersedes_the_pending_one_when_configured() {
     h.publish(&of_user("sp-2", &user)).await;
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.login.cancelled");
-    assert_eq!((o["challenge_id"].as_str(), o["reason"].as_str()), (Some("sp-1"), Some("superseded")));
+    assert_eq!(
+        (o["challenge_id"].as_str(), o["reason"].as_str()),
+        (Some("sp-1"), Some("superseded"))
+    );
     let p = h.pushes(6, 10).await;
     let withdrawn = p
         .iter()

@@ -30,9 +30,16 @@ fn app_code(seed: u8, qr: &str) -> String {
         .env("SCA_OFFLINE_KEY", key_b64(seed))
         .output()
         .expect("offline-code runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let code = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(code.len() == 8 && code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+    assert!(
+        code.len() == 8 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{code}"
+    );
     code
 }
 
@@ -46,7 +53,8 @@ async fn view(h: &Harness, id: &str) -> Value {
 
 async fn offline(h: &Harness, id: &str, code: &str) -> (u16, Value) {
     let path = format!("/v1/challenges/{id}/offline");
-    h.http("POST", &path, Some(json!({"code": code})), None).await
+    h.http("POST", &path, Some(json!({"code": code})), None)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,17 +80,26 @@ async fn the_code_the_app_computes_from_the_qr_approves_the_payment() {
     assert_eq!(st, 401);
     let (st, b) = offline(&h, "off-1", "1234").await;
     assert_eq!(st, 422, "{b}");
-    assert!(!b.to_string().contains("1234"), "the code is never echoed: {b}");
+    assert!(
+        !b.to_string().contains("1234"),
+        "the code is never echoed: {b}"
+    );
     let (st, b) = offline(&h, "off-1", &code).await;
     assert_eq!((st, b["outcome"].as_str()), (200, Some("approved")), "{b}");
     let (rk, o) = h.outcome(5).await;
     assert_eq!(rk, "outcome.payment.approved");
-    assert_eq!((o["channel"].as_str(), o["device_id"].as_str()), (Some("offline"), Some("d-pixel")));
+    assert_eq!(
+        (o["channel"].as_str(), o["device_id"].as_str()),
+        (Some("offline"), Some("d-pixel"))
+    );
     let (st, _) = offline(&h, "off-1", &code).await;
     assert_eq!(st, 409, "single use");
     let v = view(&h, "off-1").await;
     assert!(v.get("qr").is_none(), "no QR once decided");
-    assert!(h.metrics().await.contains("sca_offline_verifications_total"));
+    assert!(h
+        .metrics()
+        .await
+        .contains("sca_offline_verifications_total"));
     h.cleanup().await;
 }
 
@@ -93,7 +110,11 @@ async fn five_wrong_offline_codes_lock_and_a_plain_challenge_is_not_offline() {
     h.pushes(2, 10).await;
     let v = view(&h, "off-2").await;
     let good = app_code(11, v["qr"].as_str().unwrap());
-    let wrong = if good == "00000000" { "00000001" } else { "00000000" };
+    let wrong = if good == "00000000" {
+        "00000001"
+    } else {
+        "00000000"
+    };
     for left in [4, 3, 2, 1] {
         let (st, b) = offline(&h, "off-2", wrong).await;
         assert_eq!((st, b["attempts_left"].as_u64()), (401, Some(left)));
@@ -101,7 +122,10 @@ async fn five_wrong_offline_codes_lock_and_a_plain_challenge_is_not_offline() {
     let (st, b) = offline(&h, "off-2", wrong).await;
     assert_eq!((st, b["outcome"].as_str()), (423, Some("otp_locked")));
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["outcome"].as_str(), o["channel"].as_str()), (Some("otp_locked"), Some("offline")));
+    assert_eq!(
+        (o["outcome"].as_str(), o["channel"].as_str()),
+        (Some("otp_locked"), Some("offline"))
+    );
     let (st, _) = offline(&h, "off-2", &good).await;
     assert_eq!(st, 423);
 
@@ -123,9 +147,15 @@ async fn five_wrong_offline_codes_lock_and_a_plain_challenge_is_not_offline() {
     h.respond(&json!({"op": "offline", "challenge_id": "off-5", "code": code}))
         .await;
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["challenge_id"].as_str(), o["outcome"].as_str()), (Some("off-4"), Some("rejected")));
+    assert_eq!(
+        (o["challenge_id"].as_str(), o["outcome"].as_str()),
+        (Some("off-4"), Some("rejected"))
+    );
     let (_, o) = h.outcome(5).await;
-    assert_eq!((o["challenge_id"].as_str(), o["channel"].as_str()), (Some("off-5"), Some("offline")));
+    assert_eq!(
+        (o["challenge_id"].as_str(), o["channel"].as_str()),
+        (Some("off-5"), Some("offline"))
+    );
     h.cleanup().await;
 }
 

@@ -17,7 +17,7 @@ use crate::challenge::model::{
 use crate::challenge::otp::{OtpHasher, OTP_VALIDITY_MS};
 use crate::config::Config;
 use crate::limits::UserLimiter;
-use crate::push::{PushContent, PushMessage};
+use crate::push::{PushContent, PushExtra, PushMessage};
 use crate::sms::abuse::SmsLimits;
 use crate::sms::SmsMessage;
 use crate::wire::control::PeerNote;
@@ -708,6 +708,7 @@ impl<A> Core<A> {
         let mut queue = std::collections::VecDeque::from(cmds);
         let mut sms_result = None;
         let mut texts: Option<(Arc<str>, Arc<str>)> = None;
+        let mut extras: Option<Option<Arc<PushExtra>>> = None;
         while let Some(cmd) = queue.pop_front() {
             match cmd {
                 Command::Push { device } => {
@@ -717,10 +718,14 @@ impl<A> Core<A> {
                             (a.into(), b.into())
                         })
                         .clone();
+                    let extra = extras
+                        .get_or_insert_with(|| push_extra(&entry.machine.spec))
+                        .clone();
                     let content = PushContent::Challenge {
                         title,
                         body,
                         number_choices: entry.machine.number.map(|n| n.choices),
+                        extra,
                     };
                     if let Some((platform, msg)) = self.push_message(id, entry, device, content) {
                         fx.push(Effect::Push {
@@ -920,6 +925,28 @@ pub enum DeviceAuth {
 
 /// How far `X-SCA-Timestamp` may be from the clock.
 pub const PENDING_SKEW_S: i64 = 60;
+
+/// Encoded context beyond this leaves its `details` out of the push data (the
+/// payloads' own limits are 4 KiB; the pending list still shows them).
+const MAX_PUSH_CONTEXT_BYTES: usize = 1536;
+
+/// The account label and context a challenge's pushes carry as data, if any.
+fn push_extra(spec: &ChallengeSpec) -> Option<Arc<PushExtra>> {
+    if spec.user_label.is_none() && spec.context.is_none() {
+        return None;
+    }
+    let mut context = spec.context.as_deref().cloned();
+    if let Some(c) = context.as_mut() {
+        let len = serde_json::to_vec(c).map(|v| v.len()).unwrap_or(usize::MAX);
+        if len > MAX_PUSH_CONTEXT_BYTES {
+            c.details.clear();
+        }
+    }
+    Some(Arc::new(PushExtra {
+        user_label: spec.user_label.clone(),
+        context,
+    }))
+}
 
 fn event<A>(e: &EventMessage) -> Effect<A> {
     Effect::PublishEvent {

@@ -372,6 +372,8 @@ impl Challenge {
         self.devices.shrink_to_fit();
         s.transaction = None;
         s.locale = Box::default();
+        s.user_label = None;
+        s.context = None;
         self.otp = None;
     }
 

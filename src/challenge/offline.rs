@@ -50,6 +50,11 @@ impl OfflineKey {
         key
     }
 
+    /// The key's bytes (to hand the key to an app at binding time).
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 8-digit code for an operation, as the app computes it.
     pub fn code(&self, operation_id: &str, tx_digest: &str) -> u32 {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).expect("any key length");

@@ -37,6 +37,7 @@ fn message(n: u64) -> PushMessage {
             title: Arc::from("Conferma pagamento"),
             body: Arc::from("125,40 € a Mario Rossi"),
             number_choices: None,
+            extra: None,
         },
         expires_at_ms: chrono::Utc::now().timestamp_millis() + 600_000,
         app: Default::default(),

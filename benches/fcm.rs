@@ -42,6 +42,7 @@ fn message(i: usize) -> PushMessage {
             title: Arc::from("Approve payment"),
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: None,
+            extra: None,
         },
         expires_at_ms: now_ms() + 300_000,
         app: Default::default(),

@@ -127,6 +127,7 @@ fn limiter(c: &mut Criterion) {
         challenges_per_minute: 1_000_000,
         challenge_burst: 1_000_000,
         prune_interval_seconds: 60,
+        ..LimitsConfig::default()
     });
     let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
     let mut g = c.benchmark_group("rate_limiter");
@@ -169,6 +170,7 @@ fn payloads(c: &mut Criterion) {
             title: title.clone().into(),
             body: body.clone().into(),
             number_choices: None,
+            extra: None,
         },
         expires_at_ms: NOW + 120_000,
         app: Default::default(),

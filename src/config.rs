@@ -56,6 +56,7 @@ pub struct Config {
     /// Named apps (`[apps.<name>]`, challenge field `app`); the sections above are the
     /// default app.
     pub apps: std::collections::BTreeMap<String, AppConfig>,
+    pub fraud: FraudConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -221,6 +222,11 @@ pub struct LimitsConfig {
     pub challenge_burst: u32,
     /// How often idle limiter state is pruned.
     pub prune_interval_seconds: u64,
+    /// The first gap before the next push after an unanswered one; doubles per
+    /// unanswered challenge, capped at 1 h; 0 turns the backoff off.
+    pub unanswered_backoff_seconds: u64,
+    /// A new challenge cancels the user's pending one (`superseded`).
+    pub one_pending_per_user: bool,
 }
 
 impl Default for LimitsConfig {
@@ -229,7 +235,23 @@ impl Default for LimitsConfig {
             challenges_per_minute: 10,
             challenge_burst: 5,
             prune_interval_seconds: 60,
+            unanswered_backoff_seconds: 10,
+            one_pending_per_user: false,
         }
+    }
+}
+
+/// What a fraud report does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FraudConfig {
+    /// Pushes to a user are muted this long after a fraud report.
+    pub mute_seconds: u64,
+}
+
+impl Default for FraudConfig {
+    fn default() -> Self {
+        Self { mute_seconds: 1200 }
     }
 }
 
@@ -544,6 +566,15 @@ impl Config {
                 "limits.prune_interval_seconds",
                 "must be at least 1",
             ));
+        }
+        if self.limits.unanswered_backoff_seconds > 3600 {
+            return Err(invalid(
+                "limits.unanswered_backoff_seconds",
+                "must be 0..=3600 (0 turns the backoff off)",
+            ));
+        }
+        if !(1..=604_800).contains(&self.fraud.mute_seconds) {
+            return Err(invalid("fraud.mute_seconds", "must be 1..=604800"));
         }
         if self.challenge.retain_completed_seconds == 0 {
             return Err(invalid(

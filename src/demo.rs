@@ -117,6 +117,12 @@ fn challenge(id: &str, user: &str, kind: &str) -> Value {
     })
 }
 
+/// A demo device's offline key as the challenge carries it (base64).
+fn key_base64(key: &crate::challenge::offline::OfflineKey) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key.bytes())
+}
+
 /// Watches the simulators and the broker, writing what they saw into the timeline.
 fn observe(
     tl: Arc<Timeline>,
@@ -675,6 +681,137 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         reason.clone().unwrap_or_default(),
         reason.is_some_and(|r| r.contains("ttl_seconds"))
             && outcome_of(&id).as_deref() == Some("rejected"),
+    ));
+
+    // 7. Offline confirmation: the app in airplane mode computes the code from the QR.
+    let id = format!("demo-{run_id}-offline");
+    println!(
+        "\n7. Payment confirmed offline: the web page shows the QR, the Pixel's app (in airplane mode) shows the code"
+    );
+    let key = crate::challenge::offline::OfflineKey::from_bytes(rand::random());
+    let mut c = challenge(&id, "sara", "payment");
+    c["transaction"] = json!({"amount": "980.00", "currency": "EUR", "payee": "Arredo Casa Srl"});
+    c["offline"] = json!(true);
+    c["devices"][1]["offline_key"] = json!(key_base64(&key));
+    c["user_label"] = json!("Conto famiglia");
+    c["context"] = json!({"client": "Firefox su Windows", "location": "Bologna"});
+    broker.publish(c.to_string().as_bytes()).await?;
+    tl.note(&id, "published (offline: true)");
+    until(10, || pushes_for(&id) >= 2).await;
+    let (st, view) = http
+        .call("GET", &format!("/v1/challenges/{id}"), None)
+        .await?;
+    let qr = view["qr"].as_str().unwrap_or_default().to_string();
+    tl.note(
+        &id,
+        format!(
+            "web page: GET → {st}, operation id {}, QR {qr}",
+            view["operation_id"].as_str().unwrap_or("?")
+        ),
+    );
+    let code = crate::challenge::offline::code_for_qr(&key, &qr).unwrap_or_default();
+    tl.note(&id, format!("app scans the QR and shows {code}"));
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{id}/offline"),
+            Some(json!({"code": code})),
+        )
+        .await?;
+    tl.note(&id, format!("backend relays it: POST /offline → {st} {b}"));
+    until(10, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&id);
+    let offline_ok = {
+        let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&id).is_some_and(|v| {
+            v.iter()
+                .any(|(_, w)| w.contains("OUTCOME \"approved\" (channel \"offline\""))
+        })
+    };
+    results.push((
+        "payment confirmed offline",
+        id.clone(),
+        outcome_of(&id).unwrap_or_default(),
+        offline_ok,
+    ));
+
+    // 8. A fraud report, then the muted user's next challenge goes to SMS.
+    let user = format!("giulia-{run_id}");
+    let id = format!("demo-{run_id}-fraud");
+    println!("\n8. A login the user did not start: denied as fraud; the next challenge is not pushed but sent by SMS");
+    broker
+        .publish(challenge(&id, &user, "login").to_string().as_bytes())
+        .await?;
+    tl.note(&id, "published");
+    until(10, || pushes_for(&id) >= 2).await;
+    let body = json!({"device_id": "d-iphone", "decision": "deny", "report_fraud": true});
+    let (st, b) = http
+        .call("POST", &format!("/v1/challenges/{id}/decision"), Some(body))
+        .await?;
+    tl.note(
+        &id,
+        format!("iPhone: \"not me\": POST /decision (report_fraud) → {st} {b}"),
+    );
+    until(10, || outcome_of(&id).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&id);
+    let fraud_ok = outcome_of(&id).as_deref() == Some("denied") && {
+        let l = tl.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&id)
+            .is_some_and(|v| v.iter().any(|(_, w)| w.contains("user.fraud_reported")))
+    };
+    let muted = format!("demo-{run_id}-muted");
+    println!("  {muted}");
+    let mut feed = sms.subscribe();
+    let mut c = challenge(&muted, &user, "login");
+    c["sms"]["fallback_after_seconds"] = json!(60);
+    broker.publish(c.to_string().as_bytes()).await?;
+    tl.note(
+        &muted,
+        "published (the user is muted after the fraud report)",
+    );
+    let msg = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Ok(m) = feed.recv().await {
+                if m.reference.as_deref() == Some(muted.as_str()) {
+                    return Some(m);
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let code = msg
+        .as_ref()
+        .and_then(|m| {
+            m.text
+                .split(|ch: char| !ch.is_ascii_digit())
+                .find(|w| w.len() == 6)
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let (st, b) = http
+        .call(
+            "POST",
+            &format!("/v1/challenges/{muted}/otp"),
+            Some(json!({"code": code})),
+        )
+        .await?;
+    tl.note(
+        &muted,
+        format!("backend relays the code: POST /otp → {st} {b}"),
+    );
+    until(10, || outcome_of(&muted).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.print(&muted);
+    let sms_only = pushes_for(&muted) == 0 && outcome_of(&muted).as_deref() == Some("approved");
+    results.push((
+        "fraud report, then SMS only",
+        muted.clone(),
+        outcome_of(&muted).unwrap_or_default(),
+        fraud_ok && sms_only,
     ));
 
     println!("\nSummary");

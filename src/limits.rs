@@ -44,6 +44,7 @@ mod tests {
             challenges_per_minute: 1,
             challenge_burst: 3,
             prune_interval_seconds: 60,
+            ..LimitsConfig::default()
         });
         assert!((0..3).all(|_| l.check("u")));
         assert!(!l.check("u"));

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `demo`, `simulate`, `load`. All logic is in the library.
+//! The command line: `run`, `check-config`, `offline-code`, `demo`, `simulate`, `load`. All logic is in the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,25 @@ enum Cmd {
     CheckConfig {
         #[arg(long, env = "SCA_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Compute an offline code as the app does (reference generator): from a device's
+    /// offline key and a scanned QR payload or a typed 8-digit operation id.
+    OfflineCode {
+        /// The device's offline key, base64 of 32 bytes (or SCA_OFFLINE_KEY; prefer the
+        /// variable or --key-file: a command line is visible to other local users).
+        #[arg(
+            long,
+            env = "SCA_OFFLINE_KEY",
+            hide_env_values = true,
+            conflicts_with = "key_file"
+        )]
+        key: Option<String>,
+        /// A file holding the base64 key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The QR payload (`{"v":1,"op":…}`) or the operation id.
+        #[arg(long)]
+        qr: String,
     },
     /// Play the scenarios on the built-in simulators against a local RabbitMQ.
     #[cfg(feature = "tools")]
@@ -135,6 +154,28 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         },
+        Cmd::OfflineCode { key, key_file, qr } => {
+            let text = match (key, key_file) {
+                (Some(k), _) => zeroize::Zeroizing::new(k),
+                (None, Some(path)) => zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                (None, None) => anyhow::bail!("give --key, --key-file or SCA_OFFLINE_KEY"),
+            };
+            let key = sca_dispatch::challenge::offline::OfflineKey::parse(&text)
+                .map_err(anyhow::Error::msg)?;
+            match sca_dispatch::challenge::offline::code_for_qr(&key, &qr) {
+                Ok(code) => {
+                    println!("{code}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("offline-code: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match load(config) {
                 Ok(c) => c,

@@ -27,6 +27,8 @@ pub const HTTP_REFUSED: &str = "sca_http_requests_refused_total";
 pub const AMQP_REPLIES_DROPPED: &str = "sca_amqp_replies_dropped_total";
 pub const AMQP_EVENTS_LOST: &str = "sca_amqp_events_lost_total";
 pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
+pub const OFFLINE_VERIFICATIONS: &str = "sca_offline_verifications_total";
+pub const FRAUD_REPORTS: &str = "sca_fraud_reports_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -80,6 +82,11 @@ fn describe() {
     );
     describe_counter!(SMS, "SMS sends, by result.");
     describe_counter!(OTP_VERIFICATIONS, "One-time code checks, by result.");
+    describe_counter!(
+        OFFLINE_VERIFICATIONS,
+        "Offline code checks (POST /offline), by result."
+    );
+    describe_counter!(FRAUD_REPORTS, "Denials that reported fraud.");
     describe_counter!(RATE_LIMITED, "Refusals by a rate or abuse limit, by limit.");
     describe_gauge!(IN_FLIGHT, "Challenges held in memory and not yet decided.");
     describe_histogram!(

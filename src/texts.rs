@@ -1,7 +1,8 @@
 //! Localized texts: push titles and bodies, SMS texts, and amounts formatted per locale.
 //! `it`, `en` and `sq` are built in; any other locale falls back to `en`.
 
-use crate::challenge::model::{Kind, Transaction};
+use crate::challenge::context::RequestContext;
+use crate::challenge::model::{ChallengeSpec, Kind, Transaction};
 
 /// A supported language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +117,43 @@ pub fn push_texts(locale: &str, kind: Kind, tx: Option<&Transaction>) -> (String
         (Lang::Sq, _) => ("Kërkesë autorizimi", "A e konfirmoni veprimin?"),
     };
     (title.into(), body.into())
+}
+
+/// Title and body of a challenge's push as the device shows them: [`push_texts`], the
+/// title prefixed with the account's `user_label` (a device with several accounts),
+/// the body followed by where and from what the operation was asked (`context`).
+pub fn challenge_texts(spec: &ChallengeSpec) -> (String, String) {
+    let (mut title, mut body) = push_texts(&spec.locale, spec.kind, spec.transaction.as_ref());
+    if let Some(label) = &spec.user_label {
+        title = format!("{label}: {title}");
+    }
+    if let Some(line) = spec
+        .context
+        .as_deref()
+        .and_then(|c| context_line(Lang::from_locale(&spec.locale), c))
+    {
+        body.push('\n');
+        body.push_str(&line);
+    }
+    (title, body)
+}
+
+/// "Requested from {client} near {location}." in the user's language, or `None` when
+/// the context names neither.
+pub fn context_line(lang: Lang, c: &RequestContext) -> Option<String> {
+    let (client, location) = (c.client.as_deref(), c.location.as_deref());
+    Some(match (lang, client, location) {
+        (_, None, None) => return None,
+        (Lang::En, Some(cl), Some(lo)) => format!("Requested from {cl} near {lo}."),
+        (Lang::En, Some(cl), None) => format!("Requested from {cl}."),
+        (Lang::En, None, Some(lo)) => format!("Requested near {lo}."),
+        (Lang::It, Some(cl), Some(lo)) => format!("Richiesta da {cl} vicino a {lo}."),
+        (Lang::It, Some(cl), None) => format!("Richiesta da {cl}."),
+        (Lang::It, None, Some(lo)) => format!("Richiesta vicino a {lo}."),
+        (Lang::Sq, Some(cl), Some(lo)) => format!("Kërkuar nga {cl} pranë {lo}."),
+        (Lang::Sq, Some(cl), None) => format!("Kërkuar nga {cl}."),
+        (Lang::Sq, None, Some(lo)) => format!("Kërkuar pranë {lo}."),
+    })
 }
 
 /// The SMS text carrying a one-time code; payments name amount and payee. Albanian SMS
@@ -244,6 +282,34 @@ mod tests {
                 assert!(enc.fits_one_segment(), "{locale} {kind}: {sms} -> {enc:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_label_and_the_context_show_in_every_language() {
+        let body = serde_json::json!({
+            "v": 1, "challenge_id": "c", "user_id": "u", "kind": "login", "ttl_seconds": 60,
+            "user_label": "Conto business",
+            "context": {"client": "Chrome su macOS", "location": "Milano", "ip": "203.0.113.7"}
+        });
+        let mut spec =
+            crate::challenge::model::parse_challenge(body.to_string().as_bytes(), 0, 0).unwrap();
+        for (locale, word) in [
+            ("it", "Richiesta da"),
+            ("en", "Requested from"),
+            ("sq", "Kërkuar nga"),
+        ] {
+            spec.locale = locale.into();
+            let (title, body) = challenge_texts(&spec);
+            assert!(title.starts_with("Conto business: "), "{title}");
+            assert!(
+                body.contains(word) && body.contains("Milano") && body.contains("Chrome su macOS"),
+                "{body}"
+            );
+            assert!(!body.contains("203.0.113.7"), "the IP is data, not text");
+        }
+        spec.context = None;
+        spec.user_label = None;
+        assert_eq!(challenge_texts(&spec), push_texts("sq", Kind::Login, None));
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn challenge(token: &str, ttl: Duration) -> PushMessage {
             title: Arc::from("Conferma pagamento"),
             body: Arc::from("125,40 € a Mario Rossi"),
             number_choices: Some([12, 47, 83]),
+            extra: None,
         },
         expires_at_ms: now_ms() + ttl.as_millis() as i64,
         app: Default::default(),
@@ -282,6 +283,7 @@ async fn permanent_errors_fail_without_retry() {
         title: Arc::from("t"),
         body: Arc::from("x".repeat(5000)),
         number_choices: None,
+        extra: None,
     };
     assert_eq!(provider.send(msg).await, PushResult::Failed);
     assert_eq!(sim.total(), 1);

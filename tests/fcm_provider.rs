@@ -53,6 +53,7 @@ fn challenge(id: &str, token: &str, ttl_ms: i64) -> PushMessage {
             title: Arc::from("Approve payment"),
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: Some([12, 47, 83]),
+            extra: None,
         },
         expires_at_ms: now_ms() + ttl_ms,
         app: Default::default(),
@@ -282,7 +283,9 @@ async fn burst(provider: &Arc<FcmProvider>, n: usize, tag: &str) -> Vec<PushResu
 async fn an_expired_access_token_is_renewed_once_under_1000_concurrent_sends() {
     let s = setup_with(
         FcmSimOptions {
-            token_lifetime: Duration::from_secs(2),
+            // Long enough that the burst below ends well inside the new token's life
+            // even on a loaded machine.
+            token_lifetime: Duration::from_secs(20),
             ..FcmSimOptions::default()
         },
         10_000,
@@ -293,7 +296,7 @@ async fn an_expired_access_token_is_renewed_once_under_1000_concurrent_sends() {
         PushResult::Delivered
     );
     assert_eq!(s.sim.token_mints(), 1);
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(20_100)).await;
     let results = burst(&s.provider, 1000, "exp").await;
     assert!(results.iter().all(|r| *r == PushResult::Delivered));
     assert_eq!(s.sim.token_mints(), 2, "exactly one renewal");
@@ -418,10 +421,11 @@ async fn over_https_with_the_extra_ca_it_speaks_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_near_expiry_is_renewed_once_while_sends_go_on() {
-    // Lifetime 2 s: renewal starts when less than 0.2 s is left.
+    // Lifetime 20 s: renewal starts when less than 2 s is left; the bursts below end
+    // well inside the renewed token's life even on a loaded machine.
     let s = setup_with(
         FcmSimOptions {
-            token_lifetime: Duration::from_secs(2),
+            token_lifetime: Duration::from_secs(20),
             ..FcmSimOptions::default()
         },
         10_000,
@@ -431,7 +435,7 @@ async fn a_token_near_expiry_is_renewed_once_while_sends_go_on() {
         s.provider.send(challenge("warm", "tok:warm", 60_000)).await,
         PushResult::Delivered
     );
-    tokio::time::sleep(Duration::from_millis(1_850)).await;
+    tokio::time::sleep(Duration::from_millis(18_500)).await;
     let results = burst(&s.provider, 300, "margin").await;
     assert!(results.iter().all(|r| *r == PushResult::Delivered));
     // Whether the burst found the token in its margin (background renewal) or already

@@ -53,6 +53,7 @@ fn challenge(id: &str, token: &str, ttl_ms: i64) -> PushMessage {
             title: Arc::from("Approve payment"),
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: Some([12, 47, 83]),
+            extra: None,
         },
         expires_at_ms: now_ms() + ttl_ms,
         app: Default::default(),
@@ -345,7 +346,9 @@ async fn a_revoked_access_token_is_renewed_once_under_1000_concurrent_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_access_token_is_renewed_once_under_concurrent_sends() {
     let s = setup_with(HmsSimOptions {
-        token_lifetime: Duration::from_secs(2),
+        // Long enough that the burst ends well inside the new token's life even on a
+        // loaded machine.
+        token_lifetime: Duration::from_secs(20),
         ..HmsSimOptions::default()
     })
     .await;
@@ -353,7 +356,7 @@ async fn an_expired_access_token_is_renewed_once_under_concurrent_sends() {
         s.provider.send(challenge("warm", "hms-warm", 60_000)).await,
         PushResult::Delivered
     );
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(20_100)).await;
     let results = burst(&s.provider, 500, "exp").await;
     assert!(results.iter().all(|r| *r == PushResult::Delivered));
     assert_eq!(s.sim.token_mints(), 2, "exactly one renewal");

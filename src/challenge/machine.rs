@@ -3,6 +3,7 @@
 //! as [`Command`]s that the engine carries out. The first valid decision wins.
 
 use super::model::{ChallengeSpec, Channel, OutcomeKind};
+use super::offline;
 use super::otp::{OtpHash, MAX_OTP_ATTEMPTS, OTP_VALIDITY_MS};
 use super::signature;
 
@@ -28,6 +29,9 @@ pub enum PushState {
     Unavailable,
     /// Never sent: the challenge was over before it could be.
     NotSent,
+    /// Held back: pushes to the user are muted after a fraud report, or inside the
+    /// push-fatigue backoff (the challenge went to SMS).
+    Suppressed,
 }
 
 impl PushState {
@@ -39,6 +43,7 @@ impl PushState {
             PushState::Failed => "failed",
             PushState::Unavailable => "unavailable",
             PushState::NotSent => "not_sent",
+            PushState::Suppressed => "suppressed",
         }
     }
     /// The push may still reach (or has reached) the device.
@@ -131,6 +136,17 @@ pub enum Event<'a> {
     Cancel,
     /// Time passed; expiry and fallback are checked against `now`.
     Tick,
+    /// A device denies and reports fraud (signed over `…|deny|{tx_digest}|fraud`).
+    ReportFraud {
+        device_id: &'a str,
+        signature: Option<&'a str>,
+    },
+    /// An offline code the app computed (8 digits, parsed).
+    OfflineAttempt {
+        code: u32,
+    },
+    /// A newer challenge of the same user replaces this one (`one_pending_per_user`).
+    Supersede,
 }
 
 /// Work for the engine.
@@ -173,6 +189,8 @@ pub enum Reply {
     NoSms,
     /// An SMS was requested; the engine decides whether it goes out.
     SmsQueued,
+    /// An offline code for a challenge without an operation id.
+    NotOffline,
 }
 
 /// The output of one step.
@@ -195,6 +213,8 @@ pub struct Challenge {
     pub dispatched_at_ms: i64,
     pub number: Option<NumberMatch>,
     pub outcome: Option<Outcome>,
+    /// The 8-digit operation id of an offline challenge (set by the engine at start).
+    pub operation_id: Option<u32>,
 }
 
 impl Challenge {
@@ -267,6 +287,7 @@ impl Challenge {
             dispatched_at_ms: now,
             number,
             outcome: None,
+            operation_id: None,
         }
     }
 
@@ -286,6 +307,43 @@ impl Challenge {
         let mut cmds = Vec::new();
         c.finish(now, kind, None, None, Some(reason), &mut cmds);
         (c, cmds)
+    }
+
+    /// A challenge whose pushes are held back (fraud mute, push-fatigue backoff): its
+    /// SMS goes out at once; without a phone it is settled `rate_limited` with `reason`.
+    pub fn held_back(
+        spec: ChallengeSpec,
+        now: i64,
+        reason: &'static str,
+    ) -> (Challenge, Vec<Command>) {
+        if spec.sms.is_none() {
+            return Challenge::refused(spec, now, OutcomeKind::RateLimited, reason);
+        }
+        let slot = DeviceSlot {
+            push: PushState::Suppressed,
+            withdrawn: false,
+        };
+        let devices = vec![slot; spec.devices.len()];
+        let mut c = Challenge::fresh(spec, now, devices, None, None);
+        let mut cmds = Vec::new();
+        if now >= c.spec.expires_at_ms() {
+            c.finish(
+                now,
+                OutcomeKind::Expired,
+                None,
+                None,
+                Some("ttl_elapsed"),
+                &mut cmds,
+            );
+            return (c, cmds);
+        }
+        c.check_reachable(now, &mut cmds);
+        (c, cmds)
+    }
+
+    /// True when a push reached at least one device.
+    pub fn pushed(&self) -> bool {
+        self.devices.iter().any(|d| d.push == PushState::Delivered)
     }
 
     pub fn is_done(&self) -> bool {
@@ -314,6 +372,8 @@ impl Challenge {
         self.devices.shrink_to_fit();
         s.transaction = None;
         s.locale = Box::default();
+        s.user_label = None;
+        s.context = None;
         self.otp = None;
     }
 
@@ -420,6 +480,19 @@ impl Challenge {
                     Reply::Decided(OutcomeKind::Cancelled)
                 }
             },
+            Event::Supersede => match self.done_reply() {
+                Some(r) => r,
+                None => {
+                    let reason = Some("superseded");
+                    self.finish(now, OutcomeKind::Cancelled, None, None, reason, cmds);
+                    Reply::Decided(OutcomeKind::Cancelled)
+                }
+            },
+            Event::ReportFraud {
+                device_id,
+                signature: sig,
+            } => self.on_fraud_report(now, device_id, sig, cmds),
+            Event::OfflineAttempt { code } => self.on_offline(now, code, cmds),
         };
         Step { reply, commands }
     }
@@ -502,6 +575,76 @@ impl Challenge {
         };
         self.finish(now, kind, Some(Channel::Push), Some(i), None, cmds);
         Reply::Decided(kind)
+    }
+
+    /// A deny that reports fraud: the device's signature (if it has a key) covers the
+    /// `|fraud` suffix, so a plain deny can never be turned into a report.
+    fn on_fraud_report(
+        &mut self,
+        now: i64,
+        device_id: &str,
+        sig: Option<&str>,
+        cmds: &mut Vec<Command>,
+    ) -> Reply {
+        if let Some(r) = self.done_reply() {
+            return r;
+        }
+        let Some(i) = self
+            .spec
+            .devices
+            .iter()
+            .position(|d| &*d.device_id == device_id)
+        else {
+            return Reply::DeviceNotBound;
+        };
+        if let Some(key) = &self.spec.devices[i].public_key {
+            let msg = signature::fraud_message(&self.spec.challenge_id, &self.spec.tx_digest());
+            if !sig.is_some_and(|s| signature::verify(key, &msg, s)) {
+                return Reply::BadSignature;
+            }
+        }
+        let (ch, dev) = (Some(Channel::Push), Some(i));
+        self.finish(
+            now,
+            OutcomeKind::Denied,
+            ch,
+            dev,
+            Some("fraud_reported"),
+            cmds,
+        );
+        Reply::Decided(OutcomeKind::Denied)
+    }
+
+    /// An offline code: checked against every bound device's key in constant time; wrong
+    /// codes count against the same limit as SMS codes.
+    fn on_offline(&mut self, now: i64, code: u32, cmds: &mut Vec<Command>) -> Reply {
+        if let Some(o) = &self.outcome {
+            return if o.kind == OutcomeKind::OtpLocked {
+                Reply::Locked
+            } else {
+                Reply::AlreadyDone(o.kind)
+            };
+        }
+        let Some(op) = self.operation_id else {
+            return Reply::NotOffline;
+        };
+        let op = offline::format_code(op);
+        let keys = self.spec.devices.iter().map(|d| d.offline_key.as_ref());
+        if let Some(i) = offline::verify(keys, &op, &self.spec.tx_digest(), code) {
+            let (ch, dev) = (Some(Channel::Offline), Some(i));
+            self.finish(now, OutcomeKind::Approved, ch, dev, None, cmds);
+            return Reply::Decided(OutcomeKind::Approved);
+        }
+        self.otp_failures = self.otp_failures.saturating_add(1);
+        if self.otp_failures >= MAX_OTP_ATTEMPTS {
+            let reason = Some("too_many_wrong_codes");
+            let ch = Some(Channel::Offline);
+            self.finish(now, OutcomeKind::OtpLocked, ch, None, reason, cmds);
+            return Reply::Locked;
+        }
+        Reply::WrongCode {
+            attempts_left: MAX_OTP_ATTEMPTS - self.otp_failures,
+        }
     }
 
     fn on_otp(&mut self, now: i64, hash: OtpHash, cmds: &mut Vec<Command>) -> Reply {
@@ -605,8 +748,15 @@ impl Challenge {
             decided_at_ms: now,
         });
         self.otp = None;
+        // Offline keys live only while the challenge can be confirmed (zeroized on drop).
+        for d in &mut self.spec.devices {
+            d.offline_key = None;
+        }
+        // The deciding device keeps its push (it shows the answer), unless the answer
+        // came by an offline code: then its notification goes too.
+        let keep = device.filter(|_| channel != Some(Channel::Offline));
         for (i, d) in self.devices.iter_mut().enumerate() {
-            if Some(i) != device && d.push.alive() && !d.withdrawn {
+            if Some(i) != keep && d.push.alive() && !d.withdrawn {
                 d.withdrawn = true;
                 cmds.push(Command::Withdraw { device: i });
             }

@@ -2,7 +2,9 @@
 //! state machine, one-time-code hashing and the device-signature check. Nothing in here
 //! reads the clock or touches the network.
 
+pub mod context;
 pub mod machine;
 pub mod model;
+pub mod offline;
 pub mod otp;
 pub mod signature;

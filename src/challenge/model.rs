@@ -180,6 +180,8 @@ impl OutcomeKind {
 pub enum Channel {
     Push,
     Sms,
+    /// An offline code computed by the app (CONTRACT §10).
+    Offline,
 }
 
 impl Channel {
@@ -187,6 +189,7 @@ impl Channel {
         match self {
             Channel::Push => "push",
             Channel::Sms => "sms",
+            Channel::Offline => "offline",
         }
     }
 }
@@ -222,6 +225,9 @@ pub struct Device {
     pub name: Option<Box<str>>,
     /// Boxed: most devices have none, and the key is 72 bytes.
     pub public_key: Option<Box<p256::ecdsa::VerifyingKey>>,
+    /// The key offline codes are computed with; dropped (and zeroized) when the
+    /// challenge ends.
+    pub offline_key: Option<super::offline::OfflineKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +253,12 @@ pub struct ChallengeSpec {
     /// The app whose credentials push it (`app`, CONTRACT §10). Whether it is configured
     /// is the engine's to check (`unknown_app`).
     pub app: AppName,
+    /// The account's name on a device shared by several accounts.
+    pub user_label: Option<Box<str>>,
+    /// Where and from what the operation was asked.
+    pub context: Option<Box<super::context::RequestContext>>,
+    /// An operation id and QR payload for offline confirmation.
+    pub offline: bool,
 }
 
 impl ChallengeSpec {
@@ -296,6 +308,9 @@ struct RawChallenge {
     sms: Option<serde_json::Value>,
     number_match: Option<serde_json::Value>,
     app: Option<serde_json::Value>,
+    user_label: Option<serde_json::Value>,
+    context: Option<serde_json::Value>,
+    offline: Option<serde_json::Value>,
 }
 
 /// True for 1–64 characters of `[A-Za-z0-9_-]`.
@@ -551,6 +566,28 @@ pub fn parse_challenge(
         },
         Some(_) => fail!("invalid_field", "app must be a string"),
     };
+    let null = serde_json::Value::Null;
+    let user_label =
+        match super::context::parse_user_label(raw.user_label.as_ref().unwrap_or(&null)) {
+            Ok(l) => l,
+            Err(e) => fail!("invalid_field", "{e}"),
+        };
+    let context = match super::context::parse_context(raw.context.as_ref().unwrap_or(&null)) {
+        Ok(c) => c,
+        Err(e) => fail!("invalid_field", "{e}"),
+    };
+    let offline = match &raw.offline {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => fail!("invalid_field", "offline must be a boolean"),
+    };
+    // Fail closed: an operation id no device could ever confirm is refused up front.
+    if offline && !devices.iter().any(|d| d.offline_key.is_some()) {
+        fail!(
+            "invalid_field",
+            "offline needs at least one device with an offline_key"
+        );
+    }
     Ok(ChallengeSpec {
         challenge_id: challenge_id.into(),
         user_id: user_id.into(),
@@ -566,6 +603,9 @@ pub fn parse_challenge(
         }),
         number_match,
         app,
+        user_label,
+        context,
+        offline,
     })
 }
 
@@ -628,12 +668,18 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
         }
         Some(_) => return Err("public_key must be a base64 string".into()),
     };
+    let offline_key = match o.get("offline_key") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) => Some(super::offline::OfflineKey::parse(k)?),
+        Some(_) => return Err("offline_key must be a base64 string".into()),
+    };
     Ok(Device {
         device_id: device_id.into(),
         platform,
         token: token.into(),
         name,
         public_key,
+        offline_key,
     })
 }
 

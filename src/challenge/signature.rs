@@ -1,5 +1,6 @@
-//! Device signatures (CONTRACT §5): ECDSA P-256/SHA-256 over
-//! `sca-v1|{challenge_id}|{decision}|{tx_digest}`, DER-encoded and base64'd.
+//! Device signatures (CONTRACT §5, §10): ECDSA P-256/SHA-256 over
+//! `sca-v1|{challenge_id}|{decision}|{tx_digest}` (with `|fraud` for a fraud report) or
+//! `sca-v1|pending|{device_id}|{unix_seconds}`, DER-encoded and base64'd.
 
 use base64::Engine as _;
 use p256::ecdsa::signature::Verifier;
@@ -17,6 +18,16 @@ pub fn parse_public_key(b64: &str) -> Result<VerifyingKey, String> {
 /// The exact string a device signs.
 pub fn signed_message(challenge_id: &str, decision: &str, tx_digest: &str) -> String {
     format!("sca-v1|{challenge_id}|{decision}|{tx_digest}")
+}
+
+/// The exact string a device signs to deny and report fraud (CONTRACT §10).
+pub fn fraud_message(challenge_id: &str, tx_digest: &str) -> String {
+    format!("sca-v1|{challenge_id}|deny|{tx_digest}|fraud")
+}
+
+/// The exact string a device signs to list its pending challenges (CONTRACT §10).
+pub fn pending_message(device_id: &str, unix_seconds: i64) -> String {
+    format!("sca-v1|pending|{device_id}|{unix_seconds}")
 }
 
 /// Verifies a base64 DER signature; any malformed input is simply `false`.

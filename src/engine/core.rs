@@ -17,17 +17,21 @@ use crate::challenge::model::{
 use crate::challenge::otp::{OtpHasher, OTP_VALIDITY_MS};
 use crate::config::Config;
 use crate::limits::UserLimiter;
-use crate::push::{PushContent, PushMessage};
+use crate::push::{PushContent, PushExtra, PushMessage};
 use crate::sms::abuse::SmsLimits;
 use crate::sms::SmsMessage;
 use crate::wire::control::PeerNote;
-use crate::wire::messages::{routing_key, to_bytes, EventMessage, OutcomeMessage, View};
+use crate::wire::messages::{
+    routing_key, to_bytes, EventMessage, OutcomeMessage, PendingChallenge, PendingList, View,
+};
 use crate::wire::ops::{Authority, OpOutcome, Operation};
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::fatigue::{Fatigue, Gate};
+use super::pending_index::PendingIndex;
 use super::sink::ReplyTo;
 
 /// Where the core gets its random numbers (number matching, one-time codes).
@@ -36,6 +40,11 @@ pub trait Entropy: Send + Sync + 'static {
     fn number_match(&self) -> NumberMatch;
     /// A fresh 6-digit one-time code.
     fn otp_code(&self) -> String;
+    /// A fresh 8-digit operation id for offline confirmation (below 10^8).
+    fn operation_id(&self) -> u32 {
+        use rand::Rng;
+        rand::rngs::OsRng.gen_range(0..100_000_000)
+    }
 }
 
 /// The operating system's randomness (OTP codes from the OS CSPRNG).
@@ -80,6 +89,8 @@ pub struct Settings {
     pub dispatched_events: bool,
     /// Which transports are configured (for the default app).
     pub reach: Reach,
+    /// A new challenge supersedes the user's pending one.
+    pub one_pending_per_user: bool,
     /// The named apps (CONTRACT §10 `app`) and which of their transports are
     /// configured; a challenge for an app not here (nor the default) is refused
     /// `unknown_app`.
@@ -122,6 +133,7 @@ impl Settings {
             dispatched_events: cfg.amqp.dispatched_events,
             reach,
             apps: Vec::new(),
+            one_pending_per_user: cfg.limits.one_pending_per_user,
         }
     }
 
@@ -168,6 +180,9 @@ pub enum Metric {
     RateLimited(&'static str),
     Otp(&'static str),
     Sms(&'static str),
+    /// An offline code check, by result.
+    Offline(&'static str),
+    FraudReported,
 }
 
 /// Work for the driver. `A` is the ack token of a delivery.
@@ -257,6 +272,10 @@ pub struct Core<A> {
     sms_limits: SmsLimits,
     otp: OtpHasher,
     entropy: Box<dyn Entropy>,
+    /// Fraud mutes and the unanswered-push backoff, per user.
+    fatigue: Fatigue,
+    /// Undecided challenges by device and by user.
+    pending_index: PendingIndex,
 }
 
 /// Effects of one call.
@@ -271,6 +290,8 @@ impl<A> Core<A> {
             sms_limits: SmsLimits::new(&cfg.sms),
             otp: OtpHasher::from_config(&cfg.sms.otp_key),
             entropy,
+            fatigue: Fatigue::new(cfg),
+            pending_index: PendingIndex::default(),
         }
     }
 
@@ -321,6 +342,7 @@ impl<A> Core<A> {
             kind: spec.kind.as_str(),
         }));
         let id: Arc<str> = Arc::from(&*spec.challenge_id);
+        let mut supersede: Option<Box<str>> = None;
         match self.table.entry(id.clone()) {
             MapEntry::Occupied(mut e) => {
                 // A duplicate or a redelivery of a challenge we hold: never a second one.
@@ -333,8 +355,22 @@ impl<A> Core<A> {
                 }
             }
             MapEntry::Vacant(v) => {
-                let counted = self.limiter.check(&spec.user_id);
-                let (machine, cmds) = if counted {
+                let allowed = self.limiter.check(&spec.user_id);
+                let gate = if allowed {
+                    self.fatigue.gate(&spec.user_id, now)
+                } else {
+                    Gate::Open
+                };
+                let offline = spec.offline;
+                let (mut machine, cmds) = if !allowed {
+                    fx.push(Effect::Count(Metric::RateLimited("user_challenges")));
+                    Challenge::refused(spec, now, OutcomeKind::RateLimited, "user_rate_limit")
+                } else if let Some(reason) = gate.reason() {
+                    // Muted or inside the backoff: SMS at once, else `rate_limited`.
+                    fx.push(Effect::Count(Metric::RateLimited(reason)));
+                    tracing::info!(challenge_id = %id, reason, "push held back");
+                    Challenge::held_back(spec, now, reason)
+                } else {
                     let reachable: Vec<bool> =
                         spec.devices.iter().map(|d| reach.has(d.platform)).collect();
                     let number = spec.number_match.then(|| self.entropy.number_match());
@@ -345,12 +381,14 @@ impl<A> Core<A> {
                         self.settings.default_fallback_s,
                         number,
                     )
-                } else {
-                    fx.push(Effect::Count(Metric::RateLimited("user_challenges")));
-                    Challenge::refused(spec, now, OutcomeKind::RateLimited, "user_rate_limit")
                 };
+                // Refused at once (rate limit, or held back with no phone): not in flight.
+                let counted = allowed && !(gate != Gate::Open && machine.is_done());
                 if counted {
                     fx.push(Effect::Count(Metric::InFlight(true)));
+                    if offline && !machine.is_done() {
+                        machine.operation_id = Some(self.entropy.operation_id());
+                    }
                 }
                 let mut entry = v.insert(Box::new(Entry {
                     machine,
@@ -366,9 +404,38 @@ impl<A> Core<A> {
                     fx.push(event(&e));
                 }
                 self.apply(&id, &mut entry, cmds, now, &mut fx);
+                if !entry.machine.is_done() {
+                    let s = &entry.machine.spec;
+                    let devices = s.devices.iter().map(|d| &*d.device_id);
+                    self.pending_index.add(&id, &s.user_id, devices);
+                    if self.settings.one_pending_per_user {
+                        supersede = Some(s.user_id.clone());
+                    }
+                }
             }
         }
+        // Outside the new entry's lock: another entry of the same shard may be locked.
+        if let Some(user) = supersede {
+            self.supersede(now, &id, &user, &mut fx);
+        }
         fx
+    }
+
+    /// Cancels the user's other pending challenges (`superseded`).
+    fn supersede(&self, now: i64, newer: &Arc<str>, user: &str, fx: &mut Effects<A>) {
+        for old in self.pending_index.for_user(user) {
+            if old == *newer {
+                continue;
+            }
+            let Some(mut entry) = self.table.get_mut(&old) else {
+                continue;
+            };
+            if &*entry.machine.spec.user_id != user {
+                continue;
+            }
+            let step = entry.machine.handle(now, Event::Supersede);
+            self.apply(&old, &mut entry, step.commands, now, fx);
+        }
     }
 
     fn reject(
@@ -402,6 +469,9 @@ impl<A> Core<A> {
                     sms: None,
                     number_match: false,
                     app: AppName::default(),
+                    user_label: None,
+                    context: None,
+                    offline: false,
                 };
                 // The record's outcome message is the one below (it names the reason and
                 // leaves an unknown kind out), so the machine's commands are not needed.
@@ -463,6 +533,10 @@ impl<A> Core<A> {
         let key: Arc<str> = entry.key().clone();
         let hash;
         let event = match op {
+            Operation::Decision(d) if d.report_fraud => Event::ReportFraud {
+                device_id: d.device_id.as_str(),
+                signature: d.signature.as_deref(),
+            },
             Operation::Decision(d) => Event::Decision {
                 device_id: d.device_id.as_str(),
                 approve: d.decision.approves(),
@@ -477,9 +551,10 @@ impl<A> Core<A> {
             }
             Operation::Sms => Event::SmsRequested,
             Operation::Cancel => Event::Cancel,
+            Operation::Offline { code } => Event::OfflineAttempt { code: code.value() },
         };
         let step = entry.machine.handle(now, event);
-        if let Operation::Otp { .. } = op {
+        if let Operation::Otp { .. } | Operation::Offline { .. } = op {
             let result = match step.reply {
                 Reply::Decided(_) => "ok",
                 Reply::WrongCode { .. } => "wrong",
@@ -487,7 +562,11 @@ impl<A> Core<A> {
                 Reply::CodeExpired => "expired",
                 _ => "refused",
             };
-            fx.push(Effect::Count(Metric::Otp(result)));
+            fx.push(Effect::Count(if let Operation::Otp { .. } = op {
+                Metric::Otp(result)
+            } else {
+                Metric::Offline(result)
+            }));
         }
         let sms = self.apply(&key, &mut entry, step.commands, now, &mut fx);
         let outcome = match (step.reply, sms) {
@@ -603,7 +682,56 @@ impl<A> Core<A> {
     pub fn prune(&self, now: i64) -> usize {
         let users = self.limiter.prune();
         self.sms_limits.prune(now);
+        self.fatigue.prune(now);
         users
+    }
+
+    /// The undecided challenges bound to a device (CONTRACT §10), read from the index.
+    /// With [`DeviceAuth::Signed`] the timestamp must be within ±60 s of `now` (else
+    /// `None`: unauthorized), and only challenges whose bound key for this device
+    /// verifies the signature are listed — a signature no pending challenge can verify
+    /// gets an empty list, the same answer as a device with nothing pending, so the
+    /// endpoint tells a caller without the key nothing.
+    pub fn pending_for_device(
+        &self,
+        now: i64,
+        device_id: &str,
+        auth: &DeviceAuth,
+    ) -> Option<PendingList> {
+        if let DeviceAuth::Signed { timestamp, .. } = auth {
+            if (now.div_euclid(1000) - timestamp).abs() > PENDING_SKEW_S {
+                return None;
+            }
+        }
+        let mut challenges = Vec::new();
+        for id in self.pending_index.for_device(device_id) {
+            let Some(entry) = self.table.get(&id) else {
+                continue;
+            };
+            let m = &entry.machine;
+            if m.is_done() || now >= m.spec.expires_at_ms() {
+                continue;
+            }
+            let Some(d) = m.spec.devices.iter().find(|d| &*d.device_id == device_id) else {
+                continue;
+            };
+            if let DeviceAuth::Signed {
+                timestamp,
+                signature,
+            } = auth
+            {
+                let msg = crate::challenge::signature::pending_message(device_id, *timestamp);
+                let ok = d
+                    .public_key
+                    .as_deref()
+                    .is_some_and(|k| crate::challenge::signature::verify(k, &msg, signature));
+                if !ok {
+                    continue;
+                }
+            }
+            challenges.push(PendingChallenge::of(m));
+        }
+        Some(PendingList { challenges })
     }
 
     // ---- commands -------------------------------------------------------------
@@ -621,21 +749,24 @@ impl<A> Core<A> {
         let mut queue = std::collections::VecDeque::from(cmds);
         let mut sms_result = None;
         let mut texts: Option<(Arc<str>, Arc<str>)> = None;
+        let mut extras: Option<Option<Arc<PushExtra>>> = None;
         while let Some(cmd) = queue.pop_front() {
             match cmd {
                 Command::Push { device } => {
                     let (title, body) = texts
                         .get_or_insert_with(|| {
-                            let s = &entry.machine.spec;
-                            let (a, b) =
-                                crate::texts::push_texts(&s.locale, s.kind, s.transaction.as_ref());
+                            let (a, b) = crate::texts::challenge_texts(&entry.machine.spec);
                             (a.into(), b.into())
                         })
+                        .clone();
+                    let extra = extras
+                        .get_or_insert_with(|| push_extra(&entry.machine.spec))
                         .clone();
                     let content = PushContent::Challenge {
                         title,
                         body,
                         number_choices: entry.machine.number.map(|n| n.choices),
+                        extra,
                     };
                     if let Some((platform, msg)) = self.push_message(id, entry, device, content) {
                         fx.push(Effect::Push {
@@ -773,6 +904,12 @@ impl<A> Core<A> {
         if entry.counted {
             fx.push(Effect::Count(Metric::InFlight(false)));
         }
+        self.pending_index.remove(
+            id,
+            &m.spec.user_id,
+            m.spec.devices.iter().map(|d| &*d.device_id),
+        );
+        self.fatigue_after(m, o.decided_at_ms, fx);
         if o.kind == OutcomeKind::Approved && o.channel == Some(Channel::Sms) {
             self.sms_limits.confirmed(&m.spec.user_id);
             fx.push(Effect::TellPeers(PeerNote::SmsConfirmed {
@@ -808,6 +945,65 @@ fn unknown_app(spec: &ChallengeSpec) -> Rejection {
     }
 }
 
+impl<A> Core<A> {
+    /// What a settled challenge means for the user's push fatigue: a fraud report mutes
+    /// (and is announced), an answer resets the backoff, a push that reached the user
+    /// and expired unanswered lengthens it.
+    fn fatigue_after(&self, m: &Challenge, now: i64, fx: &mut Effects<A>) {
+        let Some(o) = m.outcome.as_ref() else { return };
+        let user = &m.spec.user_id;
+        if o.reason == Some("fraud_reported") {
+            self.fatigue.fraud_reported(user, now);
+            fx.push(Effect::Count(Metric::FraudReported));
+            tracing::warn!(challenge_id = %m.spec.challenge_id, "fraud reported; pushes to the user muted");
+            if let Some(e) = EventMessage::fraud_reported(m, now) {
+                fx.push(event(&e));
+            }
+        }
+        match o.kind {
+            OutcomeKind::Approved | OutcomeKind::Denied if o.channel.is_some() => {
+                self.fatigue.answered(user)
+            }
+            OutcomeKind::Expired if m.pushed() => self.fatigue.unanswered(user, now),
+            _ => {}
+        }
+    }
+}
+
+/// How `GET /v1/devices/{device_id}/challenges` was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// A valid bearer token: every pending challenge bound to the device.
+    Bearer,
+    /// `X-SCA-Timestamp` and `X-SCA-Signature`: those whose key verifies.
+    Signed { timestamp: i64, signature: String },
+}
+
+/// How far `X-SCA-Timestamp` may be from the clock.
+pub const PENDING_SKEW_S: i64 = 60;
+
+/// Encoded context beyond this leaves its `details` out of the push data (the
+/// payloads' own limits are 4 KiB; the pending list still shows them).
+const MAX_PUSH_CONTEXT_BYTES: usize = 1536;
+
+/// The account label and context a challenge's pushes carry as data, if any.
+fn push_extra(spec: &ChallengeSpec) -> Option<Arc<PushExtra>> {
+    if spec.user_label.is_none() && spec.context.is_none() {
+        return None;
+    }
+    let mut context = spec.context.as_deref().cloned();
+    if let Some(c) = context.as_mut() {
+        let len = serde_json::to_vec(c).map(|v| v.len()).unwrap_or(usize::MAX);
+        if len > MAX_PUSH_CONTEXT_BYTES {
+            c.details.clear();
+        }
+    }
+    Some(Arc::new(PushExtra {
+        user_label: spec.user_label.clone(),
+        context,
+    }))
+}
+
 fn event<A>(e: &EventMessage) -> Effect<A> {
     Effect::PublishEvent {
         routing_key: e.routing_key(),
@@ -841,6 +1037,7 @@ fn op_outcome(reply: Reply) -> OpOutcome {
         Reply::CodeExpired => OpOutcome::CodeExpired,
         Reply::NoSms => OpOutcome::NoSms,
         Reply::SmsQueued => OpOutcome::SmsSent,
+        Reply::NotOffline => OpOutcome::NotOffline,
         Reply::None => OpOutcome::Accepted,
     }
 }

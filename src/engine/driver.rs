@@ -208,6 +208,16 @@ impl Engine {
         }
     }
 
+    /// The undecided challenges bound to a device held here; `None` when a signed
+    /// request's timestamp is off by more than 60 s.
+    pub fn pending_for_device(
+        &self,
+        device_id: &str,
+        auth: &super::core::DeviceAuth,
+    ) -> Option<crate::wire::messages::PendingList> {
+        self.core.pending_for_device(now_ms(), device_id, auth)
+    }
+
     /// Applies what another instance told.
     pub fn apply_peer_note(&self, note: &crate::wire::control::PeerNote) {
         self.core.peer_note(now_ms(), note);
@@ -483,6 +493,10 @@ fn count(m: Metric) {
             metrics::counter!(t::OTP_VERIFICATIONS, "result" => result).increment(1)
         }
         Metric::Sms(result) => metrics::counter!(t::SMS, "result" => result).increment(1),
+        Metric::Offline(result) => {
+            metrics::counter!(t::OFFLINE_VERIFICATIONS, "result" => result).increment(1)
+        }
+        Metric::FraudReported => metrics::counter!(t::FRAUD_REPORTS).increment(1),
     }
 }
 

@@ -13,7 +13,9 @@ pub mod driver;
 #[cfg(feature = "tools")]
 #[allow(unsafe_code)]
 pub mod footprint;
+pub mod fatigue;
 pub mod peers;
+pub mod pending_index;
 pub mod sink;
 pub mod timers;
 

@@ -3,10 +3,11 @@
 //! parsing into the typed [`wire`](crate::wire) values.
 
 use super::{json_response, Body};
+use crate::engine::core::DeviceAuth;
 use crate::engine::Engine;
 use crate::telemetry as t;
 use crate::wire::ops::{
-    Answer, Authority, ChallengeId, DecisionBody, OpOutcome, Operation, OtpBody,
+    Answer, Authority, ChallengeId, DecisionBody, OfflineBody, OpOutcome, Operation, OtpBody,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -104,6 +105,9 @@ impl Api {
                     (&Method::POST, ["otp"]) => {
                         ("otp", self.authed(req, |s, r| s.otp(r, id)).await)
                     }
+                    (&Method::POST, ["offline"]) => {
+                        ("offline", self.authed(req, |s, r| s.offline(r, id)).await)
+                    }
                     (&Method::POST, ["sms"]) => (
                         "sms",
                         self.authed(req, |s, _| s.operate(id, Operation::Sms)).await,
@@ -114,13 +118,20 @@ impl Api {
                             .await,
                     ),
                     (&Method::GET, []) => ("get", self.authed(req, |s, r| s.get(r, id)).await),
-                    (_, ["decision"] | ["otp"] | ["sms"] | []) => (
+                    (_, ["decision"] | ["otp"] | ["sms"] | ["offline"] | []) => (
                         "other",
                         err(405, "method_not_allowed", "method not allowed on this path"),
                     ),
                     _ => ("other", err(404, "not_found", "no such endpoint")),
                 }
             }
+            (&Method::GET, ["v1", "devices", device_id, "challenges"]) => {
+                ("device_challenges", self.device_challenges(&req, device_id))
+            }
+            (_, ["v1", "devices", _, "challenges"]) => (
+                "other",
+                err(405, "method_not_allowed", "method not allowed on this path"),
+            ),
             _ => ("other", err(404, "not_found", "no such endpoint")),
         }
     }
@@ -194,13 +205,16 @@ impl Api {
             Err(r) => return r,
         };
         let op = match serde_json::from_slice::<DecisionBody>(&bytes) {
-            Ok(p) => p.into_op(),
+            Ok(p) => match p.into_op() {
+                Ok(op) => op,
+                Err(e) => return err(422, "invalid_body", e),
+            },
             Err(e) => {
                 return err(
                     422,
                     "invalid_body",
                     &format!(
-                    "expected {{\"device_id\", \"decision\", \"signature\"?, \"number\"?}}: {e}"
+                    "expected {{\"device_id\", \"decision\", \"signature\"?, \"number\"?, \"report_fraud\"?}}: {e}"
                 ),
                 )
             }
@@ -229,6 +243,76 @@ impl Api {
             Err(e) => return err(422, "invalid_code", e),
         };
         self.operate(id, Operation::Otp { code }).await
+    }
+
+    async fn offline(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
+        let bytes = match self.body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        // The error never repeats what was sent: it may be a code.
+        let code = match serde_json::from_slice::<OfflineBody>(&bytes) {
+            Ok(p) => p.code,
+            Err(e) => {
+                return err(
+                    422,
+                    "invalid_body",
+                    &format!("expected {{\"code\": \"12345678\"}}: {e}"),
+                )
+            }
+        };
+        let code = match code.into_offline_code() {
+            Ok(c) => c,
+            Err(e) => return err(422, "invalid_code", e),
+        };
+        self.operate(id, Operation::Offline { code }).await
+    }
+
+    /// `GET /v1/devices/{device_id}/challenges`: the bearer token, or the device's
+    /// signature over `sca-v1|pending|{device_id}|{X-SCA-Timestamp}`.
+    fn device_challenges(&self, req: &Request<Incoming>, device_id: &str) -> Response<Body> {
+        let device_id = match urlencoding::decode(device_id) {
+            Ok(d) if !d.is_empty() && d.len() <= 64 && !d.chars().any(char::is_control) => d,
+            _ => return err(404, "not_found", "no such device"),
+        };
+        let auth = if !self.tokens.is_empty() && token_ok(&self.tokens, req) {
+            DeviceAuth::Bearer
+        } else {
+            let h = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+            };
+            let timestamp = h("x-sca-timestamp")
+                .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<i64>().ok());
+            match (timestamp, h("x-sca-signature")) {
+                (Some(timestamp), Some(sig)) if !sig.is_empty() && sig.len() <= 200 => {
+                    DeviceAuth::Signed {
+                        timestamp,
+                        signature: sig.to_string(),
+                    }
+                }
+                // No token configured and no signature: open only when the operator said so.
+                _ if self.tokens.is_empty() => DeviceAuth::Bearer,
+                _ => {
+                    return err(
+                        401,
+                        "unauthorized",
+                        "missing or invalid bearer token, or X-SCA-Timestamp and X-SCA-Signature",
+                    )
+                }
+            }
+        };
+        match self.engine.pending_for_device(&device_id, &auth) {
+            Some(list) => json_response(200, &serde_json::to_value(&list).unwrap_or_default()),
+            None => err(
+                401,
+                "unauthorized",
+                "X-SCA-Timestamp is more than 60 seconds from the server's clock",
+            ),
+        }
     }
 
     /// `?wait=` seconds: a finite number in `0..=http.max_wait_seconds`.

@@ -25,6 +25,8 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/v1/challenges/{id}/decision"),
     r("POST", "/v1/challenges/{id}/otp"),
     r("POST", "/v1/challenges/{id}/sms"),
+    r("POST", "/v1/challenges/{id}/offline"),
+    r("GET", "/v1/devices/{device_id}/challenges"),
 ];
 
 impl Route {

@@ -309,6 +309,7 @@ mod tests {
                     title: "t".into(),
                     body: "b".into(),
                     number_choices: None,
+                    extra: None,
                 }
             },
             expires_at_ms: now_ms() + ttl_ms,

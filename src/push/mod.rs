@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod fcm;
 pub mod hms;
 
+use crate::challenge::context::RequestContext;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::{AppName, Kind, Platform};
 use std::sync::Arc;
@@ -25,9 +26,28 @@ pub enum PushContent {
         title: Arc<str>,
         body: Arc<str>,
         number_choices: Option<[u8; 3]>,
+        /// The account label and the request context, carried as data.
+        extra: Option<Arc<PushExtra>>,
     },
     /// Take the challenge off the screen: decided elsewhere, cancelled or expired.
     Withdraw,
+}
+
+/// What a challenge push carries beyond its texts (CONTRACT §10): the account's label
+/// and the request context, as the payload's data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushExtra {
+    pub user_label: Option<Box<str>>,
+    pub context: Option<RequestContext>,
+}
+
+impl PushExtra {
+    /// The context as compact JSON, for the string-valued data of FCM and Push Kit.
+    pub fn context_json(&self) -> Option<String> {
+        self.context
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok())
+    }
 }
 
 /// One push to one device.

@@ -1,8 +1,10 @@
 //! What the daemon publishes and shows: the outcome (CONTRACT §4), the events on
 //! `sca.events` and the challenge view of `GET /v1/challenges/{id}`.
 
+use crate::challenge::context::RequestContext;
 use crate::challenge::machine::Challenge;
 use crate::challenge::model::{ChallengeSpec, Channel, Kind, OutcomeKind, Platform};
+use crate::challenge::offline;
 use crate::challenge::otp::MAX_OTP_ATTEMPTS;
 use crate::sms::mask_phone;
 use serde::{Deserialize, Serialize};
@@ -121,6 +123,15 @@ pub enum EventMessage {
     SmsSent(SmsEvent),
     #[serde(rename = "sms.failed")]
     SmsFailed(SmsEvent),
+    /// A device denied a challenge and reported fraud (CONTRACT §10).
+    #[serde(rename = "user.fraud_reported")]
+    FraudReported {
+        v: u8,
+        user_id: String,
+        challenge_id: String,
+        device_id: String,
+        at: String,
+    },
 }
 
 /// `sms.sent` / `sms.failed`, the number masked.
@@ -141,7 +152,19 @@ impl EventMessage {
             EventMessage::TokenInvalid { .. } => "device.token_invalid",
             EventMessage::SmsSent(_) => "sms.sent",
             EventMessage::SmsFailed(_) => "sms.failed",
+            EventMessage::FraudReported { .. } => "user.fraud_reported",
         }
+    }
+
+    /// `user.fraud_reported` of a challenge denied with a fraud report.
+    pub fn fraud_reported(c: &Challenge, now: i64) -> Option<EventMessage> {
+        Some(EventMessage::FraudReported {
+            v: 1,
+            user_id: c.spec.user_id.to_string(),
+            challenge_id: c.spec.challenge_id.to_string(),
+            device_id: c.decided_device_id()?.to_string(),
+            at: rfc3339_ms(now),
+        })
     }
 
     pub fn dispatched(c: &Challenge, now: i64) -> EventMessage {
@@ -249,6 +272,12 @@ pub struct View {
     pub sms: Option<SmsView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u8>,
+    /// The 8-digit operation id of an offline challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+    /// The QR payload for the app (offline challenges, while pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
 }
 
 impl View {
@@ -289,10 +318,59 @@ impl View {
                 attempts_left: MAX_OTP_ATTEMPTS.saturating_sub(c.otp_failures),
             }),
             number: c.number.map(|n| n.number),
+            operation_id: c.operation_id.map(offline::format_code),
+            qr: c.operation_id.filter(|_| !c.is_done()).map(|op| {
+                offline::QrPayload::new(
+                    &offline::format_code(op),
+                    s.kind,
+                    s.expires_at_ms(),
+                    s.transaction.as_ref(),
+                )
+                .encode()
+            }),
         }
     }
 
     pub fn is_completed(&self) -> bool {
         self.state == ViewState::Completed
     }
+}
+
+/// One undecided challenge of `GET /v1/devices/{device_id}/challenges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChallenge {
+    pub challenge_id: String,
+    pub kind: Kind,
+    pub title: String,
+    pub body: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_choices: Option<[u8; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<RequestContext>,
+}
+
+impl PendingChallenge {
+    pub fn of(c: &Challenge) -> PendingChallenge {
+        let s = &c.spec;
+        let (title, body) = crate::texts::challenge_texts(s);
+        PendingChallenge {
+            challenge_id: s.challenge_id.to_string(),
+            kind: s.kind,
+            title,
+            body,
+            expires_at: rfc3339_ms(s.expires_at_ms()),
+            number_choices: c.number.map(|n| n.choices),
+            user_label: s.user_label.as_deref().map(str::to_string),
+            context: s.context.as_deref().cloned(),
+        }
+    }
+}
+
+/// The body of `GET /v1/devices/{device_id}/challenges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingList {
+    pub challenges: Vec<PendingChallenge>,
 }

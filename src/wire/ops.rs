@@ -6,7 +6,7 @@
 //! forwarded operations.
 
 use crate::challenge::model::{valid_challenge_id, OutcomeKind};
-use crate::challenge::otp;
+use crate::challenge::{offline, otp};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -135,6 +135,11 @@ impl CodeText {
             Err("code must be 6 digits")
         }
     }
+
+    /// The offline code, if it is one (8 ASCII digits).
+    pub fn into_offline_code(self) -> Result<OfflineCode, &'static str> {
+        OfflineCode::parse(&self.0).ok_or("code must be 8 digits")
+    }
 }
 
 /// A one-time code as the user typed it: 6 ASCII digits. Its `Debug` hides it.
@@ -159,6 +164,39 @@ impl fmt::Debug for OtpCode {
 impl Serialize for OtpCode {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+/// An offline code as the user typed it: 8 ASCII digits. Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OfflineCode(u32);
+
+impl OfflineCode {
+    pub fn parse(s: &str) -> Option<OfflineCode> {
+        offline::parse_code(s).map(OfflineCode)
+    }
+    pub fn value(&self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Debug for OfflineCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OfflineCode(***)")
+    }
+}
+
+impl Serialize for OfflineCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&offline::format_code(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for OfflineCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        CodeText::deserialize(d)?
+            .into_offline_code()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -192,16 +230,28 @@ pub struct DecisionOp {
     pub signature: Option<String>,
     #[serde(default)]
     pub number: Option<u32>,
+    /// A deny that reports fraud (CONTRACT §10); never set on an approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_fraud: bool,
 }
+
+/// The error of `report_fraud` on an approval.
+const FRAUD_ON_APPROVE: &str = "report_fraud may only be set on a deny";
 
 /// An operation on a challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Operation {
     Decision(DecisionOp),
-    Otp { code: OtpCode },
+    Otp {
+        code: OtpCode,
+    },
     Sms,
     Cancel,
+    /// An offline code computed by the app (CONTRACT §10).
+    Offline {
+        code: OfflineCode,
+    },
 }
 
 impl Operation {
@@ -210,6 +260,7 @@ impl Operation {
         match self {
             Operation::Decision(_) => "decision",
             Operation::Otp { .. } => "otp",
+            Operation::Offline { .. } => "offline",
             Operation::Sms => "sms",
             Operation::Cancel => "cancel",
         }
@@ -241,6 +292,8 @@ pub struct DecisionBody {
     pub signature: Option<String>,
     #[serde(default)]
     pub number: Option<u32>,
+    #[serde(default)]
+    pub report_fraud: bool,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -248,14 +301,30 @@ pub struct DecisionBody {
 }
 
 impl DecisionBody {
-    pub fn into_op(self) -> Operation {
-        Operation::Decision(DecisionOp {
+    /// The operation; `report_fraud` on an approval is refused.
+    pub fn into_op(self) -> Result<Operation, &'static str> {
+        if self.report_fraud && self.decision.approves() {
+            return Err(FRAUD_ON_APPROVE);
+        }
+        Ok(Operation::Decision(DecisionOp {
             device_id: self.device_id,
             decision: self.decision,
             signature: self.signature,
             number: self.number,
-        })
+            report_fraud: self.report_fraud,
+        }))
     }
+}
+
+/// The body of `POST …/offline`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineBody {
+    pub code: CodeText,
+    #[serde(default, rename = "challenge_id")]
+    _challenge_id: Option<de::IgnoredAny>,
+    #[serde(default, rename = "op")]
+    _op: Option<de::IgnoredAny>,
 }
 
 /// The body of `POST …/otp`.
@@ -279,6 +348,8 @@ struct ResponseDecision {
     signature: Option<String>,
     #[serde(default)]
     number: Option<u32>,
+    #[serde(default)]
+    report_fraud: bool,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +371,7 @@ enum ResponseWire {
     Otp(ResponseOtp),
     Sms(ResponseBare),
     Cancel(ResponseBare),
+    Offline(ResponseOtp),
 }
 
 /// The `op` of a body whose `op` names no operation.
@@ -309,11 +381,12 @@ fn unknown_op(body: &[u8]) -> Option<String> {
         op: Option<String>,
     }
     let op = serde_json::from_slice::<OpOnly>(body).ok()?.op?;
-    let known = ["decision", "otp", "sms", "cancel"];
+    let known = ["decision", "otp", "sms", "cancel", "offline"];
     (!known.contains(&op.as_str())).then(|| op.chars().take(32).collect())
 }
 
-/// A message of `sca.responses`: `{"op": "decision"|"otp"|"sms"|"cancel", "challenge_id", …}`.
+/// A message of `sca.responses`: `{"op": "decision"|"otp"|"sms"|"cancel"|"offline",
+/// "challenge_id", …}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseMessage {
     pub challenge_id: ChallengeId,
@@ -352,14 +425,26 @@ impl ResponseMessage {
         })?;
         let bad_code = |e: &str| format!("invalid_field: {e}");
         Ok(match wire {
-            ResponseWire::Decision(d) => ResponseMessage {
-                challenge_id: d.challenge_id,
-                op: Operation::Decision(DecisionOp {
-                    device_id: d.device_id,
-                    decision: d.decision,
-                    signature: d.signature,
-                    number: d.number,
-                }),
+            ResponseWire::Decision(d) => {
+                if d.report_fraud && d.decision.approves() {
+                    return Err(format!("invalid_field: {FRAUD_ON_APPROVE}"));
+                }
+                ResponseMessage {
+                    challenge_id: d.challenge_id,
+                    op: Operation::Decision(DecisionOp {
+                        device_id: d.device_id,
+                        decision: d.decision,
+                        signature: d.signature,
+                        number: d.number,
+                        report_fraud: d.report_fraud,
+                    }),
+                }
+            }
+            ResponseWire::Offline(o) => ResponseMessage {
+                challenge_id: o.challenge_id,
+                op: Operation::Offline {
+                    code: o.code.into_offline_code().map_err(bad_code)?,
+                },
             },
             ResponseWire::Otp(o) => ResponseMessage {
                 challenge_id: o.challenge_id,
@@ -408,6 +493,8 @@ pub enum OpOutcome {
         limit: String,
     },
     SmsUnavailable,
+    /// An offline code for a challenge without an operation id.
+    NotOffline,
     /// Taken, nothing to report.
     Accepted,
     NotFound,
@@ -499,6 +586,11 @@ impl OpOutcome {
             OpOutcome::SmsUnavailable => {
                 Answer::error(503, "sms_unavailable", "no SMS gateway is configured")
             }
+            OpOutcome::NotOffline => Answer::error(
+                409,
+                "not_offline",
+                "this challenge has no operation id for offline confirmation",
+            ),
             OpOutcome::Accepted => a(200, json!({})),
             OpOutcome::NotFound => Answer::error(404, "not_found", "no such challenge"),
             OpOutcome::Unauthorized => Answer::error(
@@ -543,6 +635,13 @@ mod tests {
             parse(r#"{"op":"sms","challenge_id":"c1"}"#).unwrap().op,
             Operation::Sms
         );
+        let m = parse(r#"{"op":"offline","challenge_id":"c1","code":"00000042"}"#).unwrap();
+        assert!(matches!(&m.op, Operation::Offline { code } if code.value() == 42));
+        let m = parse(
+            r#"{"op":"decision","challenge_id":"c1","device_id":"d","decision":"deny","report_fraud":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(&m.op, Operation::Decision(d) if d.report_fraud));
         let m = parse(r#"{"op":"cancel","challenge_id":"c1"}"#).unwrap();
         assert_eq!((m.challenge_id.as_str(), m.op), ("c1", Operation::Cancel));
     }
@@ -555,7 +654,18 @@ mod tests {
                 decision: Decision::Approve,
                 signature: Some("s".into()),
                 number: Some(42),
+                report_fraud: false,
             }),
+            Operation::Decision(DecisionOp {
+                device_id: DeviceId("d".into()),
+                decision: Decision::Deny,
+                signature: None,
+                number: None,
+                report_fraud: true,
+            }),
+            Operation::Offline {
+                code: OfflineCode::parse("01234567").unwrap(),
+            },
             Operation::Otp {
                 code: OtpCode::parse("123456").unwrap(),
             },
@@ -593,6 +703,14 @@ mod tests {
             (
                 r#"{"op":"otp","challenge_id":"c1","code":"123456","x":1}"#,
                 "invalid_field",
+            ),
+            (
+                r#"{"op":"offline","challenge_id":"c1","code":"123456"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"op":"decision","challenge_id":"c1","device_id":"d","decision":"approve","report_fraud":true}"#,
+                "invalid_field: report_fraud",
             ),
         ] {
             let e = parse(bad).unwrap_err();
@@ -651,6 +769,7 @@ mod tests {
                 429,
             ),
             (OpOutcome::NotFound, 404),
+            (OpOutcome::NotOffline, 409),
             (OpOutcome::Unauthorized, 401),
             (OpOutcome::Unreachable, 503),
         ];

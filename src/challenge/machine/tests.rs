@@ -554,6 +554,83 @@ fn expired_on_arrival() {
     assert_eq!(c.outcome.unwrap().kind, OutcomeKind::Expired);
 }
 
+fn key_b64(seed: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([seed; 32])
+}
+
+#[test]
+fn a_held_back_challenge_goes_to_sms_or_ends_rate_limited() {
+    let (c, cmds) = Challenge::held_back(spec_with(|_| {}), T0, "push_muted");
+    assert_eq!(cmds, vec![Command::SendSms], "no push, SMS at once");
+    assert!(c.devices.iter().all(|d| d.push == PushState::Suppressed));
+    assert!(!c.is_done() && !c.pushed());
+    let spec = spec_with(|v| {
+        v.as_object_mut().unwrap().remove("sms");
+    });
+    let (c, cmds) = Challenge::held_back(spec, T0, "push_backoff");
+    assert_eq!(cmds, vec![Command::PublishOutcome]);
+    let o = c.outcome.unwrap();
+    assert_eq!(
+        (o.kind, o.reason),
+        (OutcomeKind::RateLimited, Some("push_backoff"))
+    );
+}
+
+#[test]
+fn a_fraud_report_denies_with_its_reason_and_a_supersede_cancels() {
+    let (mut c, _) = start(spec_with(|_| {}));
+    let s = c.handle(
+        T0 + 1,
+        Event::ReportFraud {
+            device_id: "zz",
+            signature: None,
+        },
+    );
+    assert_eq!(s.reply, Reply::DeviceNotBound);
+    let s = c.handle(
+        T0 + 2,
+        Event::ReportFraud {
+            device_id: "c",
+            signature: None,
+        },
+    );
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Denied));
+    let o = c.outcome.clone().unwrap();
+    assert_eq!((o.device, o.reason), (Some(2), Some("fraud_reported")));
+    let (mut c, _) = start(spec_with(|_| {}));
+    let s = c.handle(T0 + 1, Event::Supersede);
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Cancelled));
+    assert_eq!(c.outcome.unwrap().reason, Some("superseded"));
+}
+
+#[test]
+fn an_offline_code_approves_once_and_withdraws_every_push() {
+    let spec = spec_with(|v| {
+        v["offline"] = true.into();
+        v["devices"][2]["offline_key"] = key_b64(7).into();
+    });
+    let (mut c, _) = start(spec);
+    let s = c.handle(T0 + 1, Event::OfflineAttempt { code: 1 });
+    assert_eq!(s.reply, Reply::NotOffline, "no operation id yet");
+    c.operation_id = Some(12_345_678);
+    let code = offline::OfflineKey::from_bytes([7; 32]).code("12345678", "");
+    let s = c.handle(T0 + 2, Event::OfflineAttempt { code: code ^ 1 });
+    assert_eq!(s.reply, Reply::WrongCode { attempts_left: 4 });
+    let s = c.handle(T0 + 3, Event::OfflineAttempt { code });
+    assert_eq!(s.reply, Reply::Decided(OutcomeKind::Approved));
+    assert_eq!(
+        s.commands
+            .iter()
+            .filter(|c| matches!(c, Command::Withdraw { .. }))
+            .count(),
+        3
+    );
+    let o = c.outcome.clone().unwrap();
+    assert_eq!((o.channel, o.device), (Some(Channel::Offline), Some(2)));
+    assert!(c.spec.devices.iter().all(|d| d.offline_key.is_none()));
+}
+
 // ---- property tests -------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -567,6 +644,9 @@ enum Ev {
     SmsResult(bool),
     Cancel,
     Tick,
+    Fraud(usize),
+    Offline(bool),
+    Supersede,
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -580,6 +660,9 @@ fn ev() -> impl Strategy<Value = Ev> {
         any::<bool>().prop_map(Ev::SmsResult),
         Just(Ev::Cancel),
         Just(Ev::Tick),
+        (0usize..4).prop_map(Ev::Fraud),
+        any::<bool>().prop_map(Ev::Offline),
+        Just(Ev::Supersede),
     ]
 }
 
@@ -595,11 +678,14 @@ proptest! {
         let h = OtpHasher::new([9; 32]);
         let spec = spec_with(|v| {
             v["devices"] = serde_json::Value::Array(v["devices"].as_array().unwrap()[..ndev.min(3)].to_vec());
+            if let Some(d) = v["devices"].get_mut(1) { d["offline_key"] = key_b64(5).into(); }
             if !with_sms { v.as_object_mut().unwrap().remove("sms"); }
         });
         let ttl_end = spec.expires_at_ms();
         let n = spec.devices.len();
         let (mut c, cmds) = Challenge::start(spec, T0, &reach[..n], 30, None);
+        c.operation_id = Some(42);
+        let right_offline = offline::OfflineKey::from_bytes([5; 32]).code("00000042", "");
         let mut all: Vec<Command> = cmds;
         let mut pushed: Vec<bool> = vec![false; n];
         let mut dead: Vec<bool> = vec![false; n];
@@ -624,6 +710,9 @@ proptest! {
                 Ev::SmsResult(ok) => { let seq = c.sms_sent; c.handle(now, Event::SmsResult { seq, delivered: ok }) }
                 Ev::Cancel => c.handle(now, Event::Cancel),
                 Ev::Tick => c.handle(now, Event::Tick),
+                Ev::Fraud(d) => c.handle(now, Event::ReportFraud { device_id: names[d], signature: None }),
+                Ev::Offline(right) => c.handle(now, Event::OfflineAttempt { code: if right { right_offline } else { right_offline ^ 1 } }),
+                Ev::Supersede => c.handle(now, Event::Supersede),
             };
             if was_done {
                 // Nothing is accepted after the outcome: no new work, no second outcome.
@@ -649,10 +738,16 @@ proptest! {
         for i in 0..n {
             let w = all.iter().filter(|c| **c == Command::Withdraw { device: i }).count();
             prop_assert!(w <= 1);
-            if pushed[i] && !dead[i] && o.device != Some(i) {
+            let by_offline = o.channel == Some(Channel::Offline);
+            if pushed[i] && !dead[i] && (o.device != Some(i) || by_offline) {
                 prop_assert_eq!(w, 1, "device {} not withdrawn", i);
             }
-            if o.device == Some(i) { prop_assert_eq!(w, 0); }
+            if o.device == Some(i) && !by_offline { prop_assert_eq!(w, 0); }
+        }
+        // Offline keys never outlive the challenge.
+        prop_assert!(c.spec.devices.iter().all(|d| d.offline_key.is_none()));
+        if o.channel == Some(Channel::Offline) && o.kind == OutcomeKind::Approved {
+            prop_assert_eq!(o.device, Some(1));
         }
     }
 }

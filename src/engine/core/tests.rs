@@ -77,6 +77,7 @@ fn decide(device: &str, approve: bool) -> Operation {
         },
         signature: None,
         number: None,
+        report_fraud: false,
     })
 }
 
@@ -891,4 +892,448 @@ fn the_compact_record_answers_as_the_challenge_did() {
         );
         assert!(outcome_of(&fx).is_none());
     }
+}
+
+// ---- offline confirmation, fraud reports, push fatigue, pending per device ---------
+
+use crate::challenge::offline::{format_code, OfflineKey, QrPayload};
+use crate::challenge::signature::tests::{device_key, sign};
+use crate::engine::fatigue::Gate;
+use crate::wire::ops::OfflineCode;
+
+fn key_b64(seed: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([seed; 32])
+}
+
+fn offline_challenge(id: &str) -> Value {
+    let mut v = challenge(id);
+    v["kind"] = json!("payment");
+    v["transaction"] = json!({"amount": "125.40", "currency": "EUR", "payee": "Mario Rossi"});
+    v["offline"] = json!(true);
+    v["devices"][1]["offline_key"] = json!(key_b64(5));
+    v
+}
+
+fn offline_op(code: u32) -> Operation {
+    Operation::Offline {
+        code: OfflineCode::parse(&format_code(code)).unwrap(),
+    }
+}
+
+fn fraud(device: &str, signature: Option<String>) -> Operation {
+    Operation::Decision(DecisionOp {
+        device_id: serde_json::from_value(json!(device)).unwrap(),
+        decision: Decision::Deny,
+        signature,
+        number: None,
+        report_fraud: true,
+    })
+}
+
+/// The code the app computes from the view's QR payload.
+fn app_code(c: &Core<Tag>, id: &str, seed: u8) -> u32 {
+    let qr = c.view(id).unwrap().qr.expect("a QR payload while pending");
+    let key = OfflineKey::from_bytes([seed; 32]);
+    crate::challenge::offline::code_for_qr(&key, &qr)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_offline_code_from_the_qr_approves_with_the_matching_device() {
+    let c = core();
+    c.intake(
+        T0,
+        &body(&offline_challenge("o1")),
+        DeliveryMeta::default(),
+        1,
+    );
+    let v = c.view("o1").unwrap();
+    let op = v.operation_id.clone().unwrap();
+    assert_eq!(op.len(), 8);
+    let qr: QrPayload = serde_json::from_str(v.qr.as_deref().unwrap()).unwrap();
+    assert_eq!((qr.op.as_str(), qr.kind), (op.as_str(), Kind::Payment));
+    assert_eq!(qr.tx.unwrap().payee, "Mario Rossi");
+    let good = app_code(&c, "o1", 5);
+    let wrong = (good + 1) % 100_000_000;
+    let (o, _) = c.operate(T0 + 1, "o1", &offline_op(wrong), Authority::Bearer);
+    assert_eq!(o, OpOutcome::WrongCode { attempts_left: 4 });
+    // A code from another key (another device's app) is wrong too.
+    let other = app_code(&c, "o1", 6);
+    let (o, _) = c.operate(T0 + 2, "o1", &offline_op(other), Authority::Bearer);
+    assert_eq!(o, OpOutcome::WrongCode { attempts_left: 3 });
+    let (o, fx) = c.operate(T0 + 3, "o1", &offline_op(good), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    let out = outcome_of(&fx).unwrap();
+    assert_eq!(
+        (out["channel"].as_str(), out["device_id"].as_str()),
+        (Some("offline"), Some("b"))
+    );
+    assert_eq!(withdrawals(&fx), 2, "both pushes are withdrawn");
+    assert!(fx.contains_effect_count(Metric::Offline("ok")));
+    // The keys are gone with the challenge; the QR is no longer shown.
+    let e = c.table.get("o1").unwrap();
+    assert!(e
+        .machine
+        .spec
+        .devices
+        .iter()
+        .all(|d| d.offline_key.is_none()));
+    drop(e);
+    assert!(c.view("o1").unwrap().qr.is_none());
+    let (o, _) = c.operate(T0 + 4, "o1", &offline_op(good), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::AlreadyDecided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+}
+
+#[test]
+fn wrong_offline_and_sms_codes_share_one_lock() {
+    let c = core();
+    c.intake(
+        T0,
+        &body(&offline_challenge("o2")),
+        DeliveryMeta::default(),
+        1,
+    );
+    c.operate(T0 + 1, "o2", &Operation::Sms, Authority::Bearer);
+    let good = app_code(&c, "o2", 5);
+    let wrong = (good + 1) % 100_000_000;
+    for left in [4, 3] {
+        let (o, _) = c.operate(T0 + 2, "o2", &offline_op(wrong), Authority::Bearer);
+        assert_eq!(
+            o,
+            OpOutcome::WrongCode {
+                attempts_left: left
+            }
+        );
+    }
+    for left in [2, 1] {
+        let (o, _) = c.operate(T0 + 3, "o2", &otp("999999"), Authority::Bearer);
+        assert_eq!(
+            o,
+            OpOutcome::WrongCode {
+                attempts_left: left
+            }
+        );
+    }
+    let (o, fx) = c.operate(T0 + 4, "o2", &offline_op(wrong), Authority::Bearer);
+    assert_eq!(o, OpOutcome::Locked);
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "otp_locked");
+    let (o, _) = c.operate(T0 + 5, "o2", &offline_op(good), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Locked,
+        "the right code after the lock is refused"
+    );
+}
+
+#[test]
+fn offline_needs_an_operation_id_and_a_key() {
+    let c = core();
+    c.intake(T0, &body(&challenge("o3")), DeliveryMeta::default(), 1);
+    assert!(c.view("o3").unwrap().operation_id.is_none());
+    let (o, _) = c.operate(T0 + 1, "o3", &offline_op(1), Authority::Bearer);
+    assert_eq!(o, OpOutcome::NotOffline);
+    assert_eq!(o.answer().status, 409);
+    assert_eq!(o.answer().body["error"], "not_offline");
+    let mut v = challenge("o4");
+    v["offline"] = json!(true);
+    let fx = c.intake(T0, &body(&v), DeliveryMeta::default(), 2);
+    let reason = fx.iter().find_map(|e| match e {
+        Effect::DeadLetter { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(reason.unwrap().contains("offline_key"), "fail closed");
+}
+
+fn same_user(id: &str, user: &str, sms: bool) -> Value {
+    let mut v = challenge(id);
+    v["user_id"] = json!(user);
+    if !sms {
+        v.as_object_mut().unwrap().remove("sms");
+    }
+    v
+}
+
+fn sms_sends(fx: &Effects<Tag>) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::SendSms { .. }))
+        .count()
+}
+
+#[test]
+fn a_fraud_report_denies_announces_and_mutes_the_user() {
+    let c = core();
+    c.intake(
+        T0,
+        &body(&same_user("f1", "u", true)),
+        DeliveryMeta::default(),
+        1,
+    );
+    let (o, fx) = c.operate(T0 + 1, "f1", &fraud("a", None), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Denied
+        }
+    );
+    let out = outcome_of(&fx).unwrap();
+    assert_eq!(
+        (out["reason"].as_str(), out["device_id"].as_str()),
+        (Some("fraud_reported"), Some("a"))
+    );
+    assert!(events(&fx).contains(&"user.fraud_reported"));
+    let ev = fx.iter().find_map(|e| match e {
+        Effect::PublishEvent {
+            routing_key: "user.fraud_reported",
+            body,
+        } => serde_json::from_slice::<Value>(body).ok(),
+        _ => None,
+    });
+    let ev = ev.unwrap();
+    assert_eq!(
+        (ev["user_id"].as_str(), ev["challenge_id"].as_str()),
+        (Some("u"), Some("f1"))
+    );
+    assert!(fx.contains_effect_count(Metric::FraudReported));
+    // Inside the mute: straight to SMS, nothing pushed.
+    let fx = c.intake(
+        T0 + 2,
+        &body(&same_user("f2", "u", true)),
+        DeliveryMeta::default(),
+        2,
+    );
+    assert_eq!((pushes(&fx), sms_sends(&fx)), (0, 1));
+    assert!(fx.contains_effect_count(Metric::RateLimited("push_muted")));
+    let v = c.view("f2").unwrap();
+    assert!(v.devices.iter().all(|d| d.push == "suppressed"));
+    // Without a phone: rate_limited, reason push_muted.
+    let fx = c.intake(
+        T0 + 3,
+        &body(&same_user("f3", "u", false)),
+        DeliveryMeta::default(),
+        3,
+    );
+    let out = outcome_of(&fx).unwrap();
+    assert_eq!(
+        (out["outcome"].as_str(), out["reason"].as_str()),
+        (Some("rate_limited"), Some("push_muted"))
+    );
+    assert_eq!(pushes(&fx), 0);
+    // Another user is not muted; the mute ends after fraud.mute_seconds.
+    let fx = c.intake(
+        T0 + 4,
+        &body(&same_user("f4", "v", false)),
+        DeliveryMeta::default(),
+        4,
+    );
+    assert_eq!(pushes(&fx), 2);
+    let after = T0 + 1 + 1_200_000;
+    assert_eq!(c.fatigue.gate("u", after - 1), Gate::Muted);
+    let mut late = same_user("f5", "u", false);
+    late["created_at"] = json!(rfc(after));
+    let fx = c.intake(after, &body(&late), DeliveryMeta::default(), 5);
+    assert_eq!(pushes(&fx), 2);
+}
+
+fn rfc(ms: i64) -> String {
+    crate::wire::rfc3339_ms(ms)
+}
+
+#[test]
+fn a_signed_fraud_report_must_sign_the_fraud_suffix() {
+    let c = core();
+    let (sk, pk) = device_key(3);
+    let mut v = same_user("f6", "w", true);
+    v["devices"][0]["public_key"] = json!(pk);
+    c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    let plain = sign(&sk, "sca-v1|f6|deny|");
+    let (o, _) = c.operate(
+        T0 + 1,
+        "f6",
+        &fraud("a", Some(plain)),
+        Authority::DeviceSignature,
+    );
+    assert_eq!(
+        o,
+        OpOutcome::BadSignature,
+        "a plain deny's signature is no fraud report"
+    );
+    let signed = sign(&sk, "sca-v1|f6|deny||fraud");
+    let (o, fx) = c.operate(
+        T0 + 2,
+        "f6",
+        &fraud("a", Some(signed)),
+        Authority::DeviceSignature,
+    );
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Denied
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["reason"], "fraud_reported");
+}
+
+/// A challenge of `user` pushed, delivered to both devices and left to expire.
+fn left_unanswered(c: &Core<Tag>, id: &str, user: &str, at: i64) -> i64 {
+    let mut v = same_user(id, user, false);
+    v["created_at"] = json!(rfc(at));
+    v["ttl_seconds"] = json!(10);
+    let fx = c.intake(at, &body(&v), DeliveryMeta::default(), 1);
+    assert_eq!(pushes(&fx), 2, "{id} is pushed");
+    c.push_result(at + 1, id, 0, PushResult::Delivered);
+    c.push_result(at + 1, id, 1, PushResult::Delivered);
+    let end = at + 10_000;
+    let fx = c.tick(end, id);
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "expired");
+    end
+}
+
+#[test]
+fn unanswered_pushes_double_the_gap_and_an_answer_resets_it() {
+    let c = core_with(|cfg, _| cfg.limits.challenge_burst = 100);
+    let end = left_unanswered(&c, "b1", "u", T0);
+    let mut v = same_user("b2", "u", true);
+    v["created_at"] = json!(rfc(end + 5_000));
+    let fx = c.intake(end + 5_000, &body(&v), DeliveryMeta::default(), 2);
+    assert_eq!(
+        (pushes(&fx), sms_sends(&fx)),
+        (0, 1),
+        "inside the 10 s gap: SMS"
+    );
+    assert!(fx.contains_effect_count(Metric::RateLimited("push_backoff")));
+    let mut v = same_user("b3", "u", false);
+    v["created_at"] = json!(rfc(end + 5_000));
+    let fx = c.intake(end + 5_000, &body(&v), DeliveryMeta::default(), 3);
+    assert_eq!(outcome_of(&fx).unwrap()["reason"], "push_backoff");
+    // Past the gap the next push goes out; left unanswered too, the gap is 20 s.
+    let end2 = left_unanswered(&c, "b4", "u", end + 10_000);
+    assert_eq!(c.fatigue.gate("u", end2 + 19_999), Gate::Backoff);
+    assert_eq!(c.fatigue.gate("u", end2 + 20_000), Gate::Open);
+    // An answer starts over.
+    let at = end2 + 20_000;
+    let mut v = same_user("b5", "u", false);
+    v["created_at"] = json!(rfc(at));
+    c.intake(at, &body(&v), DeliveryMeta::default(), 4);
+    c.operate(at + 1, "b5", &decide("a", true), Authority::Bearer);
+    let end3 = left_unanswered(&c, "b6", "u", at + 2);
+    assert_eq!(
+        c.fatigue.gate("u", end3 + 10_000),
+        Gate::Open,
+        "back to 10 s"
+    );
+}
+
+#[test]
+fn one_pending_per_user_supersedes_the_older_challenge() {
+    let c = core_with(|_, s| s.one_pending_per_user = true);
+    c.intake(
+        T0,
+        &body(&same_user("p1", "u", false)),
+        DeliveryMeta::default(),
+        1,
+    );
+    let fx = c.intake(
+        T0 + 1,
+        &body(&same_user("p2", "u", false)),
+        DeliveryMeta::default(),
+        2,
+    );
+    assert_eq!(pushes(&fx), 2, "the newer one is pushed");
+    let out = outcome_of(&fx).unwrap();
+    assert_eq!(out["challenge_id"], "p1");
+    assert_eq!(
+        (out["outcome"].as_str(), out["reason"].as_str()),
+        (Some("cancelled"), Some("superseded"))
+    );
+    assert_eq!(withdrawals(&fx), 2, "the older one's pushes are withdrawn");
+    assert_eq!(c.is_decided("p2"), Some(false));
+    // Without the option both stay pending.
+    let c = core();
+    c.intake(
+        T0,
+        &body(&same_user("p1", "u", false)),
+        DeliveryMeta::default(),
+        1,
+    );
+    c.intake(
+        T0 + 1,
+        &body(&same_user("p2", "u", false)),
+        DeliveryMeta::default(),
+        2,
+    );
+    assert_eq!(c.pending(), 2);
+}
+
+#[test]
+fn pending_challenges_of_a_device_come_from_the_index() {
+    let c = core();
+    let (sk, pk) = device_key(4);
+    let mut v = challenge("q1");
+    v["devices"][0]["public_key"] = json!(pk);
+    v["number_match"] = json!(true);
+    v["user_label"] = json!("Conto business");
+    v["context"] = json!({"location": "Milano"});
+    c.intake(T0, &body(&v), DeliveryMeta::default(), 1);
+    c.intake(T0, &body(&challenge("q2")), DeliveryMeta::default(), 2);
+    let all = c
+        .pending_for_device(T0 + 1, "a", &DeviceAuth::Bearer)
+        .unwrap();
+    let ids: Vec<_> = all
+        .challenges
+        .iter()
+        .map(|p| p.challenge_id.as_str())
+        .collect();
+    assert_eq!(ids, ["q1", "q2"]);
+    let q1 = &all.challenges[0];
+    assert_eq!(q1.number_choices, Some([17, 42, 88]));
+    assert!(q1.title.starts_with("Conto business: ") && q1.body.contains("Milano"));
+    // Signed: only the challenges whose key for this device verifies.
+    let ts = (T0 + 1) / 1000;
+    let signed = |ts: i64, sk: &p256::ecdsa::SigningKey| DeviceAuth::Signed {
+        timestamp: ts,
+        signature: sign(sk, &format!("sca-v1|pending|a|{ts}")),
+    };
+    let l = c.pending_for_device(T0 + 1, "a", &signed(ts, &sk)).unwrap();
+    assert_eq!(l.challenges.len(), 1);
+    assert_eq!(l.challenges[0].challenge_id, "q1");
+    let (other, _) = device_key(5);
+    let l = c
+        .pending_for_device(T0 + 1, "a", &signed(ts, &other))
+        .unwrap();
+    assert!(
+        l.challenges.is_empty(),
+        "a key no challenge binds sees nothing"
+    );
+    assert!(c
+        .pending_for_device(T0 + 1, "a", &signed(ts - 61, &sk))
+        .is_none());
+    assert!(c
+        .pending_for_device(T0 + 1, "a", &signed(ts + 61, &sk))
+        .is_none());
+    // Decided challenges leave the index.
+    c.operate(T0 + 2, "q1", &decide("b", false), Authority::Bearer);
+    let l = c
+        .pending_for_device(T0 + 3, "a", &DeviceAuth::Bearer)
+        .unwrap();
+    assert_eq!(l.challenges.len(), 1);
+    c.operate(T0 + 2, "q2", &Operation::Cancel, Authority::Bearer);
+    assert!(c
+        .pending_for_device(T0 + 3, "a", &DeviceAuth::Bearer)
+        .unwrap()
+        .challenges
+        .is_empty());
+    assert_eq!(c.pending_index.keys(), (0, 0), "nothing left behind");
 }

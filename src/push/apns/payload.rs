@@ -66,6 +66,10 @@ struct ChallengePayload<'a> {
     expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     number_choices: Option<[u8; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a crate::challenge::context::RequestContext>,
 }
 
 #[derive(Serialize)]
@@ -107,11 +111,13 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
             title,
             body,
             number_choices,
+            extra,
         } => {
             if msg.challenge_id.len() > MAX_COLLAPSE_ID_BYTES {
                 return Err(PayloadError::CollapseIdTooLong(msg.challenge_id.len()));
             }
-            let p = ChallengePayload {
+            let extra = extra.as_deref();
+            let mut p = ChallengePayload {
                 aps: AlertAps {
                     alert: Alert { title, body },
                     category: "SCA_CHALLENGE",
@@ -122,13 +128,18 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
                 kind: msg.kind.as_str(),
                 expires_at: rfc3339_ms(msg.expires_at_ms),
                 number_choices: *number_choices,
+                user_label: extra.and_then(|e| e.user_label.as_deref()),
+                context: extra.and_then(|e| e.context.as_ref()),
             };
-            (
-                "alert",
-                "10",
-                Some(msg.challenge_id.to_string()),
-                to_json(&p),
-            )
+            let mut json = to_json(&p);
+            if json.len() > MAX_PAYLOAD_BYTES && p.context.is_some() {
+                // The alert already shows client and location: rather than fail the
+                // push, the context data is left out (the app can list it from the
+                // pending-challenges endpoint).
+                p.context = None;
+                json = to_json(&p);
+            }
+            ("alert", "10", Some(msg.challenge_id.to_string()), json)
         }
         PushContent::Withdraw => {
             let p = WithdrawPayload {
@@ -189,6 +200,7 @@ mod tests {
             title: Arc::from("Conferma pagamento"),
             body: Arc::from("125,40 € a Mario Rossi"),
             number_choices,
+            extra: None,
         }
     }
 
@@ -221,6 +233,44 @@ mod tests {
         assert!(v.get("number_choices").is_none());
     }
 
+    fn extra(details: usize, value_len: usize) -> Option<Arc<crate::push::PushExtra>> {
+        use crate::challenge::context::{Detail, RequestContext};
+        Some(Arc::new(crate::push::PushExtra {
+            user_label: Some("Conto business".into()),
+            context: Some(RequestContext {
+                ip: Some("203.0.113.7".into()),
+                location: Some("Milano".into()),
+                client: None,
+                details: (0..details)
+                    .map(|i| Detail {
+                        label: format!("l{i}"),
+                        value: "v".repeat(value_len),
+                    })
+                    .collect(),
+            }),
+        }))
+    }
+
+    #[test]
+    fn the_label_and_the_context_are_top_level_data_and_never_overflow() {
+        let mut c = challenge(None);
+        if let PushContent::Challenge { extra: e, .. } = &mut c {
+            *e = extra(1, 3);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&build(&msg(c)).unwrap().body).unwrap();
+        assert_eq!(v["user_label"], "Conto business");
+        assert_eq!(v["context"]["location"], "Milano");
+        assert_eq!(v["context"]["details"][0]["value"], "vvv");
+        // Too big with its context: sent without it rather than failed.
+        let mut c = challenge(None);
+        if let PushContent::Challenge { extra: e, .. } = &mut c {
+            *e = extra(5, 1000);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&build(&msg(c)).unwrap().body).unwrap();
+        assert_eq!(v["user_label"], "Conto business");
+        assert!(v.get("context").is_none());
+    }
+
     #[test]
     fn withdrawal_is_a_background_push() {
         let r = build(&msg(PushContent::Withdraw)).unwrap();
@@ -248,6 +298,7 @@ mod tests {
             title: Arc::from("t"),
             body: Arc::from("x".repeat(4000)),
             number_choices: None,
+            extra: None,
         };
         assert!(matches!(
             build(&msg(big)),

@@ -46,6 +46,11 @@ enum Data<'a> {
         expires_at: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         number_choices: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_label: Option<&'a str>,
+        /// The request context as compact JSON (data values are strings).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
     },
     Withdraw {
         #[serde(rename = "type")]
@@ -79,6 +84,7 @@ pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
             title,
             body,
             number_choices,
+            extra,
         } => (
             remaining,
             Data::Challenge {
@@ -94,6 +100,8 @@ pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
                         .collect::<Vec<_>>()
                         .join(",")
                 }),
+                user_label: extra.as_deref().and_then(|e| e.user_label.as_deref()),
+                context: extra.as_deref().and_then(|e| e.context_json()),
             },
         ),
         PushContent::Withdraw => (
@@ -144,6 +152,7 @@ mod tests {
             title: Arc::from("Approve payment"),
             body: Arc::from("Payment of €125.40 to Mario Rossi"),
             number_choices: Some([12, 47, 83]),
+            extra: None,
         });
         let v: Value =
             serde_json::from_slice(&build_body(&m, 1_795_462_920_000 - 119_600)).unwrap();
@@ -165,12 +174,54 @@ mod tests {
         );
     }
 
+    fn extra(details: usize, value_len: usize) -> Option<Arc<crate::push::PushExtra>> {
+        use crate::challenge::context::{Detail, RequestContext};
+        Some(Arc::new(crate::push::PushExtra {
+            user_label: Some("Conto business".into()),
+            context: Some(RequestContext {
+                ip: Some("203.0.113.7".into()),
+                location: Some("Milano".into()),
+                client: None,
+                details: (0..details)
+                    .map(|i| Detail {
+                        label: format!("l{i}"),
+                        value: "v".repeat(value_len),
+                    })
+                    .collect(),
+            }),
+        }))
+    }
+
+    #[test]
+    fn the_label_and_the_context_travel_as_string_data() {
+        let m = msg(PushContent::Challenge {
+            title: Arc::from("t"),
+            body: Arc::from("b"),
+            number_choices: None,
+            extra: extra(1, 3),
+        });
+        let v: Value = serde_json::from_slice(&build_body(&m, 0)).unwrap();
+        let data = if v["message"]["data"].is_object() {
+            v["message"]["data"].clone()
+        } else {
+            serde_json::from_str(v["message"]["data"].as_str().unwrap()).unwrap()
+        };
+        assert_eq!(data["user_label"], "Conto business");
+        let ctx: Value = serde_json::from_str(data["context"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            ctx,
+            json!({"ip": "203.0.113.7", "location": "Milano",
+            "details": [{"label": "l0", "value": "vvv"}]})
+        );
+    }
+
     #[test]
     fn no_number_choices_key_without_number_match() {
         let m = msg(PushContent::Challenge {
             title: Arc::from("t"),
             body: Arc::from("b"),
             number_choices: None,
+            extra: None,
         });
         let v: Value = serde_json::from_slice(&build_body(&m, 0)).unwrap();
         assert!(v["message"]["data"].get("number_choices").is_none());

@@ -1,0 +1,100 @@
+//! Indexes of the undecided challenges by device and by user, so that
+//! `GET /v1/devices/{device_id}/challenges` and `limits.one_pending_per_user` read a
+//! short list instead of scanning the table. An id is added when its challenge starts
+//! undecided and removed when its outcome is published, both under the challenge's own
+//! entry lock; readers copy the ids out and release the index before touching the table
+//! (lock order: table entry, then index, never the reverse).
+//!
+//! Bounded: each key keeps at most [`MAX_PER_KEY`] ids (the newest; an older one left
+//! out is still pending, only no longer listed), and keys exist only for pending
+//! challenges, so the index holds at most `pending × (devices + 1)` ids.
+
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// Ids kept per device and per user.
+pub const MAX_PER_KEY: usize = 16;
+
+#[derive(Default)]
+pub struct PendingIndex {
+    by_device: DashMap<Box<str>, Vec<Arc<str>>>,
+    by_user: DashMap<Box<str>, Vec<Arc<str>>>,
+}
+
+fn add(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str, id: &Arc<str>) {
+    let mut ids = map.entry(key.into()).or_default();
+    if ids.iter().any(|i| i == id) {
+        return;
+    }
+    if ids.len() >= MAX_PER_KEY {
+        ids.remove(0);
+    }
+    ids.push(id.clone());
+}
+
+fn remove(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str, id: &str) {
+    if let Some(mut ids) = map.get_mut(key) {
+        ids.retain(|i| &**i != id);
+    }
+    map.remove_if(key, |_, ids| ids.is_empty());
+}
+
+fn read(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str) -> Vec<Arc<str>> {
+    map.get(key).map(|ids| ids.clone()).unwrap_or_default()
+}
+
+impl PendingIndex {
+    pub fn add<'a>(&self, id: &Arc<str>, user: &str, devices: impl Iterator<Item = &'a str>) {
+        add(&self.by_user, user, id);
+        for d in devices {
+            add(&self.by_device, d, id);
+        }
+    }
+
+    pub fn remove<'a>(&self, id: &str, user: &str, devices: impl Iterator<Item = &'a str>) {
+        remove(&self.by_user, user, id);
+        for d in devices {
+            remove(&self.by_device, d, id);
+        }
+    }
+
+    /// The pending challenges bound to a device, oldest first.
+    pub fn for_device(&self, device_id: &str) -> Vec<Arc<str>> {
+        read(&self.by_device, device_id)
+    }
+
+    /// The pending challenges of a user, oldest first.
+    pub fn for_user(&self, user: &str) -> Vec<Arc<str>> {
+        read(&self.by_user, user)
+    }
+
+    /// Keys held (devices, users).
+    pub fn keys(&self) -> (usize, usize) {
+        (self.by_device.len(), self.by_user.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_and_go_and_keys_are_bounded() {
+        let ix = PendingIndex::default();
+        let a: Arc<str> = "a".into();
+        ix.add(&a, "u", ["d1", "d2"].into_iter());
+        ix.add(&a, "u", ["d1", "d2"].into_iter());
+        assert_eq!(ix.for_device("d1"), vec![a.clone()]);
+        assert_eq!(ix.for_user("u"), vec![a.clone()]);
+        ix.remove("a", "u", ["d1", "d2"].into_iter());
+        assert!(ix.for_device("d2").is_empty());
+        assert_eq!(ix.keys(), (0, 0), "empty keys are dropped");
+        for i in 0..MAX_PER_KEY + 3 {
+            let id: Arc<str> = format!("c{i}").into();
+            ix.add(&id, "u", ["d1"].into_iter());
+        }
+        let ids = ix.for_device("d1");
+        assert_eq!(ids.len(), MAX_PER_KEY);
+        assert_eq!(&*ids[0], "c3", "the oldest fall out first");
+    }
+}

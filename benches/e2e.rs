@@ -4,12 +4,19 @@
 //!
 //! 1. the ceiling: a bare lapin consumer that consumes and acks (multiple-acks, prefetch
 //!    250) the same challenge messages while a publisher publishes them flat out;
+//!    then the bare relay (`sca-dispatch simulate relay`, `src/sim/relay.rs`: the same
+//!    binary and configuration doing a challenge's I/O and nothing else) under the same
+//!    load-tool runs as the daemon: flat out, then at half its rate; the daemon is
+//!    measured at that rate too, and the ratios daemon / relay (throughput, CPU per
+//!    challenge) are the figures the daemon's own cost is judged by;
 //! 2. the daemon flat out: N challenges (two devices each, APNs and FCM mixed), devices
 //!    approving over HTTP 20 ms after their push: sustained challenges/s, publish → push
 //!    and decision → outcome latency;
 //! 3. the daemon at half the ceiling: publish → push latency;
 //! 4. memory: resident bytes per in-flight challenge with 100,000 in flight;
-//! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool;
+//! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool
+//!    that does a decision's broker work (one message published with a confirm), and
+//!    against the empty handler;
 //! 6. bytes the engine keeps per challenge — pending, retained after its outcome,
 //!    retained after a rejection — with a counting allocator, before anything else runs
 //!    (`sca_dispatch::engine::footprint`, the measurement the `retained_memory` test
@@ -178,6 +185,19 @@ fn spawn_daemon(
     prefetch: u32,
     consumers: u32,
 ) -> anyhow::Result<Daemon> {
+    spawn_as(&["run"], dir, ns, sims, prefetch, consumers)
+}
+
+/// The binary run as `cmd` (the daemon's `run`, or the relay) with the bench daemon's
+/// configuration.
+fn spawn_as(
+    cmd_args: &[&str],
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    prefetch: u32,
+    consumers: u32,
+) -> anyhow::Result<Daemon> {
     let (hp, mp) = (free_port(), free_port());
     let mut cfg = sca_dispatch::Config::default();
     cfg.amqp = cfg.amqp.namespaced(ns);
@@ -202,7 +222,8 @@ fn spawn_daemon(
         cmd.env("TOKIO_WORKER_THREADS", w);
     }
     let child = cmd
-        .args(["run", "--config"])
+        .args(cmd_args)
+        .arg("--config")
         .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -400,6 +421,51 @@ async fn daemon_run(
     Ok((rate, Lat::of(&report), split))
 }
 
+// The bare relay (`sca-dispatch simulate relay`, `src/sim/relay.rs`): the same binary
+// with the daemon's configuration doing a challenge's I/O and nothing else, under the
+// same load-tool runs as the daemon. What the daemon costs beyond that I/O is the ratio.
+
+/// The relay's figures in this run.
+struct RelayRun {
+    per_s: f64,
+    cpu: CpuSplit,
+    /// Half its flat-out rate, and publish → push there.
+    half_rate: f64,
+    half: Lat,
+}
+
+async fn relay_baseline(
+    conn: &Connection,
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    c: &Client,
+    n: u64,
+) -> anyhow::Result<RelayRun> {
+    let ns = format!("{ns}-relay");
+    let r = spawn_as(&["simulate", "relay"], dir, &ns, sims, 5000, 4)?;
+    wait_ready(c, &r).await?;
+    // Warm-up: connections.
+    daemon_run(&r, &ns, sims, 2000, None).await?;
+    let (per_s, _, cpu) = daemon_run(&r, &ns, sims, n, None).await?;
+    let half_rate = per_s / 2.0;
+    let (_, half, _) =
+        daemon_run(&r, &ns, sims, (half_rate * 10.0) as u64, Some(half_rate)).await?;
+    drop(r);
+    let ch = conn.create_channel().await?;
+    for q in ["challenges", "responses", "dead"] {
+        let _ = ch
+            .queue_delete(&format!("{ns}.{q}"), QueueDeleteOptions::default())
+            .await;
+    }
+    Ok(RelayRun {
+        per_s,
+        cpu,
+        half_rate,
+        half,
+    })
+}
+
 /// `total` POSTs over `conns` keep-alive connections; requests/s.
 async fn http_load(
     c: &Client,
@@ -492,6 +558,17 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         ccpu.broker, ccpu.bench
     );
 
+    // The bare relay, flat out and at half its rate.
+    let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
+    println!(
+        "relay (bare I/O: consume, 2 pushes, HTTP decision, withdrawal, confirmed outcome, multiple-ack): {:.0} challenges/s; CPU per challenge: relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs",
+        relay.per_s, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench
+    );
+    println!(
+        "relay at half its rate ({:.0}/s): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
+        relay.half_rate, relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2]
+    );
+
     // 2. + 3. The daemon flat out, then at half the ceiling.
     let d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
     wait_ready(&c, &d).await?;
@@ -523,6 +600,20 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "daemon at half its flat-out rate ({sustain:.0}/s): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
         sl.p2p[0], sl.p2p[1], sl.p2p[2]
     );
+    // At half the relay's rate: the latency figure compared with the relay's.
+    let (_, rl, _) = daemon_run(
+        &d,
+        &ns,
+        &sims,
+        (relay.half_rate * 10.0) as u64,
+        Some(relay.half_rate),
+    )
+    .await?;
+    let (relay_ratio, cpu_ratio) = (e2e_per_s / relay.per_s, cpu.daemon / relay.cpu.daemon);
+    println!(
+        "daemon vs relay: {relay_ratio:.2}× the relay's challenges/s (target ≥ 0.9×), {cpu_ratio:.2}× its CPU per challenge ({:.0} vs {:.0} µs; target ≤ 1.1×); at half the relay's rate ({:.0}/s) publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms (target p99 ≤ 10 ms)",
+        cpu.daemon, relay.cpu.daemon, relay.half_rate, rl.p2p[0], rl.p2p[1], rl.p2p[2]
+    );
     drop(d);
 
     // 4. Memory with `inflight` challenges in flight (nobody answers), then
@@ -553,23 +644,36 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     println!("memory: {held:.0} in flight, RSS {:.1} → {:.1} MiB: {bytes_per:.0} bytes per in-flight challenge", rss0 as f64 / 1048576.0, rss1 as f64 / 1048576.0);
 
     let http_n = inflight.min(50_000);
-    // The bare handler first, while the daemon sits idle holding its challenges: the
+    // A backend reading the outcomes meanwhile, as in production: the decisions' outcomes
+    // and the baseline's publishes go to the same exchange and this queue.
+    let mut outcomes = sca_dispatch::amqp::client::tap(&conn, &format!("{ns2}.outcomes")).await?;
+    let read = tokio::spawn(async move { while let Some(Ok(_)) = outcomes.next().await {} });
+    // The bare handlers first, while the daemon sits idle holding its challenges: the
     // decisions leave withdrawals and outcome publishes behind that would otherwise
-    // still be running during the baseline.
-    let mut baseline = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
-        .args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(baseline.stdout.take().unwrap()).read_line(&mut line)?;
-    let addr = line.trim().to_string();
-    let http_baseline_per_s = http_load(&c, http_n, 64, move |i| {
-        format!("http://{addr}/v1/challenges/x{i}/decision")
-    })
-    .await;
-    let _ = baseline.kill();
-    let _ = baseline.wait();
+    // still be running during the baselines. Empty, then publishing one message with a
+    // confirm per request (the broker work of a decision).
+    let mut baselines = [0.0f64; 2];
+    for (i, publish) in [false, true].into_iter().enumerate() {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
+        cmd.args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"]);
+        if publish {
+            cmd.args(["--amqp-url", URL, "--exchange"])
+                .arg(format!("{ns2}.outcomes"));
+        }
+        let mut baseline = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut line = String::new();
+        BufReader::new(baseline.stdout.take().unwrap()).read_line(&mut line)?;
+        let addr = line.trim().to_string();
+        baselines[i] = http_load(&c, http_n, 64, move |i| {
+            format!("http://{addr}/v1/challenges/x{i}/decision")
+        })
+        .await;
+        // Its publishes confirmed before it goes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = baseline.kill();
+        let _ = baseline.wait();
+    }
+    let [http_empty_per_s, http_baseline_per_s] = baselines;
     let base = d.http.clone();
     let prefix = held_run.prefix.clone();
     let http_decision_per_s = http_load(&c, http_n, 64, move |i| {
@@ -585,8 +689,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         format!("{base}/v1/challenges/{prefix}{i}/decision")
     })
     .await;
+    read.abort();
     println!(
-        "HTTP decisions: {http_decision_per_s:.0}/s vs bare hyper handler {http_baseline_per_s:.0}/s ({:.2}×), 64 keep-alive connections",
+        "HTTP decisions: {http_decision_per_s:.0}/s vs bare hyper handler publishing with a confirm {http_baseline_per_s:.0}/s ({:.2}×; target ≥ 0.8×), 64 keep-alive connections; empty handler {http_empty_per_s:.0}/s",
         http_decision_per_s / http_baseline_per_s
     );
     println!(
@@ -605,7 +710,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         let _ = pch.queue_delete(&q, QueueDeleteOptions::default()).await;
     }
 
-    let report = json!({
+    let mut report = json!({
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "machine": machine(),
         "challenges": n,
@@ -631,13 +736,29 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "engine_bytes_per_retained_rejection": footprint.rejected,
         "http_decision_per_s": http_decision_per_s.round(),
         "http_baseline_per_s": http_baseline_per_s.round(),
+        "http_empty_baseline_per_s": http_empty_per_s.round(),
         "http_repeat_decision_per_s": http_repeat_per_s.round(),
         "http_repeat_decision_ratio": (http_repeat_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "http_decision_ratio": (http_decision_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
         "cpu_us_per_message_ceiling": {"broker": ccpu.broker.round(), "publisher_and_consumer": ccpu.bench.round()},
-        "config": "daemon: release build, prefetch 5000 x 4 consumers, dispatched_events = false, log level warn; devices approve 20 ms after their push; broker, daemon, simulators and load tool share the machine",
+        "config": "daemon and relay: release build, prefetch 5000 x 4 consumers, dispatched_events = false, log level warn; devices approve 20 ms after their push; HTTP baseline publishes one confirmed message per request to the outcomes exchange, read by a tap as the decisions' outcomes are; broker, daemon, simulators and load tool share the machine",
     });
+    // The relay baseline and the ratios to it.
+    let relay_keys = json!({
+        "relay_per_s": relay.per_s.round(),
+        "relay_ratio": (relay_ratio * 100.0).round() / 100.0,
+        "relay_cpu_us": relay.cpu.daemon.round(),
+        "daemon_cpu_us": cpu.daemon.round(),
+        "cpu_ratio": (cpu_ratio * 100.0).round() / 100.0,
+        "half_relay_rate_per_s": relay.half_rate.round(),
+        "relay_publish_to_push_ms_half_relay": {"p50": relay.half.p2p[0], "p99": relay.half.p2p[1], "p999": relay.half.p2p[2]},
+        "daemon_publish_to_push_ms_half_relay": {"p50": rl.p2p[0], "p99": rl.p2p[1], "p999": rl.p2p[2]},
+        "cpu_us_per_challenge_relay": {"relay": relay.cpu.daemon.round(), "broker": relay.cpu.broker.round(), "simulators_and_load_tool": relay.cpu.bench.round()},
+    });
+    if let (Some(r), Some(k)) = (report.as_object_mut(), relay_keys.as_object()) {
+        r.extend(k.clone());
+    }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&out)?;
     std::fs::write(
@@ -647,6 +768,10 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     let md = format!(
         "# End-to-end benchmark\n\n{} on {}.\n\n| measure | figure | target |\n|---|---|---|\n\
          | ceiling: bare lapin consume + ack, publisher flat out | {:.0} msg/s | |\n\
+         | bare relay flat out (same I/O per challenge, nothing else) | {:.0} challenges/s | |\n\
+         | daemon / relay: challenges/s | {:.2}× | ≥ 0.9× |\n\
+         | daemon / relay: CPU per challenge | {:.0} / {:.0} µs ({:.2}×) | ≤ 1.1× |\n\
+         | publish → push p50 / p99 / p99.9 at half the relay's rate ({:.0}/s): daemon · relay | {:.1} / {:.1} / {:.1} · {:.1} / {:.1} / {:.1} ms | daemon p99 ≤ 10 ms |\n\
          | daemon flat out | {:.0} challenges/s ({:.2}× ceiling) | ≥ 0.8× |\n\
          | publish → push p50 / p99 / p99.9 at half the ceiling ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | p99 ≤ 5 ms |\n\
          | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\
@@ -654,21 +779,28 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
          | resident memory per in-flight challenge ({:.0} in flight) | {:.0} bytes | ≤ 2048 |\n\
          | engine bytes per challenge: pending / retained after its outcome / retained rejection | {} / {} / {} bytes | |\n\
-         | HTTP decision endpoint vs bare hyper handler | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
+         | HTTP decision endpoint vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
+         | bare hyper handler, empty | {:.0} req/s | |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
+         CPU per challenge, relay flat out: relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
          Reproduce: `cargo bench --bench e2e` (RabbitMQ on 127.0.0.1:5672).\n",
         report["date"].as_str().unwrap_or(""), report["machine"].as_str().unwrap_or(""),
-        ceiling_per_s, e2e_per_s, e2e_per_s / ceiling_per_s, half,
+        ceiling_per_s,
+        relay.per_s, relay_ratio, cpu.daemon, relay.cpu.daemon, cpu_ratio, relay.half_rate,
+        rl.p2p[0], rl.p2p[1], rl.p2p[2], relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2],
+        e2e_per_s, e2e_per_s / ceiling_per_s, half,
         hl.p2p[0], hl.p2p[1], hl.p2p[2],
         sustain, sl.p2p[0], sl.p2p[1], sl.p2p[2],
         flat.p2p[1],
         flat.d2o[0], flat.d2o[1], held, bytes_per,
         footprint.pending, footprint.retained, footprint.rejected,
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
+        http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
-        cpu.daemon, cpu.broker, cpu.bench, ccpu.broker, ccpu.bench
+        cpu.daemon, cpu.broker, cpu.bench, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench,
+        ccpu.broker, ccpu.bench
     );
     std::fs::write(out.join("latest.md"), md)?;
     println!("wrote bench/results/latest.json and latest.md");

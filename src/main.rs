@@ -96,7 +96,31 @@ enum Sim {
     Sms(SimArgs),
     /// A bare HTTP server: the benchmark's baseline for the decision endpoint.
     #[command(hide = true)]
-    HttpBaseline(SimArgs),
+    HttpBaseline(BaselineArgs),
+    /// A bare relay doing a challenge's I/O and nothing else, with the daemon's
+    /// configuration: the benchmark's baseline for the daemon.
+    #[command(hide = true)]
+    Relay {
+        #[arg(long, env = "SCA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "tools")]
+#[derive(clap::Args)]
+struct BaselineArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: std::net::SocketAddr,
+    /// Publish one message with a publisher confirm per request on this broker (else
+    /// the handler is empty).
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// The (existing) exchange to publish to.
+    #[arg(long, default_value = "sca.outcomes")]
+    exchange: String,
+    #[arg(long, default_value = "outcome.login.approved")]
+    routing_key: String,
 }
 
 #[cfg(feature = "tools")]
@@ -112,6 +136,17 @@ struct SimArgs {
 
 fn load(config: Option<PathBuf>) -> anyhow::Result<Settings> {
     Ok(Config::load(config.as_deref())?)
+}
+
+/// The validated configuration, or exit 2 naming the bad key.
+fn settings_or_exit(config: Option<PathBuf>) -> Settings {
+    match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    }
 }
 
 async fn signal() {
@@ -177,13 +212,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Run { config } => {
-            let cfg = match load(config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("invalid configuration: {e}");
-                    std::process::exit(2);
-                }
-            };
+            let cfg = settings_or_exit(config);
             sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
             let rt = runtime(cfg.worker_threads)?;
             rt.block_on(sca_dispatch::run(cfg, signal()))
@@ -221,16 +250,39 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "tools")]
         Cmd::Simulate { which } => {
-            sca_dispatch::telemetry::init_tracing(sca_dispatch::config::LogFormat::Text, "info");
-            runtime(0)?.block_on(async move {
+            // The relay runs as the daemon does: its configuration, logs and runtime.
+            let relay = match &which {
+                Sim::Relay { config } => Some(settings_or_exit(config.clone())),
+                _ => None,
+            };
+            match &relay {
+                Some(c) => sca_dispatch::telemetry::init_tracing(c.log.format, &c.log.level),
+                None => sca_dispatch::telemetry::init_tracing(
+                    sca_dispatch::config::LogFormat::Text,
+                    "info",
+                ),
+            }
+            let workers = relay.as_ref().map_or(0, |c| c.worker_threads);
+            runtime(workers)?.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
                     Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,
                     Sim::Hms(a) => sca_dispatch::sim::hms::run_standalone(a.addr, a.dir).await,
                     Sim::Sms(a) => sca_dispatch::sim::sms::run_standalone(a.addr, a.dir).await,
                     Sim::HttpBaseline(a) => {
-                        sca_dispatch::sim::http_baseline::run_standalone(a.addr).await
+                        let publish =
+                            a.amqp_url
+                                .map(|amqp_url| sca_dispatch::sim::http_baseline::Publish {
+                                    amqp_url,
+                                    exchange: a.exchange,
+                                    routing_key: a.routing_key,
+                                });
+                        sca_dispatch::sim::http_baseline::run_standalone(a.addr, publish).await
                     }
+                    Sim::Relay { .. } => match relay {
+                        Some(cfg) => sca_dispatch::sim::relay::run(cfg, signal()).await,
+                        None => Ok(()),
+                    },
                 }
             })
         }

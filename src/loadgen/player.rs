@@ -180,12 +180,15 @@ impl Shared {
     /// Gives up entries older than their ttl plus the grace period.
     pub fn prune(&self) {
         let limit = Duration::from_secs(self.opts.ttl_seconds) + PRUNE_GRACE;
-        let before = self.flights.len();
-        self.flights.retain(|_, f| f.published.elapsed() < limit);
-        let gone = before.saturating_sub(self.flights.len());
-        self.counters
-            .pruned
-            .fetch_add(gone as u64, Ordering::Relaxed);
+        // Counted in the closure: entries the outcome reader removes meanwhile are not
+        // pruned ones.
+        let mut gone = 0u64;
+        self.flights.retain(|_, f| {
+            let keep = f.published.elapsed() < limit;
+            gone += u64::from(!keep);
+            keep
+        });
+        self.counters.pruned.fetch_add(gone, Ordering::Relaxed);
     }
 
     /// Waits (at most `max`) until no HTTP request is running.

@@ -8,7 +8,9 @@
 #
 #   scripts/abuse.sh [N]            (default 10000 of each kind)
 #
-# Environment: ABUSE_RATE (challenges/s of the real traffic, default 100),
+# A challenge whose decision request went unanswered under the abuse ends `expired` at
+# its ttl (60 s), within the drain (75 s), so "lost" counts only challenges without any
+# outcome. Environment: ABUSE_RATE (challenges/s of the real traffic, default 100),
 # ABUSE_DURATION (seconds of each phase, default 60), ABUSE_PROFILE (debug or release,
 # default debug), ABUSE_KEEP=1 keeps the work directory (config, logs).
 set -euo pipefail
@@ -41,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 SCA_LOAD_API_TOKEN="$token" "$bin" load --abuse "$per_kind" \
-  --api "http://127.0.0.1:$http_port" --rate "$rate" --duration "$duration" --drain 30 \
+  --api "http://127.0.0.1:$http_port" --rate "$rate" --duration "$duration" --drain 75 \
   --challenges-queue "$ns.challenges" --outcomes-exchange "$ns.outcomes" \
   --sim-dir "$dir/sims" --report "$dir/abuse" --quiet >"$dir/load.log" 2>&1 &
 load_pid=$!

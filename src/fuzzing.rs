@@ -24,9 +24,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A target's function: raw bytes in, a panic when an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/`)
 /// and its function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("challenge", challenge),
     ("responses", responses),
     ("http_ops", http_ops),
@@ -585,7 +588,7 @@ pub fn machine(data: &[u8]) {
 fn run_machine(u: &mut Unstructured) -> ArbResult<()> {
     let shape = Shape::arbitrary(u)?;
     let key = DeviceKey::get();
-    let body = shape.body("c1", "u1", &key).to_string();
+    let body = shape.body("c1", "u1", key).to_string();
     let spec = parse_challenge(body.as_bytes(), T0, SKEW_MS).expect("a generated body is valid");
     let expires = spec.expires_at_ms();
     let n = spec.devices.len();
@@ -973,7 +976,7 @@ fn run_core(u: &mut Unstructured) -> ArbResult<()> {
                 }
                 let shape = Shape::arbitrary(u)?;
                 let user = *u.choose(&["u0", "u1"])?;
-                let mut v = shape.body(id, user, &key);
+                let mut v = shape.body(id, user, key);
                 let ok = match u.int_in_range(0..=5u8)? {
                     0 => {
                         v["ttl_seconds"] = json!(1);

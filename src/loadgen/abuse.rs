@@ -590,6 +590,8 @@ fn traffic(r: &Report) -> Value {
         "publish_to_outcome": j["latency"]["publish_to_outcome"],
         "decision_to_outcome": j["latency"]["decision_to_outcome"],
         "rates": j["rates"],
+        "daemon": j["daemon"],
+        "machine": j["machine"],
     })
 }
 

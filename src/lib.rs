@@ -11,6 +11,7 @@
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
 //! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
+//! - `fuzzing`: the fuzz targets' entry points (feature `fuzzing`, part of `tools`).
 //! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
 //!   logs; the wall clock.
 // The daemon has no unsafe code; the tools' counting allocator (`engine::footprint`)
@@ -26,6 +27,9 @@ pub mod daemon;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 #[cfg(feature = "tools")]

@@ -10,8 +10,10 @@
 //! - [`cli`]: `sca-dispatch load`; [`pace`]: due times at a constant rate; [`mix`]: shares and picks; [`hist`]:
 //!   latencies; [`procstat`]: CPU and memory from /proc; [`svg`]: the picture;
 //!   [`player`]: devices and outcome reader; [`report`]: the per-second lines, the
-//!   summary and the JSON report; [`sims`]: the simulators a daemon under test points at.
+//!   summary and the JSON report; [`sims`]: the simulators a daemon under test points at;
+//!   [`abuse`]: the HTTP API under abuse while the load runs (`--abuse N`).
 
+pub mod abuse;
 pub mod cli;
 pub mod hist;
 pub mod mix;

@@ -19,6 +19,7 @@ async fn the_relay_settles_every_challenge_the_load_tool_sends() {
     let sims = Sims::start(&SimOptions {
         apns_addr: "127.0.0.1:0".parse().unwrap(),
         fcm_addr: "127.0.0.1:0".parse().unwrap(),
+        hms_addr: "127.0.0.1:0".parse().unwrap(),
         sms_addr: "127.0.0.1:0".parse().unwrap(),
         dir: dir.path().join("sim"),
         fcm_tls: true,

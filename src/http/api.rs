@@ -315,33 +315,8 @@ impl Api {
         }
     }
 
-    /// `?wait=` seconds: a finite number in `0..=http.max_wait_seconds`.
-    fn wait(&self, req: &Request<Incoming>) -> Result<Duration, String> {
-        let mut wait = Duration::ZERO;
-        for pair in req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            if let Some(v) = pair.strip_prefix("wait=") {
-                match v.parse::<f64>() {
-                    Ok(s) if s.is_finite() && s >= 0.0 && s <= self.max_wait.as_secs_f64() => {
-                        wait = Duration::from_secs_f64(s);
-                    }
-                    _ => {
-                        let max = self.max_wait.as_secs();
-                        return Err(format!("wait must be a number of seconds from 0 to {max}"));
-                    }
-                }
-            }
-        }
-        Ok(wait)
-    }
-
     async fn get(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
-        let wait = match self.wait(&req) {
+        let wait = match parse_wait(req.uri().query().unwrap_or(""), self.max_wait) {
             Ok(w) => w,
             Err(e) => return err(422, "invalid_query", &e),
         };
@@ -350,4 +325,23 @@ impl Api {
             None => outcome(OpOutcome::NotFound),
         }
     }
+}
+
+/// The `?wait=` of a query string: seconds, a finite number in `0..=max`; absent = 0.
+pub fn parse_wait(query: &str, max: Duration) -> Result<Duration, String> {
+    let mut wait = Duration::ZERO;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if let Some(v) = pair.strip_prefix("wait=") {
+            match v.parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 && s <= max.as_secs_f64() => {
+                    wait = Duration::from_secs_f64(s);
+                }
+                _ => {
+                    let max = max.as_secs();
+                    return Err(format!("wait must be a number of seconds from 0 to {max}"));
+                }
+            }
+        }
+    }
+    Ok(wait)
 }

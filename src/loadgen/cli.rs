@@ -112,6 +112,10 @@ pub struct LoadArgs {
     /// No line per second.
     #[arg(long)]
     pub quiet: bool,
+    /// Abuse mode: the run alone, then again while this many requests of each kind of
+    /// HTTP abuse go to the APIs (`loadgen::abuse`); the report compares both.
+    #[arg(long)]
+    pub abuse: Option<u64>,
 }
 
 impl LoadArgs {
@@ -203,6 +207,11 @@ pub async fn main(args: LoadArgs) -> anyhow::Result<i32> {
         args.ready_timeout
     );
     wait_ready(&opts.api, Duration::from_secs(args.ready_timeout)).await?;
+    if let Some(n) = args.abuse {
+        let code = super::abuse::main(&args, opts, &sims, n).await?;
+        sims.shutdown().await;
+        return Ok(code);
+    }
     let feeds = sims.feeds();
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

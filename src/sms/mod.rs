@@ -75,12 +75,14 @@ pub async fn deliver(
 }
 
 /// `+393401234567` → `+39340****567`: country and operator prefix, last three digits.
+/// Whatever the length, at least four characters stay hidden: a shorter number shows
+/// less of its prefix (`+3912345` → `+****345`).
 pub fn mask_phone(phone: &str) -> String {
     let n = phone.chars().count();
     if n < 8 {
         return "****".into();
     }
-    let head: String = phone.chars().take(6).collect();
+    let head: String = phone.chars().take(6.min(n - 7)).collect();
     let tail: String = phone.chars().skip(n - 3).collect();
     format!("{head}****{tail}")
 }
@@ -94,6 +96,19 @@ mod tests {
     fn phones_are_masked() {
         assert_eq!(mask_phone("+393401234567"), "+39340****567");
         assert_eq!(mask_phone("+1234"), "****");
+    }
+
+    /// Found by the `answers` fuzz target: 11 characters were shown as 9 of them.
+    #[test]
+    fn short_numbers_keep_four_characters_hidden() {
+        assert_eq!(mask_phone("+3912345"), "+****345");
+        assert_eq!(mask_phone("+35541234567"), "+3554****567");
+        let odd = ", \0\u{1}\u{2}\0{2\"";
+        for p in ["+3912345", "+391234567", "393401234567", odd] {
+            let n = p.chars().count();
+            let shown = mask_phone(p).chars().filter(|&c| c != '*').count();
+            assert!(shown + 4 <= n, "{p:?}: {}", mask_phone(p));
+        }
     }
 
     struct Flaky(AtomicU32, u32);

@@ -9,6 +9,18 @@ use crate::push::Classification;
 /// renews the token at once and retries the push once; on its own the answer is permanent.
 pub const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
 
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    reason: String,
+}
+
+/// The `reason` of an APNs error body (`{"reason": "BadDeviceToken"}`), if it is one.
+pub fn reason(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.reason)
+}
+
 /// Maps an APNs answer to a [`Classification`].
 ///
 /// - 200 → delivered.

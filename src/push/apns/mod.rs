@@ -63,11 +63,6 @@ struct Inner {
     timeout: Duration,
 }
 
-#[derive(serde::Deserialize)]
-struct ErrorBody {
-    reason: String,
-}
-
 impl ApnsProvider {
     /// Validates the section ([`ApnsConfig::settings`]) and [`start`](Self::start)s.
     pub fn new(cfg: &ApnsConfig) -> Result<ApnsProvider, ApnsError> {
@@ -196,10 +191,7 @@ impl Inner {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_else(|_| Bytes::new());
-        let reason = serde_json::from_slice::<ErrorBody>(&body)
-            .ok()
-            .map(|b| b.reason);
-        Ok((status, reason))
+        Ok((status, classify::reason(&body)))
     }
 }
 

@@ -1,0 +1,3 @@
+#![no_main]
+// See sca_dispatch::fuzzing::core for what it checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sca_dispatch::fuzzing::core(data));

@@ -157,7 +157,10 @@ pub fn http_ops(data: &[u8]) {
                 let op = match b.into_op() {
                     Ok(op) => op,
                     Err(_) => {
-                        assert!(approves && fraud, "only a fraud report on an approval is refused");
+                        assert!(
+                            approves && fraud,
+                            "only a fraud report on an approval is refused"
+                        );
                         return;
                     }
                 };

@@ -10,10 +10,10 @@
 
 pub mod core;
 pub mod driver;
+pub mod fatigue;
 #[cfg(feature = "tools")]
 #[allow(unsafe_code)]
 pub mod footprint;
-pub mod fatigue;
 pub mod peers;
 pub mod pending_index;
 pub mod sink;

@@ -11,6 +11,7 @@
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
 //! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
+//! - [`cluster`]: the pure parts of cluster mode — message seal, partition assignment, claims.
 //! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
 //!   logs; the wall clock.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod amqp;
 pub mod challenge;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "tools")]

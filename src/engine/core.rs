@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::sink::ReplyTo;
+use crate::challenge::machine::Progress;
+use crate::cluster::Part;
 
 /// Where the core gets its random numbers (number matching, one-time codes).
 pub trait Entropy: Send + Sync + 'static {
@@ -69,6 +71,21 @@ impl Entropy for OsEntropy {
 pub struct DeliveryMeta {
     pub reply_to: Option<ReplyTo>,
     pub redelivered: bool,
+    /// The partition (and claim) it was consumed from, in cluster mode.
+    pub part: Option<Part>,
+    /// The progress handed over by the partition's previous owner (already verified).
+    pub resume: Option<Progress>,
+}
+
+/// An undecided challenge taken out of the table to be handed to the next owner of its
+/// partition: its original body and properties, its progress, its deliveries.
+#[derive(Debug)]
+pub struct HandedOver<A> {
+    pub id: Arc<str>,
+    pub raw: Box<[u8]>,
+    pub reply_to: Option<ReplyTo>,
+    pub progress: Progress,
+    pub acks: Vec<A>,
 }
 
 /// What the core needs to know of the configuration and the providers.
@@ -78,6 +95,8 @@ pub struct Settings {
     pub retain_ms: i64,
     pub max_skew_ms: i64,
     pub dispatched_events: bool,
+    /// Cluster mode: one owner per user, so SMS limits are local (no notes to peers).
+    pub cluster: bool,
     /// Which transports are configured.
     pub reach: Reach,
 }
@@ -98,6 +117,7 @@ impl Settings {
             retain_ms: cfg.challenge.retain_completed_seconds as i64 * 1000,
             max_skew_ms: cfg.challenge.max_clock_skew_seconds as i64 * 1000,
             dispatched_events: cfg.amqp.dispatched_events,
+            cluster: cfg.cluster.enabled,
             reach,
         }
     }
@@ -162,6 +182,8 @@ pub enum Effect<A> {
         routing_key: String,
         body: Vec<u8>,
         reply: Option<ReplyTo>,
+        /// The claim the challenge was taken under: once it is lost, stop trying.
+        part: Option<Part>,
     },
     PublishEvent {
         routing_key: &'static str,
@@ -203,6 +225,10 @@ struct Entry<A> {
     counted: bool,
     timer_at: Option<i64>,
     remove_at: Option<i64>,
+    /// The partition claim it came under (cluster mode).
+    part: Option<Part>,
+    /// The delivery's body while undecided in cluster mode, to hand it over.
+    raw: Option<Box<[u8]>>,
 }
 
 /// Why an SMS did not go out.
@@ -233,7 +259,13 @@ impl<A> Core<A> {
             table: DashMap::new(),
             limiter: UserLimiter::new(&cfg.limits),
             sms_limits: SmsLimits::new(&cfg.sms),
-            otp: OtpHasher::from_config(&cfg.sms.otp_key),
+            // In cluster mode a code must verify on whichever instance owns the
+            // partition next: without a configured key, one derived from the cluster's.
+            otp: if cfg.cluster.enabled && cfg.sms.otp_key.is_empty() {
+                OtpHasher::new(crate::cluster::Seal::new(&cfg.cluster.secret).derive("otp"))
+            } else {
+                OtpHasher::from_config(&cfg.sms.otp_key)
+            },
             entropy,
         }
     }
@@ -290,8 +322,17 @@ impl<A> Core<A> {
                 }
             }
             MapEntry::Vacant(v) => {
-                let counted = self.limiter.check(&spec.user_id);
-                let (machine, cmds) = if counted {
+                let raw = meta.part.map(|_| Box::<[u8]>::from(body));
+                // A challenge handed over was counted by its first owner.
+                let resumed = meta
+                    .resume
+                    .and_then(|p| Challenge::resume(spec.clone(), p, now));
+                let resuming = resumed.is_some();
+                let counted = resuming || self.limiter.check(&spec.user_id);
+                let (machine, cmds) = if let Some(r) = resumed {
+                    tracing::debug!(challenge_id = %id, "challenge resumed from its previous owner");
+                    r
+                } else if counted {
                     let reachable: Vec<bool> = spec
                         .devices
                         .iter()
@@ -320,8 +361,14 @@ impl<A> Core<A> {
                     counted,
                     timer_at: None,
                     remove_at: None,
+                    part: meta.part,
+                    raw,
                 }));
-                if counted && self.settings.dispatched_events && !entry.machine.is_done() {
+                if counted
+                    && !resuming
+                    && self.settings.dispatched_events
+                    && !entry.machine.is_done()
+                {
                     let e = EventMessage::dispatched(&entry.machine, now);
                     fx.push(event(&e));
                 }
@@ -375,6 +422,8 @@ impl<A> Core<A> {
                     counted: false,
                     timer_at: None,
                     remove_at: None,
+                    part: meta.part,
+                    raw: None,
                 }));
                 retained = Some(key);
             }
@@ -549,13 +598,83 @@ impl<A> Core<A> {
         fx
     }
 
-    /// Applies what another instance told.
+    /// Applies what another instance told. In cluster mode nothing is: a user's SMS
+    /// limits live with the one owner of the user's partition.
     pub fn peer_note(&self, now: i64, note: &PeerNote) {
+        if self.settings.cluster {
+            return;
+        }
         let Some(user) = note.user() else { return };
         match note {
             PeerNote::SmsSent { at, .. } => self.sms_limits.record_remote(user, (*at).min(now)),
             PeerNote::SmsConfirmed { .. } => self.sms_limits.confirmed(user),
         }
+    }
+
+    // ---- partitions (cluster mode) ---------------------------------------------
+
+    /// The claim on partition `index` is lost (fencing): every challenge of it not yet
+    /// settled leaves the table at once, so nothing more is pushed, sent or published
+    /// for it here. Their deliveries went back to the queue with the claim; the next
+    /// owner dispatches them. Returns the effects (gauges, waiters) and how many left.
+    pub fn drop_partition(&self, index: u16) -> (Effects<A>, usize) {
+        let mut fx = Vec::new();
+        let mut gone = 0;
+        self.table.retain(|id, e| {
+            let drop = e.part.is_some_and(|p| p.index == index) && !e.confirmed;
+            if drop {
+                gone += 1;
+                if e.counted && !e.machine.is_done() {
+                    fx.push(Effect::Count(Metric::InFlight(false)));
+                }
+                fx.push(Effect::WakeWaiters(id.clone()));
+            }
+            !drop
+        });
+        (fx, gone)
+    }
+
+    /// Takes every undecided challenge of partition `index` out of the table, with what
+    /// the next owner needs to resume it. Decided ones stay until their outcome is
+    /// confirmed ([`Core::unsettled_in`]).
+    pub fn extract_partition(&self, index: u16) -> (Vec<HandedOver<A>>, Effects<A>) {
+        let ids: Vec<Arc<str>> = self
+            .table
+            .iter()
+            .filter(|e| e.part.is_some_and(|p| p.index == index) && !e.machine.is_done())
+            .map(|e| e.key().clone())
+            .collect();
+        let mut out = Vec::new();
+        let mut fx = Vec::new();
+        for id in ids {
+            let Some((id, e)) = self.table.remove_if(&id, |_, e| !e.machine.is_done()) else {
+                continue;
+            };
+            let e = *e;
+            if e.counted {
+                fx.push(Effect::Count(Metric::InFlight(false)));
+            }
+            fx.push(Effect::WakeWaiters(id.clone()));
+            let (Some(raw), Some(progress)) = (e.raw, e.machine.progress()) else {
+                continue;
+            };
+            out.push(HandedOver {
+                id,
+                raw,
+                reply_to: e.reply_to.map(|r| *r),
+                progress,
+                acks: e.acks,
+            });
+        }
+        (out, fx)
+    }
+
+    /// Challenges of partition `index` decided but not yet confirmed.
+    pub fn unsettled_in(&self, index: u16) -> usize {
+        self.table
+            .iter()
+            .filter(|e| e.part.is_some_and(|p| p.index == index) && !e.confirmed)
+            .count()
     }
 
     /// Prunes limiter state; returns the users the challenge limiter still tracks.
@@ -689,10 +808,12 @@ impl<A> Core<A> {
             let cmds = refused(entry, r.label(), fx);
             return (Err(SmsBlock::Limit(r.label())), cmds);
         }
-        fx.push(Effect::TellPeers(PeerNote::SmsSent {
-            user: spec.user_id.to_string(),
-            at: now,
-        }));
+        if !self.settings.cluster {
+            fx.push(Effect::TellPeers(PeerNote::SmsSent {
+                user: spec.user_id.to_string(),
+                at: now,
+            }));
+        }
         let code = self.entropy.otp_code();
         let hash = self.otp.hash(&code, id, &spec.tx_digest());
         let msg = SmsMessage {
@@ -732,9 +853,11 @@ impl<A> Core<A> {
         }
         if o.kind == OutcomeKind::Approved && o.channel == Some(Channel::Sms) {
             self.sms_limits.confirmed(&m.spec.user_id);
-            fx.push(Effect::TellPeers(PeerNote::SmsConfirmed {
-                user: m.spec.user_id.to_string(),
-            }));
+            if !self.settings.cluster {
+                fx.push(Effect::TellPeers(PeerNote::SmsConfirmed {
+                    user: m.spec.user_id.to_string(),
+                }));
+            }
         }
         // Debug, not info: the outcome event on RabbitMQ is the audit trail, and a line per
         // challenge at tens of thousands per second is a cost of its own.
@@ -747,7 +870,9 @@ impl<A> Core<A> {
             routing_key: routing_key(Some(m.spec.kind), o.kind),
             body: to_bytes(&body),
             reply: entry.reply_to.as_deref().cloned(),
+            part: entry.part,
         });
+        entry.raw = None;
         fx.push(Effect::WakeWaiters(id.clone()));
     }
 }

@@ -241,6 +241,9 @@ pub struct DecisionBody {
     pub signature: Option<String>,
     #[serde(default)]
     pub number: Option<u32>,
+    /// The challenge's user, a routing hint in cluster mode (CONTRACT §10).
+    #[serde(default)]
+    pub user_id: Option<UserHint>,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -263,6 +266,9 @@ impl DecisionBody {
 #[serde(deny_unknown_fields)]
 pub struct OtpBody {
     pub code: CodeText,
+    /// The challenge's user, a routing hint in cluster mode (CONTRACT §10).
+    #[serde(default)]
+    pub user_id: Option<UserHint>,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -279,6 +285,8 @@ struct ResponseDecision {
     signature: Option<String>,
     #[serde(default)]
     number: Option<u32>,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
@@ -286,11 +294,15 @@ struct ResponseDecision {
 struct ResponseOtp {
     challenge_id: ChallengeId,
     code: CodeText,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
 struct ResponseBare {
     challenge_id: ChallengeId,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +330,30 @@ fn unknown_op(body: &[u8]) -> Option<String> {
 pub struct ResponseMessage {
     pub challenge_id: ChallengeId,
     pub op: Operation,
+    /// The challenge's user, if the message named it (a routing hint).
+    pub user_id: Option<UserHint>,
+}
+
+/// A `user_id` given with an operation as a routing hint: 1–128 characters. It only
+/// picks the partition to ask; it authorizes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserHint(String);
+
+impl UserHint {
+    pub fn parse(s: &str) -> Option<UserHint> {
+        (!s.is_empty() && s.len() <= 128).then(|| UserHint(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for UserHint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UserHint::parse(&s).ok_or_else(|| de::Error::custom("user_id must be 1-128 characters"))
+    }
 }
 
 impl ResponseMessage {
@@ -354,6 +390,7 @@ impl ResponseMessage {
         Ok(match wire {
             ResponseWire::Decision(d) => ResponseMessage {
                 challenge_id: d.challenge_id,
+                user_id: d.user_id,
                 op: Operation::Decision(DecisionOp {
                     device_id: d.device_id,
                     decision: d.decision,
@@ -363,16 +400,19 @@ impl ResponseMessage {
             },
             ResponseWire::Otp(o) => ResponseMessage {
                 challenge_id: o.challenge_id,
+                user_id: o.user_id,
                 op: Operation::Otp {
                     code: o.code.into_code().map_err(bad_code)?,
                 },
             },
             ResponseWire::Sms(b) => ResponseMessage {
                 challenge_id: b.challenge_id,
+                user_id: b.user_id,
                 op: Operation::Sms,
             },
             ResponseWire::Cancel(b) => ResponseMessage {
                 challenge_id: b.challenge_id,
+                user_id: b.user_id,
                 op: Operation::Cancel,
             },
         })
@@ -414,6 +454,8 @@ pub enum OpOutcome {
     Unauthorized,
     /// The operation could not reach the instance holding the challenge.
     Unreachable,
+    /// Cluster mode: the challenge's partition is changing owner; ask again shortly.
+    Moving,
 }
 
 /// An answer: HTTP status and JSON body (a reply on `sca.responses` carries the same,
@@ -510,6 +552,10 @@ impl OpOutcome {
                 503,
                 "owner_unreachable",
                 "the instance holding this challenge could not be reached",
+            ),
+            OpOutcome::Moving => a(
+                503,
+                json!({"error": "partition_moving", "retry_after_seconds": 1, "message": "the challenge's partition is changing owner; try again"}),
             ),
         }
     }
@@ -653,6 +699,7 @@ mod tests {
             (OpOutcome::NotFound, 404),
             (OpOutcome::Unauthorized, 401),
             (OpOutcome::Unreachable, 503),
+            (OpOutcome::Moving, 503),
         ];
         for (o, status) in cases {
             assert_eq!(o.answer().status, status, "{o:?}");

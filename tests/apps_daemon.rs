@@ -196,3 +196,37 @@ async fn an_unknown_app_is_dead_lettered() {
         .contains("sca_challenges_rejected_total{reason=\"unknown_app\"}"));
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_naming_one_service_account_share_its_transport() {
+    let mut s = sims().await;
+    let business = s.cfg.apps["business"].clone();
+    s.cfg.apps.insert(
+        "business_eu".into(),
+        AppConfig {
+            apns_topic: String::new(),
+            ..business
+        },
+    );
+    let mut cfg = test_config("unused");
+    cfg.apns = s.cfg.apns.clone();
+    cfg.fcm = s.cfg.fcm.clone();
+    cfg.apps = s.cfg.apps.clone();
+    let settings = cfg.validate().unwrap();
+    let p = sca_dispatch::daemon::providers_from_config(&settings).unwrap();
+    let fcm = |app: &str| {
+        let name = sca_dispatch::challenge::model::AppName::parse(app).unwrap();
+        p.apps[&name].fcm.clone().unwrap()
+    };
+    // One service account: one token cache, whichever app sends.
+    assert!(std::sync::Arc::ptr_eq(
+        &fcm("business"),
+        &fcm("business_eu")
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &fcm("business"),
+        p.fcm.as_ref().unwrap()
+    ));
+    let name = sca_dispatch::challenge::model::AppName::parse("business_eu").unwrap();
+    assert!(p.apps[&name].apns.is_none(), "no apns_topic: no APNs");
+}

@@ -78,6 +78,9 @@ fn quorum() -> FieldTable {
 /// The device mix: iOS and Android devices, and Huawei phones without Google services
 /// on Push Kit.
 const PLATFORMS: &str = "apns=2,fcm=2,hms=1";
+/// The relay has no Push Kit client: its devices are iOS and Android only (a Push Kit
+/// push is one HTTP/2 POST with a bearer token, as an FCM push is).
+const RELAY_PLATFORMS: &str = "apns=1,fcm=1";
 
 /// The ceiling: publisher flat out and a bare consumer acking with multiple-acks.
 /// The load tool's publisher alone, for `n` challenges (flat out or at `rate`) with
@@ -161,6 +164,8 @@ struct Daemon {
     child: Child,
     http: String,
     metrics: String,
+    /// The device mix its load runs use.
+    platforms: &'static str,
 }
 
 impl Drop for Daemon {
@@ -228,10 +233,12 @@ fn spawn_as(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
+    let relay = cmd_args.contains(&"relay");
     Ok(Daemon {
         child,
         http: format!("http://127.0.0.1:{hp}"),
         metrics: format!("http://127.0.0.1:{mp}/metrics"),
+        platforms: if relay { RELAY_PLATFORMS } else { PLATFORMS },
     })
 }
 
@@ -372,7 +379,7 @@ async fn daemon_run(
     o.duration = None;
     o.kinds = Shares::parse("login=2,payment=1")?;
     o.devices_per_challenge = 2;
-    o.platforms = Shares::parse(PLATFORMS)?;
+    o.platforms = Shares::parse(d.platforms)?;
     o.decide_after = Duration::from_millis(20);
     o.ttl_seconds = 120;
     o.max_in_flight = n as usize + 1;

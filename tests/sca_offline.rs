@@ -43,12 +43,21 @@ fn app_code(seed: u8, qr: &str) -> String {
     code
 }
 
+/// The challenge's view, once the daemon holds it (a freshly published challenge may
+/// still be on its way).
 async fn view(h: &Harness, id: &str) -> Value {
-    let (st, v) = h
-        .http("GET", &format!("/v1/challenges/{id}"), None, None)
-        .await;
-    assert_eq!(st, 200, "{v}");
-    v
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (st, v) = h
+            .http("GET", &format!("/v1/challenges/{id}"), None, None)
+            .await;
+        if st == 200 {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{id} is not held: {last}");
 }
 
 async fn offline(h: &Harness, id: &str, code: &str) -> (u16, Value) {
@@ -130,7 +139,7 @@ async fn five_wrong_offline_codes_lock_and_a_plain_challenge_is_not_offline() {
     assert_eq!(st, 423);
 
     h.publish(&challenge("off-3")).await;
-    h.pushes(4, 10).await;
+    view(&h, "off-3").await;
     let (st, b) = offline(&h, "off-3", "12345678").await;
     assert_eq!((st, b["error"].as_str()), (409, Some("not_offline")));
     // Without a device key the operation id could never be confirmed: refused.
@@ -141,7 +150,6 @@ async fn five_wrong_offline_codes_lock_and_a_plain_challenge_is_not_offline() {
     assert!(reason.unwrap().contains("offline_key"));
     // Over sca.responses too.
     h.publish(&offline_payment("off-5")).await;
-    h.pushes(6, 10).await;
     let v = view(&h, "off-5").await;
     let code = app_code(11, v["qr"].as_str().unwrap());
     h.respond(&json!({"op": "offline", "challenge_id": "off-5", "code": code}))

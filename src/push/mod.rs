@@ -41,6 +41,27 @@ pub struct PushExtra {
     pub context: Option<RequestContext>,
 }
 
+/// The extra data the payload tests of every provider push: an account label and a
+/// context with `details` details of `value_len` characters each.
+#[cfg(test)]
+pub(crate) fn sample_extra(details: usize, value_len: usize) -> Option<Arc<PushExtra>> {
+    use crate::challenge::context::Detail;
+    Some(Arc::new(PushExtra {
+        user_label: Some("Conto business".into()),
+        context: Some(RequestContext {
+            ip: Some("203.0.113.7".into()),
+            location: Some("Milano".into()),
+            client: None,
+            details: (0..details)
+                .map(|i| Detail {
+                    label: format!("l{i}"),
+                    value: "v".repeat(value_len),
+                })
+                .collect(),
+        }),
+    }))
+}
+
 impl PushExtra {
     /// The context as compact JSON, for the string-valued data of FCM and Push Kit.
     pub fn context_json(&self) -> Option<String> {

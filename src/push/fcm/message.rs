@@ -174,23 +174,7 @@ mod tests {
         );
     }
 
-    fn extra(details: usize, value_len: usize) -> Option<Arc<crate::push::PushExtra>> {
-        use crate::challenge::context::{Detail, RequestContext};
-        Some(Arc::new(crate::push::PushExtra {
-            user_label: Some("Conto business".into()),
-            context: Some(RequestContext {
-                ip: Some("203.0.113.7".into()),
-                location: Some("Milano".into()),
-                client: None,
-                details: (0..details)
-                    .map(|i| Detail {
-                        label: format!("l{i}"),
-                        value: "v".repeat(value_len),
-                    })
-                    .collect(),
-            }),
-        }))
-    }
+    use crate::push::sample_extra as extra;
 
     #[test]
     fn the_label_and_the_context_travel_as_string_data() {

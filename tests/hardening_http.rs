@@ -158,12 +158,13 @@ async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
     let h = Harness::start_with(|c| {
         c.http.api_tokens = TOKEN.into();
         // Long enough that the probes below see the slot held even on a loaded machine.
-        c.http.body_timeout_ms = 6000;
+        c.http.body_timeout_ms = 10_000;
         c.http.max_requests_in_flight = 1;
     })
     .await;
     let api = h.daemon.as_ref().unwrap().http_addr;
     let mut slow = TcpStream::connect(api).await.unwrap();
+    let sent = std::time::Instant::now();
     slow.write_all(
         format!(
             "POST /v1/challenges/slow-body/otp HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\
@@ -174,9 +175,12 @@ async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
     .await
     .unwrap();
     // While that request is in progress it holds the only request slot: another request
-    // is refused at once with 503 rather than queued behind it.
+    // is refused at once with 503 rather than queued behind it. Probed until well inside
+    // the body timeout, however slowly the machine schedules the daemon's tasks.
     let mut refused = false;
-    for _ in 0..200 {
+    let mut probes = 0;
+    while sent.elapsed() < Duration::from_secs(8) {
+        probes += 1;
         match get_status(api, "/healthz").await {
             503 => {
                 refused = true;
@@ -186,10 +190,19 @@ async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
             s => panic!("unexpected status {s}"),
         }
     }
-    assert!(
-        refused,
-        "a request over max_requests_in_flight is answered 503"
-    );
+    if !refused {
+        let mut seen = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(100), slow.read(&mut seen))
+            .await
+            .map_or(Ok(0), |r| r)
+            .unwrap_or(0);
+        panic!(
+            "a request over max_requests_in_flight is answered 503: {probes} probes in {:?} \
+             all answered 200; the slow request's socket had received {:?}",
+            sent.elapsed(),
+            String::from_utf8_lossy(&seen[..n])
+        );
+    }
     let r = read_response(&mut slow).await;
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
     assert!(r.contains("\"error\":\"request_timeout\""), "{r}");

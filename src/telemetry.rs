@@ -29,6 +29,7 @@ pub const AMQP_EVENTS_LOST: &str = "sca_amqp_events_lost_total";
 pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 pub const OFFLINE_VERIFICATIONS: &str = "sca_offline_verifications_total";
 pub const FRAUD_REPORTS: &str = "sca_fraud_reports_total";
+pub const RUNTIME_ALIVE_TASKS: &str = "sca_runtime_alive_tasks";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -95,6 +96,10 @@ fn describe() {
         "From dispatch to decision, by channel."
     );
     describe_gauge!(AMQP_CONNECTED, "1 while connected to RabbitMQ, else 0.");
+    describe_gauge!(
+        RUNTIME_ALIVE_TASKS,
+        "Tasks alive in the daemon's async runtime, read at each scrape (a leak shows as growth)."
+    );
     describe_counter!(
         AMQP_RECONNECTS,
         "Connections to RabbitMQ opened after a loss."
@@ -178,4 +183,12 @@ pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     } else {
         fmt().with_env_filter(filter).try_init()
     };
+}
+
+/// Renders the metrics for a scrape, with the runtime's live task count read now.
+pub fn render(prom: &PrometheusHandle) -> String {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_ALIVE_TASKS).set(rt.metrics().num_alive_tasks() as f64);
+    }
+    prom.render()
 }

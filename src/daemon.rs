@@ -293,7 +293,9 @@ impl Daemon {
                     if req.uri().path() == "/metrics" {
                         hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(crate::telemetry::render(&prom))))
+                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                crate::telemetry::render(&prom),
+                            )))
                             .unwrap_or_default()
                     } else {
                         crate::http::json_response(404, &serde_json::json!({"error": "not_found"}))

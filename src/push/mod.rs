@@ -8,6 +8,7 @@ pub mod bearer;
 pub mod delivery;
 pub mod fcm;
 pub mod hms;
+pub mod oauth;
 
 use crate::challenge::context::RequestContext;
 use crate::challenge::machine::PushResult;

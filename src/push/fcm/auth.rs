@@ -11,30 +11,22 @@
 //! in for Google end to end: the tests exercise exactly the code that runs in production.
 //! Finally it lets us control the caching policy: renew ahead of expiry in the
 //! background, one renewal in flight however many sends wait, and a renewal forced by a
-//! 401 that collapses with every other 401 for the same token.
+//! 401 that collapses with every other 401 for the same token (that policy lives in
+//! [`crate::push::oauth`], shared with Push Kit; this module is Google's [`Issuer`]).
 
-use crate::telemetry;
+use crate::push::oauth::{self, Issuer};
 use crate::tls::JsonClient;
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::Uri;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex as StdMutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use crate::push::oauth::AccessToken;
 
 /// The OAuth2 scope that allows `messages:send`.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// Lifetime asked for in the assertion; Google accepts at most one hour.
 const ASSERTION_LIFETIME_S: u64 = 3600;
-/// Renew when less than this is left (or less than a tenth of the lifetime, if shorter).
-const RENEW_MARGIN: Duration = Duration::from_secs(300);
-/// After a failed mint, callers get the same error for this long instead of each trying
-/// again: a token endpoint that is down sees one request per second, not one per push.
-const FAILURE_HOLD: Duration = Duration::from_secs(1);
-/// Token endpoint answers are small; anything bigger is refused.
-const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
 /// Problems with the service account or obtaining an access token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -175,60 +167,23 @@ pub fn sign_assertion(
         .map_err(|e| AuthError::Token(format!("cannot sign the assertion: {e}")))
 }
 
-/// A minted access token with its ready-made `Authorization` header.
-#[derive(Debug)]
-pub struct AccessToken {
-    pub header: HeaderValue,
-    expires: Instant,
-    renew_at: Instant,
-}
-
-impl AccessToken {
-    fn new(value: &str, lifetime: Duration, now: Instant) -> Result<AccessToken, AuthError> {
-        let mut header = HeaderValue::from_str(&format!("Bearer {value}")).map_err(|_| {
-            AuthError::Token("access_token has characters a header cannot carry".into())
-        })?;
-        header.set_sensitive(true);
-        let margin = RENEW_MARGIN.min(lifetime / 10);
-        Ok(AccessToken {
-            header,
-            expires: now + lifetime,
-            renew_at: now + lifetime - margin,
-        })
-    }
-    fn fresh(&self, now: Instant) -> bool {
-        now < self.renew_at
-    }
-    fn usable(&self, now: Instant) -> bool {
-        now < self.expires
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Option<String>,
-    expires_in: Option<f64>,
-    token_type: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct TokenErrorResponse {
     error: Option<String>,
     error_description: Option<String>,
 }
 
-/// Hands out access tokens: a cached one while fresh; otherwise one renewal for all.
-pub struct TokenSource {
+/// Google's token endpoint, asked with a signed JWT assertion.
+pub struct GoogleIssuer {
     acct: ServiceAccount,
     key: EncodingKey,
     client: JsonClient,
     token_uri: Uri,
     timeout: Duration,
-    cache: RwLock<Option<Arc<AccessToken>>>,
-    /// Held for the whole of a mint: whoever holds it is the one renewal in flight.
-    renewal: Arc<tokio::sync::Mutex<()>>,
-    last_failure: StdMutex<Option<(Instant, AuthError)>>,
 }
+
+/// FCM's access tokens (the policy is [`oauth::TokenSource`]'s).
+pub type TokenSource = oauth::TokenSource<GoogleIssuer>;
 
 impl TokenSource {
     pub fn new(
@@ -241,110 +196,25 @@ impl TokenSource {
             .token_uri
             .parse::<Uri>()
             .map_err(|e| AuthError::Token(format!("token_uri: {e}")))?;
-        Ok(TokenSource {
+        Ok(TokenSource::with_issuer(GoogleIssuer {
             acct,
             key,
             client,
             token_uri,
             timeout,
-            cache: RwLock::new(None),
-            renewal: Arc::new(tokio::sync::Mutex::new(())),
-            last_failure: StdMutex::new(None),
-        })
+        }))
     }
 
     pub fn account(&self) -> &ServiceAccount {
-        &self.acct
+        &self.issuer().acct
     }
+}
 
-    fn cached(&self) -> Option<Arc<AccessToken>> {
-        // A poisoned lock only means a panic elsewhere while writing an Arc: the value is
-        // still whole, so keep using it.
-        self.cache.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
+impl Issuer for GoogleIssuer {
+    type Error = AuthError;
+    const PROVIDER: &'static str = "fcm";
 
-    fn store(&self, t: Arc<AccessToken>) {
-        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
-    }
-
-    /// An access token to send with. Fresh: returned at once. In its renewal margin but
-    /// still valid: returned at once while one background task renews it. Missing or
-    /// expired: every caller waits for the single renewal.
-    pub async fn token(self: &Arc<Self>) -> Result<Arc<AccessToken>, AuthError> {
-        let now = Instant::now();
-        if let Some(t) = self.cached() {
-            if t.fresh(now) {
-                return Ok(t);
-            }
-            if t.usable(now) {
-                if let Ok(guard) = self.renewal.clone().try_lock_owned() {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        if this.cached().is_some_and(|t| t.fresh(Instant::now())) {
-                            return;
-                        }
-                        if let Err(e) = this.mint().await {
-                            tracing::warn!(error = %e, "fcm: ahead-of-expiry token renewal failed");
-                        }
-                    });
-                }
-                return Ok(t);
-            }
-        }
-        let _guard = self.renewal.lock().await;
-        if let Some(t) = self.cached() {
-            if t.fresh(Instant::now()) {
-                return Ok(t);
-            }
-        }
-        self.mint().await
-    }
-
-    /// Called after `messages:send` refused `rejected` with 401: renews unless someone
-    /// already replaced that token, so a burst of 401s for one token mints once.
-    pub async fn renew_after_rejection(
-        self: &Arc<Self>,
-        rejected: &Arc<AccessToken>,
-    ) -> Result<Arc<AccessToken>, AuthError> {
-        let _guard = self.renewal.lock().await;
-        {
-            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-            match &*cache {
-                Some(t) if !Arc::ptr_eq(t, rejected) && t.usable(Instant::now()) => {
-                    return Ok(t.clone());
-                }
-                // Never hand the refused token out again, even if this mint fails: the
-                // next caller then mints (or gets the held failure) instead.
-                _ => *cache = None,
-            }
-        }
-        self.mint().await
-    }
-
-    /// One mint; the caller holds the renewal lock.
-    async fn mint(&self) -> Result<Arc<AccessToken>, AuthError> {
-        if let Some((at, err)) = &*self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < FAILURE_HOLD {
-                return Err(err.clone());
-            }
-        }
-        let result = self.mint_now().await;
-        match &result {
-            Ok(_) => {
-                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                metrics::counter!(telemetry::PROVIDER_TOKEN_RENEWALS, "provider" => "fcm")
-                    .increment(1);
-            }
-            Err(e) => {
-                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), e.clone()));
-            }
-        }
-        result
-    }
-
-    async fn mint_now(&self) -> Result<Arc<AccessToken>, AuthError> {
+    async fn request(&self) -> Result<AccessToken, AuthError> {
         let now_s = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -355,32 +225,11 @@ impl TokenSource {
             urlencoding::encode("urn:ietf:params:oauth:grant-type:jwt-bearer"),
             assertion // base64url and dots: nothing to escape
         );
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(self.token_uri.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|e| AuthError::Token(e.to_string()))?;
-        let started = Instant::now();
-        let fetch = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| AuthError::Token(format!("request failed: {e}")))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| AuthError::Token(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, AuthError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(self.timeout, fetch)
+        let answer = oauth::post_form(&self.client, &self.token_uri, form, self.timeout)
             .await
-            .map_err(|_| AuthError::Token(format!("no answer within {:?}", self.timeout)))??;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<TokenErrorResponse>(&body)
+            .map_err(AuthError::Token)?;
+        if !answer.status.is_success() {
+            let detail = serde_json::from_slice::<TokenErrorResponse>(&answer.body)
                 .ok()
                 .map(|e| {
                     format!(
@@ -390,30 +239,12 @@ impl TokenSource {
                     )
                 })
                 .unwrap_or_else(|| "no OAuth2 error body".into());
-            return Err(AuthError::Token(format!("HTTP {status}: {detail}")));
+            return Err(AuthError::Token(format!(
+                "HTTP {}: {detail}",
+                answer.status
+            )));
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| AuthError::Token(format!("answer is not the expected JSON: {e}")))?;
-        if let Some(tt) = parsed.token_type.as_deref() {
-            if !tt.eq_ignore_ascii_case("bearer") {
-                return Err(AuthError::Token(format!("token_type {tt:?} is not Bearer")));
-            }
-        }
-        let value = parsed
-            .access_token
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| AuthError::Token("answer has no access_token".into()))?;
-        let lifetime = parsed
-            .expires_in
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
-            .ok_or_else(|| AuthError::Token("answer has no positive expires_in".into()))?;
-        // Count the lifetime from when we asked, not when the answer came: never later
-        // than the issuer's own clock.
-        let token = Arc::new(AccessToken::new(&value, lifetime, started)?);
-        self.store(token.clone());
-        tracing::debug!(lifetime_s = lifetime.as_secs(), "fcm: access token minted");
-        Ok(token)
+        answer.grant().map_err(AuthError::Token)
     }
 }
 
@@ -457,17 +288,5 @@ mod tests {
             "{err}"
         );
         assert!(!format!("{acct:?}").contains("secretstuff"));
-    }
-
-    #[test]
-    fn renewal_margin() {
-        let now = Instant::now();
-        let t = AccessToken::new("abc", Duration::from_secs(3600), now).unwrap();
-        assert_eq!(t.renew_at, now + Duration::from_secs(3300));
-        let t = AccessToken::new("abc", Duration::from_secs(2), now).unwrap();
-        assert_eq!(t.renew_at, now + Duration::from_millis(1800));
-        assert!(t.fresh(now) && !t.fresh(now + Duration::from_millis(1900)));
-        assert!(t.usable(now + Duration::from_millis(1900)));
-        assert!(AccessToken::new("bad\nvalue", Duration::from_secs(1), now).is_err());
     }
 }

@@ -63,6 +63,24 @@ pub(crate) fn sample_extra(details: usize, value_len: usize) -> Option<Arc<PushE
     }))
 }
 
+/// Checks that `data` (string-valued FCM or Push Kit data, given as an object or as the
+/// JSON text of one) carries what [`sample_extra`]`(1, 3)` put in.
+#[cfg(test)]
+pub(crate) fn assert_sample_extra_as_string_data(data: &serde_json::Value) {
+    let data: serde_json::Value = match data.as_str() {
+        Some(text) => serde_json::from_str(text).expect("data is JSON text"),
+        None => data.clone(),
+    };
+    assert_eq!(data["user_label"], "Conto business");
+    let ctx: serde_json::Value =
+        serde_json::from_str(data["context"].as_str().expect("context is a string")).unwrap();
+    assert_eq!(
+        ctx,
+        serde_json::json!({"ip": "203.0.113.7", "location": "Milano",
+        "details": [{"label": "l0", "value": "vvv"}]})
+    );
+}
+
 impl PushExtra {
     /// The context as compact JSON, for the string-valued data of FCM and Push Kit.
     pub fn context_json(&self) -> Option<String> {

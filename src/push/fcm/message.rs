@@ -185,18 +185,7 @@ mod tests {
             extra: extra(1, 3),
         });
         let v: Value = serde_json::from_slice(&build_body(&m, 0)).unwrap();
-        let data = if v["message"]["data"].is_object() {
-            v["message"]["data"].clone()
-        } else {
-            serde_json::from_str(v["message"]["data"].as_str().unwrap()).unwrap()
-        };
-        assert_eq!(data["user_label"], "Conto business");
-        let ctx: Value = serde_json::from_str(data["context"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            ctx,
-            json!({"ip": "203.0.113.7", "location": "Milano",
-            "details": [{"label": "l0", "value": "vvv"}]})
-        );
+        crate::push::assert_sample_extra_as_string_data(&v["message"]["data"]);
     }
 
     #[test]

@@ -8,112 +8,20 @@
 //!
 //! Run: `cargo bench --bench fcm`. Prints both rates and their ratio.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use sca_dispatch::challenge::machine::PushResult;
-use sca_dispatch::challenge::model::Kind;
+#[path = "bearer/mod.rs"]
+mod bearer;
+
+use bearer::{Bare, Device, CONCURRENCY, MESSAGES, ROUNDS};
 use sca_dispatch::push::fcm::message::build_body;
 use sca_dispatch::push::fcm::FcmProvider;
-use sca_dispatch::push::{PushContent, PushMessage, PushProvider};
 use sca_dispatch::sim::fcm::{FcmSim, FcmSimOptions};
-use sca_dispatch::tls::{json_client, JsonClient};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use sca_dispatch::tls::json_client;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-const CONCURRENCY: usize = 64;
-const MESSAGES: usize = 30_000;
-const ROUNDS: usize = 3;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn message(i: usize) -> PushMessage {
-    PushMessage {
-        challenge_id: Arc::from(format!("bench-{i:08}")),
-        kind: Kind::Payment,
-        device_id: "d-pixel".into(),
-        token: format!("bench-token:{i:08}").into(),
-        content: PushContent::Challenge {
-            title: Arc::from("Approve payment"),
-            body: Arc::from("Payment of €125.40 to Mario Rossi"),
-            number_choices: None,
-            extra: None,
-        },
-        expires_at_ms: now_ms() + 300_000,
-        app: Default::default(),
-    }
-}
-
-async fn run_provider(provider: &Arc<FcmProvider>, n: usize) -> f64 {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let provider = provider.clone();
-        let next = next.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let r = provider.send(message(i)).await;
-                assert_eq!(r, PushResult::Delivered);
-            }
-        }));
-    }
-    for w in workers {
-        w.await.expect("worker");
-    }
-    n as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn run_bare(
-    client: &JsonClient,
-    uri: &http::Uri,
-    bearer: &http::HeaderValue,
-    bodies: &Arc<Vec<Bytes>>,
-) -> f64 {
-    let n = bodies.len();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let client = client.clone();
-        let uri = uri.clone();
-        let bearer = bearer.clone();
-        let bodies = bodies.clone();
-        let next = next.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let req = http::Request::post(uri.clone())
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "application/json; charset=UTF-8",
-                    )
-                    .header(http::header::AUTHORIZATION, bearer.clone())
-                    .body(Full::new(bodies[i].clone()))
-                    .expect("request");
-                let resp = client.request(req).await.expect("bare request");
-                assert_eq!(resp.status(), 200);
-                let _ = resp.into_body().collect().await.expect("body");
-            }
-        }));
-    }
-    for w in workers {
-        w.await.expect("worker");
-    }
-    n as f64 / started.elapsed().as_secs_f64()
-}
+const DEVICE: Device = Device {
+    id: "d-pixel",
+    token_prefix: "bench-token:",
+};
 
 async fn scenario(name: &str, tls: bool) {
     let sim = FcmSim::start(FcmSimOptions {
@@ -127,38 +35,22 @@ async fn scenario(name: &str, tls: bool) {
     let mut cfg = sim.write_config_files(dir.path()).expect("config files");
     cfg.max_concurrent = CONCURRENCY as u32;
     let provider = Arc::new(FcmProvider::new(&cfg).expect("provider"));
-    let bare = json_client(&cfg.ca_file).expect("client");
-    let uri: http::Uri = format!(
-        "{}/v1/projects/{}/messages:send",
-        sim.endpoint(),
-        sim.project_id()
-    )
-    .parse()
-    .expect("uri");
-    let bearer = http::HeaderValue::from_str(&format!("Bearer {}", sim.issue_access_token()))
-        .expect("header");
-    let bodies: Arc<Vec<Bytes>> = Arc::new(
-        (0..MESSAGES)
-            .map(|i| Bytes::from(build_body(&message(i), now_ms())))
-            .collect(),
-    );
-
-    // Warm both pools and the token cache.
-    run_provider(&provider, 2_000).await;
-    run_bare(&bare, &uri, &bearer, &Arc::new(bodies[..2_000].to_vec())).await;
-
-    let mut best_provider: f64 = 0.0;
-    let mut best_bare: f64 = 0.0;
-    for round in 1..=ROUNDS {
-        let p = run_provider(&provider, MESSAGES).await;
-        let b = run_bare(&bare, &uri, &bearer, &bodies).await;
-        println!(
-            "fcm {name} round {round}: FcmProvider {p:>7.0} msg/s   bare hyper {b:>7.0} msg/s   ratio {:.2}",
-            p / b
-        );
-        best_provider = best_provider.max(p);
-        best_bare = best_bare.max(b);
-    }
+    let bare = Bare {
+        client: json_client(&cfg.ca_file).expect("client"),
+        uri: format!(
+            "{}/v1/projects/{}/messages:send",
+            sim.endpoint(),
+            sim.project_id()
+        )
+        .parse()
+        .expect("uri"),
+        bearer: http::HeaderValue::from_str(&format!("Bearer {}", sim.issue_access_token()))
+            .expect("header"),
+        content_type: "application/json; charset=UTF-8",
+        accepted: |_| true,
+    };
+    let (best_provider, best_bare) =
+        bearer::compare(&format!("fcm {name}"), &provider, DEVICE, bare, build_body).await;
     println!(
         "fcm {name}: best FcmProvider {best_provider:.0} msg/s, best bare hyper client {best_bare:.0} msg/s, ratio {:.2} (target >= 0.80); tokens minted {}",
         best_provider / best_bare,

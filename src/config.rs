@@ -959,49 +959,43 @@ pub(crate) fn check_file_opt(key: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 /// A TOML error as `line L, column C, key `section.key`: message`, with no excerpt of
-/// the file; for a key holding a secret the message (which may quote the value) is
-/// replaced too.
+/// the file. A file that fails to parse may hold a secret anywhere (a token pasted on a
+/// line of its own, in a broken table header): so the key path is shown only as far as it
+/// names a known section and key; in the message, quoted values only when they are known
+/// names, and a word in backticks (an unknown key, say) only when it is a bare key; for a
+/// key holding a secret the message is replaced too.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let known = KnownNames::get();
     let Some(span) = e.span() else {
-        return e.message().to_string();
+        return known.scrub(e.message());
     };
     let start = span.start.min(text.len());
-    let before = &text[..start];
+    let before = text.get(..start).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
     let lines: Vec<&str> = text.lines().collect();
     let idx = (line_no - 1).min(lines.len().saturating_sub(1));
-    let mut section = String::new();
+    let mut section = None;
     let mut key = None;
     for (i, line) in lines.iter().enumerate().take(idx + 1).rev() {
         let t = line.trim();
         if t.starts_with('[') {
-            section = t
+            let name = t
                 .trim_start_matches('[')
                 .split(']')
                 .next()
                 .unwrap_or("")
-                .trim()
-                .to_string();
+                .trim();
+            section = Some(name);
             break;
         }
         if key.is_none() && i <= idx {
             if let Some((k, _)) = t.split_once('=') {
-                let k = k.trim().trim_matches('"');
-                if !k.is_empty()
-                    && k.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-                {
-                    key = Some(k.to_string());
-                }
+                key = Some(k.trim().trim_matches('"'));
             }
         }
     }
-    let path = match (&key, section.is_empty()) {
-        (Some(k), false) => format!("{section}.{k}"),
-        (Some(k), true) => k.clone(),
-        (None, _) => section.clone(),
-    };
+    let path = known.path(section, key);
     let secret = path
         .rsplit('.')
         .next()
@@ -1009,12 +1003,100 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = if secret {
         "invalid value (not shown: this key holds a secret)".to_string()
     } else {
-        e.message().trim().replace('\n', " ")
+        known.scrub(e.message().trim()).replace('\n', " ")
     };
     if path.is_empty() {
         format!("line {line_no}, column {column}: {message}")
     } else {
         format!("line {line_no}, column {column}, key `{path}`: {message}")
+    }
+}
+
+/// The sections and keys a configuration file may have: what error messages may name.
+struct KnownNames {
+    sections: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl KnownNames {
+    fn get() -> &'static KnownNames {
+        static NAMES: std::sync::OnceLock<KnownNames> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| {
+            let mut sections = std::collections::BTreeMap::new();
+            if let Ok(toml::Value::Table(root)) = toml::Value::try_from(Config::default()) {
+                for (name, v) in root {
+                    let keys = v
+                        .as_table()
+                        .map(|t| t.keys().cloned().collect())
+                        .unwrap_or_default();
+                    sections.insert(name, keys);
+                }
+            }
+            sections.insert(
+                "apps".into(),
+                AppConfig::KEYS.iter().map(|k| k.to_string()).collect(),
+            );
+            KnownNames { sections }
+        })
+    }
+
+    fn is_known(&self, word: &str) -> bool {
+        self.sections
+            .iter()
+            .any(|(s, keys)| s == word || keys.iter().any(|k| k == word))
+    }
+
+    /// `section.key` as far as both are known; an app's own name is never repeated
+    /// (`apps.<name>.key` shows as `apps.key`: the line number points at it).
+    fn path(&self, section: Option<&str>, key: Option<&str>) -> String {
+        let top = section.map(|s| s.split('.').next().unwrap_or("").trim());
+        match top.and_then(|t| self.sections.get_key_value(t)) {
+            Some((name, keys)) => match key.filter(|k| keys.iter().any(|x| x == k)) {
+                Some(k) => format!("{name}.{k}"),
+                None => name.clone(),
+            },
+            None if section.is_none() => key
+                .filter(|k| self.sections.contains_key(*k))
+                .map(str::to_string)
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
+    /// The message with every double-quoted value that is not a known name, and every
+    /// backticked word that is not a bare key (`[A-Za-z0-9_-]`, at most 64), replaced by
+    /// `…`; punctuation stays.
+    fn scrub(&self, message: &str) -> String {
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message;
+        while let Some(open) = rest.find(['`', '"']) {
+            let quote = rest.as_bytes()[open] as char;
+            let Some(len) = rest[open + 1..].find(quote) else {
+                break;
+            };
+            let word = &rest[open + 1..open + 1 + len];
+            out.push_str(&rest[..=open]);
+            let bare_key = quote == '`'
+                && (1..=64).contains(&word.len())
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if bare_key || self.is_known(word) || !word.chars().any(char::is_alphanumeric) {
+                out.push_str(word);
+            } else {
+                out.push('…');
+            }
+            out.push(quote);
+            rest = &rest[open + len + 2..];
+        }
+        if rest.contains(['`', '"']) {
+            // An unclosed quote: what follows it is not shown.
+            let cut = rest.find(['`', '"']).unwrap_or(rest.len());
+            out.push_str(&rest[..cut]);
+            out.push('…');
+        } else {
+            out.push_str(rest);
+        }
+        out
     }
 }
 
@@ -1280,9 +1362,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("line 3") && e.contains("amqp.prefetch") && e.contains("many"),
+            e.contains("line 3") && e.contains("amqp.prefetch") && e.contains("invalid type"),
             "{e}"
         );
+        assert!(!e.contains("many"), "values are not repeated: {e}");
+        // A broken table header is not repeated either (it may hold anything), nor a
+        // line that is a pasted token.
+        for text in [
+            "[smsKENS=Tou3nX9abc\"\nendpoint = 1\n",
+            "[sms]\nTou3nX9abc\n",
+            "[Tou3nX9abc]\nx = 1\n",
+        ] {
+            let e = Config::from_toml_with_env(text, "f.toml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line "), "{text:?}: {e}");
+            assert!(!e.contains("Tou3nX9abc"), "{text:?} repeats the file: {e}");
+        }
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub const AMQP_EVENTS_LOST: &str = "sca_amqp_events_lost_total";
 pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 pub const OFFLINE_VERIFICATIONS: &str = "sca_offline_verifications_total";
 pub const FRAUD_REPORTS: &str = "sca_fraud_reports_total";
+pub const CONTROL_REJECTED: &str = "sca_control_rejected_total";
+pub const PARTITIONS_OWNED: &str = "sca_partitions_owned";
+pub const CLUSTER_TAKEOVERS: &str = "sca_partition_takeovers_total";
+pub const CLUSTER_HANDOVERS: &str = "sca_partition_handovers_total";
+pub const CLUSTER_HANDED_OVER: &str = "sca_challenges_handed_over_total";
+pub const CLUSTER_RESUMED: &str = "sca_challenges_resumed_total";
+pub const CLUSTER_FENCES: &str = "sca_partition_fences_total";
+pub const CLUSTER_FORWARDS: &str = "sca_forwards_total";
+pub const CLUSTER_FORWARD_LATENCY: &str = "sca_forward_duration_seconds";
+pub const CLUSTER_REROUTED: &str = "sca_challenges_rerouted_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -182,6 +182,8 @@ pub struct Daemon {
     pub metrics_addr: SocketAddr,
     pub engine: Arc<Engine>,
     pub status: Arc<BrokerStatus>,
+    /// This instance's id: in its hellos and its broker connection's name.
+    pub instance: String,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -262,6 +264,7 @@ impl Daemon {
             tick,
         });
         let control = amqp::control::Control::new(&cfg.amqp.control_exchange, seal.clone(), view);
+        let instance = control.id().to_string();
         engine.set_peers(control.clone());
         let cluster = match (&seal, cfg.cluster.enabled) {
             (Some(seal), true) => {
@@ -392,6 +395,7 @@ impl Daemon {
             metrics_addr,
             engine,
             status,
+            instance,
             stop: stop_tx,
             done,
         })

@@ -139,6 +139,44 @@ fn describe() {
         AMQP_CHANNELS_REPLACED,
         "Publishing channels closed by a channel error and opened again."
     );
+    describe_counter!(
+        CONTROL_REJECTED,
+        "Instance-to-instance messages dropped: unsigned, bad MAC or older than 30 s, by reason."
+    );
+    describe_gauge!(
+        PARTITIONS_OWNED,
+        "Cluster mode: partitions this instance owns."
+    );
+    describe_counter!(CLUSTER_TAKEOVERS, "Cluster mode: partitions claimed.");
+    describe_counter!(
+        CLUSTER_HANDOVERS,
+        "Cluster mode: partitions handed over (rebalance or shutdown)."
+    );
+    describe_counter!(
+        CLUSTER_HANDED_OVER,
+        "Cluster mode: undecided challenges passed to the next owner with their progress."
+    );
+    describe_counter!(
+        CLUSTER_RESUMED,
+        "Cluster mode: challenges resumed from a previous owner's progress."
+    );
+    describe_counter!(
+        CLUSTER_FENCES,
+        "Cluster mode: partitions lost with their connection or consumer (their challenges dropped here)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDS,
+        "Cluster mode: operations sent to another instance, by route (owner, lookup) and result."
+    );
+    describe_histogram!(
+        CLUSTER_FORWARD_LATENCY,
+        Unit::Seconds,
+        "Cluster mode: time to an answer for a forwarded operation, by route."
+    );
+    describe_counter!(
+        CLUSTER_REROUTED,
+        "Cluster mode: challenges moved from the plain queue to the consistent-hash exchange."
+    );
 }
 
 /// Records one push request to a provider (`apns`/`fcm`/…) for an app with its result

@@ -53,6 +53,17 @@ async fn a_code_sent_before_a_rolling_restart_approves_on_the_new_owner() {
         holder(&[a], id, 15).await;
     }
     spread(&[a], 20).await;
+    let (st, ready) = h.http("GET", "/readyz", None, None).await;
+    assert_eq!(st, 200, "{ready}");
+    assert_eq!(
+        ready["cluster"]["owned"].as_array().map(|o| o.len()),
+        Some(PARTITIONS as usize),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["cluster"]["instance"].as_str(),
+        Some(a.instance.as_str())
+    );
     let challenge_pushes = h
         .push
         .pushes

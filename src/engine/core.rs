@@ -806,7 +806,9 @@ impl<A> Core<A> {
     pub fn unsettled_in(&self, index: u16) -> usize {
         self.table
             .iter()
-            .filter(|e| e.part.is_some_and(|p| p.index == index) && !e.confirmed)
+            .filter(|e| {
+                e.part.is_some_and(|p| p.index == index) && e.machine.is_done() && !e.confirmed
+            })
             .count()
     }
 

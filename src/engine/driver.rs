@@ -141,9 +141,7 @@ impl Engine {
     /// Fences every partition held (the broker connection is gone).
     pub fn fence_all(self: &Arc<Self>) {
         for i in 0..self.ownership.partitions() {
-            if self.ownership.owns(i) || self.core.unsettled_in(i as u16) > 0 {
-                self.fence(i);
-            }
+            self.fence(i);
         }
     }
 

@@ -1337,3 +1337,118 @@ fn pending_challenges_of_a_device_come_from_the_index() {
         .is_empty());
     assert_eq!(c.pending_index.keys(), (0, 0), "nothing left behind");
 }
+
+// ---- partitions (cluster mode) ---------------------------------------------------
+
+fn in_part(epoch: u64) -> DeliveryMeta {
+    DeliveryMeta {
+        part: Some(Part { index: 3, epoch }),
+        ..Default::default()
+    }
+}
+
+fn sms_effects(fx: &Effects<Tag>) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::SendSms { .. }))
+        .count()
+}
+
+#[test]
+fn a_fenced_partition_leaves_the_table_and_a_confirmed_record_stays() {
+    let c = core();
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("f1")), in_part(1), 1);
+    c.intake(now, &body(&challenge("f2")), in_part(1), 2);
+    c.intake(now, &body(&challenge("other")), DeliveryMeta::default(), 3);
+    let (_, fx) = c.operate(now, "f2", &decide("a", true), Authority::Bearer);
+    assert!(outcome_of(&fx).is_some());
+    c.confirmed(now, "f2");
+    let (fx, gone) = c.drop_partition(3);
+    assert_eq!(gone, 1, "only the unsettled one");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WakeWaiters(id) if &**id == "f1")));
+    assert!(!c.holds("f1") && c.holds("f2") && c.holds("other"));
+    let (o, _) = c.operate(now, "f1", &decide("a", true), Authority::Bearer);
+    assert_eq!(o, OpOutcome::NotFound, "never decided on a stale copy");
+}
+
+#[test]
+fn a_handed_over_challenge_resumes_without_pushing_and_its_code_still_verifies() {
+    let old = core();
+    let now = T0 + 1_000;
+    let raw = body(&challenge("h1"));
+    let fx = old.intake(now, &raw, in_part(1), 1);
+    assert_eq!(pushes(&fx), 2);
+    let (o, fx) = old.operate(now, "h1", &Operation::Sms, Authority::Bearer);
+    assert_eq!((o, sms_effects(&fx)), (OpOutcome::SmsSent, 1));
+    let (o, _) = old.operate(now, "h1", &otp("000000"), Authority::Bearer);
+    assert_eq!(o, OpOutcome::WrongCode { attempts_left: 4 });
+    // Decided ones are not handed over.
+    old.intake(now, &body(&challenge("h2")), in_part(1), 2);
+    old.operate(now, "h2", &decide("a", false), Authority::Bearer);
+    assert_eq!(old.unsettled_in(3), 1);
+    let (items, _) = old.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    let item = items.into_iter().next().unwrap();
+    assert_eq!(
+        (&*item.id, &*item.raw, item.acks.as_slice()),
+        ("h1", &raw[..], &[1][..])
+    );
+    assert!(!old.holds("h1") && old.holds("h2"));
+    // Through the wire form, as the next owner reads it.
+    let wire = crate::wire::control::Handover::of(
+        crate::wire::ops::ChallengeId::parse("h1").unwrap(),
+        &item.progress,
+    );
+    let progress = wire.into_progress().unwrap();
+    let new = core();
+    let meta = DeliveryMeta {
+        resume: Some(progress),
+        ..in_part(9)
+    };
+    let fx = new.intake(now + 500, &item.raw, meta, 7);
+    assert_eq!(
+        (pushes(&fx), sms_effects(&fx)),
+        (0, 0),
+        "nothing sent again"
+    );
+    let (o, _) = new.operate(now + 600, "h1", &otp("000000"), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::WrongCode { attempts_left: 3 },
+        "attempts carried over"
+    );
+    let (o, fx) = new.operate(now + 700, "h1", &otp(CODE), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "approved");
+}
+
+#[test]
+fn cluster_mode_tells_peers_nothing_and_ignores_their_notes() {
+    let c = core_with(|cfg, s| {
+        cfg.cluster.enabled = true;
+        s.cluster = true;
+    });
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("n1")), in_part(1), 1);
+    let (_, fx) = c.operate(now, "n1", &Operation::Sms, Authority::Bearer);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::TellPeers(_))));
+    for _ in 0..10 {
+        c.peer_note(
+            now,
+            &PeerNote::SmsSent {
+                user: "u-n2".into(),
+                at: now,
+            },
+        );
+    }
+    c.intake(now, &body(&challenge("n2")), in_part(1), 2);
+    let (o, _) = c.operate(now, "n2", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::SmsSent, "forged or stale notes block nobody");
+}

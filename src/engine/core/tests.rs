@@ -1452,3 +1452,106 @@ fn cluster_mode_tells_peers_nothing_and_ignores_their_notes() {
     let (o, _) = c.operate(now, "n2", &Operation::Sms, Authority::Bearer);
     assert_eq!(o, OpOutcome::SmsSent, "forged or stale notes block nobody");
 }
+
+/// The next owner's intake of an item handed over, through the wire form.
+fn resume_on(
+    new: &Core<Tag>,
+    now: i64,
+    item: &HandedOver<Tag>,
+    epoch: u64,
+    ack: Tag,
+) -> Effects<Tag> {
+    let wire = crate::wire::control::Handover::of(
+        crate::wire::ops::ChallengeId::parse(&item.id).unwrap(),
+        &item.progress,
+    );
+    let meta = DeliveryMeta {
+        resume: Some(wire.into_progress().unwrap()),
+        ..in_part(epoch)
+    };
+    new.intake(now, &item.raw, meta, ack)
+}
+
+#[test]
+fn a_handed_over_offline_challenge_keeps_its_operation_id_and_the_app_code_approves() {
+    let old = core();
+    let now = T0 + 1_000;
+    old.intake(now, &body(&offline_challenge("ho1")), in_part(1), 1);
+    let op = old.view("ho1").unwrap().operation_id.unwrap();
+    let good = app_code(&old, "ho1", 5);
+    let (items, _) = old.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    // The next owner draws other operation ids: the handed-over one must win.
+    let new = core();
+    new.intake(now, &body(&offline_challenge("ho2")), in_part(9), 2);
+    let fx = resume_on(&new, now + 500, &items[0], 9, 7);
+    assert_eq!(pushes(&fx), 0, "nothing pushed again");
+    assert_eq!(new.view("ho1").unwrap().operation_id, Some(op));
+    let (o, fx) = new.operate(now + 600, "ho1", &offline_op(good), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["channel"], "offline");
+}
+
+#[test]
+fn challenges_leaving_their_partition_leave_the_pending_index() {
+    let c = core();
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("x1")), in_part(1), 1);
+    c.intake(now, &body(&challenge("x2")), in_part(1), 2);
+    assert_eq!(
+        c.pending_for_device(now, "a", &DeviceAuth::Bearer)
+            .unwrap()
+            .challenges
+            .len(),
+        2
+    );
+    let (_, gone) = c.drop_partition(3);
+    assert_eq!(gone, 2);
+    assert_eq!(
+        c.pending_index.keys(),
+        (0, 0),
+        "fenced: nothing left behind"
+    );
+    c.intake(now, &body(&challenge("x3")), in_part(2), 3);
+    let (items, _) = c.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        c.pending_index.keys(),
+        (0, 0),
+        "handed over: nothing left behind"
+    );
+    assert!(c
+        .pending_for_device(now, "a", &DeviceAuth::Bearer)
+        .unwrap()
+        .challenges
+        .is_empty());
+}
+
+#[test]
+fn a_resumed_challenge_supersedes_nothing_on_its_new_owner() {
+    let old = core_with(|_, s| s.one_pending_per_user = true);
+    let now = T0 + 1_000;
+    old.intake(now, &body(&same_user("r1", "u", false)), in_part(1), 1);
+    let (items, _) = old.extract_partition(3);
+    let new = core_with(|_, s| s.one_pending_per_user = true);
+    new.intake(
+        now + 100,
+        &body(&same_user("r2", "u", false)),
+        in_part(9),
+        2,
+    );
+    let fx = resume_on(&new, now + 200, &items[0], 9, 3);
+    assert!(
+        outcome_of(&fx).is_none(),
+        "the newer challenge stays pending"
+    );
+    assert_eq!(
+        (new.is_decided("r1"), new.is_decided("r2")),
+        (Some(false), Some(false))
+    );
+}

@@ -242,7 +242,8 @@ async fn bench() -> anyhow::Result<()> {
         "runs": runs,
         "challenges": n,
         "partitions": PARTITIONS,
-        "config": "release daemons in cluster mode (16 partitions, takeover_seconds 10), prefetch 5000 x 4 over the partitions, dispatched_events = false; challenges published to the plain queue and re-routed; devices approve 20 ms after their push over HTTP through any instance (decisions without a user_id hint); broker, daemons, simulators and load tool share the machine",
+        "profile": if cfg!(debug_assertions) { "dev (unoptimized: throughput and CPU figures are not representative)" } else { "release" },
+        "config": "daemons in cluster mode (16 partitions, takeover_seconds 10), prefetch 5000 x 4 over the partitions, dispatched_events = false; challenges published to the plain queue and re-routed; devices approve 20 ms after their push over HTTP through any instance (decisions without a user_id hint); broker, daemons, simulators and load tool share the machine",
     });
     std::fs::write(&path, serde_json::to_string_pretty(&all)? + "\n")?;
     println!("merged \"cluster\" into bench/results/latest.json");

@@ -30,7 +30,7 @@ pub async fn another(h: &Harness) -> Daemon {
     let d = Daemon::start(h.cfg.validate().unwrap(), h.providers())
         .await
         .unwrap();
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if d.status.connected() {
             break;
         }

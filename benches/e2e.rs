@@ -25,7 +25,8 @@
 //! Publishing, the devices, the outcome reader and the latency histograms are the
 //! project's load tool (`sca_dispatch::loadgen`, also behind `sca-dispatch load`).
 //!
-//! It prints the figures and ratios and writes `bench/results/latest.json` and
+//! It prints the figures and ratios and writes `bench/results/latest.json` (its own keys;
+//! the others, such as the cluster bench's `cluster`, are kept) and
 //! `bench/results/latest.md`. `E2E_N` sets the challenge count (default 30,000),
 //! `E2E_INFLIGHT` the in-flight count for the memory figure (default 100,000).
 
@@ -768,10 +769,17 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("latest.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
-    )?;
+    // Read-modify-write: the keys other benchmarks merged in (`cluster`) are kept.
+    let path = out.join("latest.json");
+    let mut all = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| json!({}));
+    if let (Some(a), Some(r)) = (all.as_object_mut(), report.as_object()) {
+        a.extend(r.clone());
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&all)? + "\n")?;
     let md = format!(
         "# End-to-end benchmark\n\n{} on {}.\n\n| measure | figure | target |\n|---|---|---|\n\
          | ceiling: bare lapin consume + ack, publisher flat out | {:.0} msg/s | |\n\

@@ -4,11 +4,24 @@
 # - installed but stopped: `rabbitmq-server -detached`, then `rabbitmqctl await_startup`;
 # - not installed: installs Debian's `rabbitmq-server` package when run as root with apt,
 #   otherwise stops with a message saying how to install it.
+# Then enables the rabbitmq_consistent_hash_exchange plugin (shipped with the broker,
+# needed by cluster mode) when rabbitmq-plugins is at hand.
 set -euo pipefail
+
+enable_plugins() {
+  export PATH="$PATH:/usr/sbin"
+  if command -v rabbitmq-plugins >/dev/null 2>&1; then
+    if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+      rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+        || echo "warning: could not enable rabbitmq_consistent_hash_exchange (cluster mode needs it)" >&2
+    fi
+  fi
+}
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
 if port_open; then
+  enable_plugins
   exit 0
 fi
 
@@ -36,7 +49,7 @@ if ! port_open; then
 fi
 
 for _ in $(seq 1 100); do
-  port_open && exit 0
+  port_open && { enable_plugins; exit 0; }
   sleep 0.2
 done
 echo "error: RabbitMQ started but nothing answers on 127.0.0.1:5672" >&2

@@ -57,6 +57,66 @@ pub struct Config {
     /// default app.
     pub apps: std::collections::BTreeMap<String, AppConfig>,
     pub fraud: FraudConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode (CONTRACT §10): partitioned intake with one owner per partition.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Route challenges by `user_id` to `partitions` queues, each owned by one instance.
+    pub enabled: bool,
+    /// Partition queues `{challenges_queue}.p0` … `.p{N-1}`; fixed for the life of a cluster.
+    pub partitions: u32,
+    /// HMAC-SHA256 key of every instance-to-instance message; at least 32 bytes,
+    /// required in cluster mode. Outside it, control traffic is signed and checked
+    /// whenever it is set.
+    pub secret: String,
+    /// The longest a dead owner's partitions stay unowned.
+    pub takeover_seconds: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            partitions: 16,
+            secret: String::new(),
+            takeover_seconds: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("partitions", &self.partitions)
+            .field("secret", &if self.secret.is_empty() { "" } else { "****" })
+            .field("takeover_seconds", &self.takeover_seconds)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=256).contains(&self.partitions) {
+            return Err(invalid("cluster.partitions", "must be 1..=256"));
+        }
+        if !(2..=300).contains(&self.takeover_seconds) {
+            return Err(invalid("cluster.takeover_seconds", "must be 2..=300"));
+        }
+        if self.enabled && self.secret.is_empty() {
+            return Err(invalid(
+                "cluster.secret",
+                "is required when cluster.enabled = true (at least 32 bytes, the same on every instance)",
+            ));
+        }
+        if !self.secret.is_empty() && self.secret.len() < 32 {
+            return Err(invalid("cluster.secret", "must be at least 32 bytes"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -587,6 +647,7 @@ impl Config {
         self.hms.validate()?;
         let sms = self.sms.settings()?;
         let apps = apps::validate(self, apns.as_ref())?;
+        self.cluster.validate()?;
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
         }
@@ -1469,6 +1530,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_are_validated_by_name_and_the_secret_never_shown() {
+        let t = env(&[TOKEN]);
+        for (toml, key) in [
+            ("[cluster]\nenabled = true\n", "cluster.secret"),
+            ("[cluster]\nsecret = \"short-s3cret\"\n", "cluster.secret"),
+            ("[cluster]\npartitions = 0\n", "cluster.partitions"),
+            (
+                "[cluster]\ntakeover_seconds = 1\n",
+                "cluster.takeover_seconds",
+            ),
+        ] {
+            let e = Config::from_toml_with_env(toml, "t", &t)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(!e.contains("short-s3cret"), "{e}");
+        }
+        let secret = "0123456789abcdef0123456789abcdef-cl";
+        let c = Config::from_toml_with_env(
+            &format!("[cluster]\nenabled = true\nsecret = \"{secret}\"\n"),
+            "t",
+            &t,
+        )
+        .unwrap();
+        assert!(c.config.cluster.enabled);
+        assert!(!format!("{c:?}").contains(secret), "Debug shows the secret");
+        let c = Config::from_toml_with_env(
+            "",
+            "t",
+            &env(&[
+                TOKEN,
+                ("SCA_CLUSTER_ENABLED", "true"),
+                ("SCA_CLUSTER_SECRET", secret),
+            ]),
+        )
+        .unwrap();
+        assert!(c.config.cluster.enabled);
+    }
+
+    #[test]
     fn hardening_keys_are_validated_by_name() {
         for (toml, key) in [
             ("[http]\nheader_read_timeout_ms = 0\n", "http.header_read_timeout_ms"),
@@ -1490,6 +1591,8 @@ mod tests {
             assert!(e.to_string().contains(key), "{key}: {e}");
         }
         let c = Config::default();
+        assert!(!c.cluster.enabled);
+        assert_eq!((c.cluster.partitions, c.cluster.takeover_seconds), (16, 10));
         assert_eq!(c.http.header_read_timeout_ms, 10_000);
         assert_eq!(c.http.idle_timeout_seconds, 60);
         assert_eq!(c.sms.max_per_phone_per_window, 3);

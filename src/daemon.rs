@@ -26,6 +26,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Provider(String),
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// The transports already started, so that apps sharing a credential share its
@@ -128,6 +130,7 @@ struct Ready {
     status: Arc<BrokerStatus>,
     providers: Providers,
     auth: &'static str,
+    control: Arc<amqp::control::Control>,
 }
 
 impl Readiness for Ready {
@@ -161,6 +164,9 @@ impl Readiness for Ready {
     fn auth(&self) -> &'static str {
         self.auth
     }
+    fn cluster(&self) -> Option<serde_json::Value> {
+        self.control.describe()
+    }
     fn any_provider(&self) -> bool {
         self.providers.sms.is_some()
             || self.providers.all_apps().iter().any(|(_, p)| {
@@ -176,6 +182,8 @@ pub struct Daemon {
     pub metrics_addr: SocketAddr,
     pub engine: Arc<Engine>,
     pub status: Arc<BrokerStatus>,
+    /// This instance's id: in its hellos and its broker connection's name.
+    pub instance: String,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -241,8 +249,48 @@ impl Daemon {
         let publisher = Arc::new(AmqpPublisher::new(&cfg.amqp, hard_rx));
         let drain_publisher = publisher.clone();
         let engine = Engine::new(cfg, providers.clone(), publisher.clone());
-        let control = amqp::control::Control::new(&cfg.amqp.control_exchange);
+        let names = crate::cluster::Names::new(&cfg.amqp.challenges_queue, cfg.cluster.partitions);
+        let seal = (!cfg.cluster.secret.is_empty())
+            .then(|| crate::cluster::Seal::new(&cfg.cluster.secret));
+        if seal.is_none() {
+            tracing::warn!(
+                "cluster.secret is not set: messages between instances are not authenticated"
+            );
+        }
+        let tick = amqp::cluster::Cluster::tick_for(cfg.cluster.takeover_seconds);
+        let view = cfg.cluster.enabled.then(|| amqp::control::ClusterView {
+            names: names.clone(),
+            ownership: engine.ownership().clone(),
+            tick,
+        });
+        let control = amqp::control::Control::new(&cfg.amqp.control_exchange, seal.clone(), view);
+        let instance = control.id().to_string();
         engine.set_peers(control.clone());
+        let cluster = match (&seal, cfg.cluster.enabled) {
+            (Some(seal), true) => {
+                amqp::topology::check_cluster(&cfg.amqp.url, &cfg.amqp, &names)
+                    .await
+                    .map_err(StartError::Broker)?;
+                // In-flight challenges stay bounded by prefetch × consumers however
+                // many partitions this instance owns.
+                let per = (cfg.amqp.prefetch as u64 * cfg.amqp.consumers as u64
+                    / cfg.cluster.partitions as u64)
+                    .clamp(1, 65_535) as u16;
+                tracing::info!(
+                    instance = control.id(),
+                    partitions = cfg.cluster.partitions,
+                    "cluster mode"
+                );
+                Some(amqp::cluster::Cluster::new(
+                    names,
+                    seal.clone(),
+                    control.clone(),
+                    per,
+                    tick,
+                ))
+            }
+            _ => None,
+        };
 
         let until = |rx: &watch::Receiver<bool>| {
             let mut rx = rx.clone();
@@ -254,7 +302,10 @@ impl Daemon {
             cfg.amqp.clone(),
             engine.clone(),
             publisher,
-            control,
+            amqp::Plane {
+                control: control.clone(),
+                cluster,
+            },
             status.clone(),
             Signals {
                 stop_consuming: consume_rx,
@@ -276,6 +327,7 @@ impl Daemon {
                 status: status.clone(),
                 providers,
                 auth: settings.http.auth.label(),
+                control,
             }),
         });
         let http = tokio::spawn(crate::http::serve_with(
@@ -314,7 +366,10 @@ impl Daemon {
             let started = tokio::time::Instant::now();
             tracing::info!("shutting down: no new challenges");
             let _ = consume_tx.send(true);
-            let left = eng.drain(grace).await;
+            // Cluster mode: the partitions are handed over first (their undecided
+            // challenges go to the next owners with their progress).
+            let _ = tokio::time::timeout(grace, eng.ownership().released_all()).await;
+            let left = eng.drain(grace.saturating_sub(started.elapsed())).await;
             let events_left = drain_publisher
                 .drain(grace.saturating_sub(started.elapsed()))
                 .await;
@@ -342,6 +397,7 @@ impl Daemon {
             metrics_addr,
             engine,
             status,
+            instance,
             stop: stop_tx,
             done,
         })

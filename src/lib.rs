@@ -12,6 +12,7 @@
 //! - [`texts`]: localized push and SMS texts.
 //! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
 //! - `fuzzing`: the fuzz targets' entry points (feature `fuzzing`, part of `tools`).
+//! - [`cluster`]: the pure parts of cluster mode — message seal, partition assignment, claims.
 //! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
 //!   logs; the wall clock.
 // The daemon has no unsafe code; the tools' counting allocator (`engine::footprint`)
@@ -22,6 +23,7 @@
 pub mod amqp;
 pub mod challenge;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "tools")]

@@ -30,6 +30,16 @@ pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 pub const OFFLINE_VERIFICATIONS: &str = "sca_offline_verifications_total";
 pub const FRAUD_REPORTS: &str = "sca_fraud_reports_total";
 pub const RUNTIME_ALIVE_TASKS: &str = "sca_runtime_alive_tasks";
+pub const CONTROL_REJECTED: &str = "sca_control_rejected_total";
+pub const PARTITIONS_OWNED: &str = "sca_partitions_owned";
+pub const CLUSTER_TAKEOVERS: &str = "sca_partition_takeovers_total";
+pub const CLUSTER_HANDOVERS: &str = "sca_partition_handovers_total";
+pub const CLUSTER_HANDED_OVER: &str = "sca_challenges_handed_over_total";
+pub const CLUSTER_RESUMED: &str = "sca_challenges_resumed_total";
+pub const CLUSTER_FENCES: &str = "sca_partition_fences_total";
+pub const CLUSTER_FORWARDS: &str = "sca_forwards_total";
+pub const CLUSTER_FORWARD_LATENCY: &str = "sca_forward_duration_seconds";
+pub const CLUSTER_REROUTED: &str = "sca_challenges_rerouted_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -133,6 +143,44 @@ fn describe() {
     describe_counter!(
         AMQP_CHANNELS_REPLACED,
         "Publishing channels closed by a channel error and opened again."
+    );
+    describe_counter!(
+        CONTROL_REJECTED,
+        "Instance-to-instance messages dropped: unsigned, bad MAC or older than 30 s, by reason."
+    );
+    describe_gauge!(
+        PARTITIONS_OWNED,
+        "Cluster mode: partitions this instance owns."
+    );
+    describe_counter!(CLUSTER_TAKEOVERS, "Cluster mode: partitions claimed.");
+    describe_counter!(
+        CLUSTER_HANDOVERS,
+        "Cluster mode: partitions handed over (rebalance or shutdown)."
+    );
+    describe_counter!(
+        CLUSTER_HANDED_OVER,
+        "Cluster mode: undecided challenges passed to the next owner with their progress."
+    );
+    describe_counter!(
+        CLUSTER_RESUMED,
+        "Cluster mode: challenges resumed from a previous owner's progress."
+    );
+    describe_counter!(
+        CLUSTER_FENCES,
+        "Cluster mode: partitions lost with their connection or consumer (their challenges dropped here)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDS,
+        "Cluster mode: operations sent to another instance, by route (owner, lookup) and result."
+    );
+    describe_histogram!(
+        CLUSTER_FORWARD_LATENCY,
+        Unit::Seconds,
+        "Cluster mode: time to an answer for a forwarded operation, by route."
+    );
+    describe_counter!(
+        CLUSTER_REROUTED,
+        "Cluster mode: challenges moved from the plain queue to the consistent-hash exchange."
     );
 }
 

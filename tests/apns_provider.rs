@@ -422,6 +422,16 @@ async fn pushes_in_flight_during_a_goaway_are_delivered() {
             p.send(challenge(&token(n), Duration::from_secs(30))).await
         }));
         if n == 30 {
+            // Both connections up, however slow the machine: the GOAWAY must reach them
+            // (one accepted after it would never see it).
+            let until = tokio::time::Instant::now() + Duration::from_secs(20);
+            while sim.connections() < 2 {
+                assert!(
+                    tokio::time::Instant::now() < until,
+                    "connections up in time"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             sim.goaway();
         }

@@ -59,7 +59,7 @@ impl AckToken for AckHandle {
     }
 }
 
-fn reply_to(d: &Delivery) -> Option<ReplyTo> {
+pub(crate) fn reply_to(d: &Delivery) -> Option<ReplyTo> {
     d.properties.reply_to().as_ref().map(|q| ReplyTo {
         queue: q.to_string(),
         correlation_id: d
@@ -82,6 +82,7 @@ pub(crate) async fn run_challenges(
                 let meta = DeliveryMeta {
                     reply_to: reply_to(&d),
                     redelivered: d.redelivered,
+                    ..Default::default()
                 };
                 let ack = AckHandle::new(acks.clone(), d.delivery_tag);
                 engine.accept(&d.data, meta, Box::new(ack));
@@ -97,7 +98,7 @@ pub(crate) async fn run_challenges(
 pub const MAX_RESPONSE_REQUEUES: i64 = 3;
 
 /// How many times the quorum queue has delivered this message before (`x-delivery-count`).
-fn delivery_count(d: &Delivery) -> i64 {
+pub(crate) fn delivery_count(d: &Delivery) -> i64 {
     use lapin::types::AMQPValue;
     let Some(headers) = d.properties.headers() else {
         return 0;
@@ -164,9 +165,15 @@ async fn respond(d: Delivery, ack: AckHandle, engine: Arc<Engine>, queue: Arc<st
         }
     };
     let outcome = engine
-        .operate_routed(&msg.challenge_id, msg.op, Authority::Queue)
+        .operate_routed(
+            &msg.challenge_id,
+            msg.op,
+            Authority::Queue,
+            msg.user_id.as_ref(),
+        )
         .await;
-    if outcome == OpOutcome::Unreachable && delivery_count(&d) < MAX_RESPONSE_REQUEUES {
+    let later = matches!(outcome, OpOutcome::Unreachable | OpOutcome::Moving);
+    if later && delivery_count(&d) < MAX_RESPONSE_REQUEUES {
         tracing::info!(challenge_id = %msg.challenge_id, "owner unreachable; operation requeued");
         ack.requeue();
         return;

@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod client;
+pub mod cluster;
 pub mod consumer;
 pub mod control;
 pub mod publisher;
@@ -61,13 +62,21 @@ pub struct Signals {
     pub close: watch::Receiver<bool>,
 }
 
+/// How this instance reaches the others: the control plane, and cluster mode's
+/// partition claims when enabled.
+#[derive(Clone)]
+pub struct Plane {
+    pub control: Arc<control::Control>,
+    pub cluster: Option<Arc<cluster::Cluster>>,
+}
+
 /// Keeps a connection up until told to close: connect, declare, consume, and on any
 /// failure start again after a backoff that doubles up to `reconnect_max_ms`.
 pub async fn supervise(
     cfg: AmqpConfig,
     engine: Arc<Engine>,
     publisher: Arc<AmqpPublisher>,
-    control: Arc<control::Control>,
+    plane: Plane,
     status: Arc<BrokerStatus>,
     mut signals: Signals,
 ) {
@@ -83,7 +92,7 @@ pub async fn supervise(
             &cfg,
             &engine,
             &publisher,
-            &control,
+            &plane,
             &status,
             &mut signals,
             first,
@@ -92,6 +101,8 @@ pub async fn supervise(
         {
             Ok(()) => return,
             Err(e) => {
+                // Fencing: every partition claim died with the connection.
+                engine.fence_all();
                 publisher.set_channel(None);
                 status.set(false);
                 tracing::warn!(url = %redact_url(&cfg.url), "RabbitMQ connection lost or refused: {e}; retrying in {backoff:?}");
@@ -114,20 +125,25 @@ async fn session(
     cfg: &AmqpConfig,
     engine: &Arc<Engine>,
     publisher: &Arc<AmqpPublisher>,
-    control: &Arc<control::Control>,
+    plane: &Plane,
     status: &Arc<BrokerStatus>,
     signals: &mut Signals,
     first: bool,
 ) -> Result<(), String> {
-    // Shown in the management UI and `rabbitmqctl list_connections`.
+    let (control, cluster) = (&plane.control, plane.cluster.as_ref());
+    // Shown in the management UI and `rabbitmqctl list_connections`; the instance id
+    // tells instances of one process (tests) apart.
     let name = format!(
-        "sca-dispatch {} pid {}",
+        "sca-dispatch {} pid {} instance {}",
         cfg.challenges_queue,
-        std::process::id()
+        std::process::id(),
+        control.id()
     );
-    let conn = client::connect(&cfg.url, &name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = Arc::new(
+        client::connect(&cfg.url, &name)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let tx = err_tx.clone();
     conn.on_error(move |e| {
@@ -136,6 +152,11 @@ async fn session(
     topology::declare(&conn, cfg)
         .await
         .map_err(|e| format!("declaring topology: {e}"))?;
+    if let Some(c) = cluster {
+        topology::declare_cluster(&conn, cfg, &c.names)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let (pub_err_tx, mut pub_err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let pub_ch = publishing_channel(&conn, &pub_err_tx).await?;
     publisher.set_channel(Some(pub_ch));
@@ -144,7 +165,38 @@ async fn session(
     let mut consumer_tasks = tokio::task::JoinSet::new();
     if !*signals.stop_consuming.borrow() {
         let host = std::process::id();
+        if let Some(c) = cluster {
+            // The plain queue is re-routed to the partitions; the partitions are claimed
+            // and consumed by the cluster task.
+            let (r, cons, acks) = consumer::open(
+                &conn,
+                &cfg.challenges_queue,
+                cfg.prefetch as u16,
+                format!("sca-dispatch-{}-reroute", control.id()),
+            )
+            .await
+            .map_err(|e| format!("consuming {}: {e}", cfg.challenges_queue))?;
+            running.push(r);
+            let ch = cluster::confirm_channel(&conn)
+                .await
+                .map_err(|e| format!("re-routing channel: {e}"))?;
+            consumer_tasks.spawn(cluster::run_reroute(
+                cons,
+                acks,
+                engine.clone(),
+                ch,
+                c.names.exchange.clone(),
+            ));
+            consumer_tasks.spawn(c.clone().run(
+                conn.clone(),
+                engine.clone(),
+                signals.stop_consuming.clone(),
+            ));
+        }
         for i in 0..cfg.consumers {
+            if cluster.is_some() {
+                break;
+            }
             let (r, c, acks) = consumer::open(
                 &conn,
                 &cfg.challenges_queue,

@@ -217,7 +217,86 @@ pub struct Challenge {
     pub operation_id: Option<u32>,
 }
 
+/// What a challenge has done so far, without its spec: handed to the next owner of its
+/// partition, which resumes it with [`Challenge::resume`] instead of starting over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub devices: Vec<DeviceSlot>,
+    pub sms: SmsState,
+    pub sms_sent: u8,
+    /// The code's keyed hash and the end of its validity (Unix ms).
+    pub otp: Option<(OtpHash, i64)>,
+    pub otp_failures: u8,
+    pub fallback_at_ms: Option<i64>,
+    pub dispatched_at_ms: i64,
+    pub number: Option<NumberMatch>,
+    /// The operation id of an offline challenge: the code the app shows is bound to it.
+    pub operation_id: Option<u32>,
+}
+
 impl Challenge {
+    /// The progress of a pending challenge (`None` once decided).
+    pub fn progress(&self) -> Option<Progress> {
+        if self.is_done() {
+            return None;
+        }
+        Some(Progress {
+            devices: self.devices.clone(),
+            sms: self.sms,
+            sms_sent: self.sms_sent,
+            otp: self.otp,
+            otp_failures: self.otp_failures,
+            fallback_at_ms: self.fallback_at_ms,
+            dispatched_at_ms: self.dispatched_at_ms,
+            number: self.number,
+            operation_id: self.operation_id,
+        })
+    }
+
+    /// Resumes a challenge another instance started: nothing already sent is sent
+    /// again, the code already sent stays valid. A push or an SMS whose result the old
+    /// owner was still waiting for counts as delivered (it went out). `None` when the
+    /// progress does not fit the spec (then the caller starts it afresh).
+    pub fn resume(spec: ChallengeSpec, p: Progress, now: i64) -> Option<(Challenge, Vec<Command>)> {
+        if p.devices.len() != spec.devices.len() || (p.number.is_some() && !spec.number_match) {
+            return None;
+        }
+        let devices = p
+            .devices
+            .into_iter()
+            .map(|mut d| {
+                if d.push == PushState::Sending {
+                    d.push = PushState::Delivered;
+                }
+                d
+            })
+            .collect();
+        let sms = match p.sms {
+            SmsState::Sending => SmsState::Sent,
+            // A request the old owner had not acted on yet: ask again below.
+            SmsState::Requested => SmsState::Idle,
+            s => s,
+        };
+        let mut c = Challenge::fresh(
+            spec,
+            p.dispatched_at_ms,
+            devices,
+            p.fallback_at_ms,
+            p.number,
+        );
+        c.sms = sms;
+        c.sms_sent = p.sms_sent;
+        c.otp = p.otp;
+        c.otp_failures = p.otp_failures.min(MAX_OTP_ATTEMPTS.saturating_sub(1));
+        c.operation_id = p.operation_id.filter(|_| c.spec.offline);
+        let step = c.handle(now, Event::Tick);
+        let mut cmds = step.commands;
+        if !c.is_done() {
+            c.check_reachable(now, &mut cmds);
+        }
+        Some((c, cmds))
+    }
+
     /// Starts a challenge at `now`. `reachable[i]` says whether a provider exists for
     /// device `i`; `default_fallback_s` resolves an `sms` without its own delay.
     pub fn start(

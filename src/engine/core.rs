@@ -33,6 +33,8 @@ use std::time::Duration;
 use super::fatigue::{Fatigue, Gate};
 use super::pending_index::PendingIndex;
 use super::sink::ReplyTo;
+use crate::challenge::machine::Progress;
+use crate::cluster::Part;
 
 /// Where the core gets its random numbers (number matching, one-time codes).
 pub trait Entropy: Send + Sync + 'static {
@@ -78,6 +80,21 @@ impl Entropy for OsEntropy {
 pub struct DeliveryMeta {
     pub reply_to: Option<ReplyTo>,
     pub redelivered: bool,
+    /// The partition (and claim) it was consumed from, in cluster mode.
+    pub part: Option<Part>,
+    /// The progress handed over by the partition's previous owner (already verified).
+    pub resume: Option<Progress>,
+}
+
+/// An undecided challenge taken out of the table to be handed to the next owner of its
+/// partition: its original body and properties, its progress, its deliveries.
+#[derive(Debug)]
+pub struct HandedOver<A> {
+    pub id: Arc<str>,
+    pub raw: Box<[u8]>,
+    pub reply_to: Option<ReplyTo>,
+    pub progress: Progress,
+    pub acks: Vec<A>,
 }
 
 /// What the core needs to know of the configuration and the providers.
@@ -87,6 +104,8 @@ pub struct Settings {
     pub retain_ms: i64,
     pub max_skew_ms: i64,
     pub dispatched_events: bool,
+    /// Cluster mode: one owner per user, so SMS limits are local (no notes to peers).
+    pub cluster: bool,
     /// Which transports are configured (for the default app).
     pub reach: Reach,
     /// A new challenge supersedes the user's pending one.
@@ -131,6 +150,7 @@ impl Settings {
             retain_ms: cfg.challenge.retain_completed_seconds as i64 * 1000,
             max_skew_ms: cfg.challenge.max_clock_skew_seconds as i64 * 1000,
             dispatched_events: cfg.amqp.dispatched_events,
+            cluster: cfg.cluster.enabled,
             reach,
             apps: Vec::new(),
             one_pending_per_user: cfg.limits.one_pending_per_user,
@@ -213,6 +233,8 @@ pub enum Effect<A> {
         routing_key: String,
         body: Vec<u8>,
         reply: Option<ReplyTo>,
+        /// The claim the challenge was taken under: once it is lost, stop trying.
+        part: Option<Part>,
     },
     PublishEvent {
         routing_key: &'static str,
@@ -254,6 +276,10 @@ struct Entry<A> {
     counted: bool,
     timer_at: Option<i64>,
     remove_at: Option<i64>,
+    /// The partition claim it came under (cluster mode).
+    part: Option<Part>,
+    /// The delivery's body while undecided in cluster mode, to hand it over.
+    raw: Option<Box<[u8]>>,
 }
 
 /// Why an SMS did not go out.
@@ -288,7 +314,13 @@ impl<A> Core<A> {
             table: DashMap::new(),
             limiter: UserLimiter::new(&cfg.limits),
             sms_limits: SmsLimits::new(&cfg.sms),
-            otp: OtpHasher::from_config(&cfg.sms.otp_key),
+            // In cluster mode a code must verify on whichever instance owns the
+            // partition next: without a configured key, one derived from the cluster's.
+            otp: if cfg.cluster.enabled && cfg.sms.otp_key.is_empty() {
+                OtpHasher::new(crate::cluster::Seal::new(&cfg.cluster.secret).derive("otp"))
+            } else {
+                OtpHasher::from_config(&cfg.sms.otp_key)
+            },
             entropy,
             fatigue: Fatigue::new(cfg),
             pending_index: PendingIndex::default(),
@@ -355,14 +387,24 @@ impl<A> Core<A> {
                 }
             }
             MapEntry::Vacant(v) => {
-                let allowed = self.limiter.check(&spec.user_id);
-                let gate = if allowed {
+                let raw = meta.part.map(|_| Box::<[u8]>::from(body));
+                // A challenge handed over was counted, and passed its gates, at its first
+                // owner: it resumes where it was, never pushed again.
+                let resumed = meta
+                    .resume
+                    .and_then(|p| Challenge::resume(spec.clone(), p, now));
+                let resuming = resumed.is_some();
+                let allowed = resuming || self.limiter.check(&spec.user_id);
+                let gate = if allowed && !resuming {
                     self.fatigue.gate(&spec.user_id, now)
                 } else {
                     Gate::Open
                 };
                 let offline = spec.offline;
-                let (mut machine, cmds) = if !allowed {
+                let (mut machine, cmds) = if let Some(r) = resumed {
+                    tracing::debug!(challenge_id = %id, "challenge resumed from its previous owner");
+                    r
+                } else if !allowed {
                     fx.push(Effect::Count(Metric::RateLimited("user_challenges")));
                     Challenge::refused(spec, now, OutcomeKind::RateLimited, "user_rate_limit")
                 } else if let Some(reason) = gate.reason() {
@@ -386,7 +428,8 @@ impl<A> Core<A> {
                 let counted = allowed && !(gate != Gate::Open && machine.is_done());
                 if counted {
                     fx.push(Effect::Count(Metric::InFlight(true)));
-                    if offline && !machine.is_done() {
+                    // A resumed challenge keeps the operation id its first owner gave it.
+                    if offline && !machine.is_done() && machine.operation_id.is_none() {
                         machine.operation_id = Some(self.entropy.operation_id());
                     }
                 }
@@ -398,8 +441,14 @@ impl<A> Core<A> {
                     counted,
                     timer_at: None,
                     remove_at: None,
+                    part: meta.part,
+                    raw,
                 }));
-                if counted && self.settings.dispatched_events && !entry.machine.is_done() {
+                if counted
+                    && !resuming
+                    && self.settings.dispatched_events
+                    && !entry.machine.is_done()
+                {
                     let e = EventMessage::dispatched(&entry.machine, now);
                     fx.push(event(&e));
                 }
@@ -408,7 +457,8 @@ impl<A> Core<A> {
                     let s = &entry.machine.spec;
                     let devices = s.devices.iter().map(|d| &*d.device_id);
                     self.pending_index.add(&id, &s.user_id, devices);
-                    if self.settings.one_pending_per_user {
+                    // A resumed challenge superseded the older ones at its first owner.
+                    if self.settings.one_pending_per_user && !resuming {
                         supersede = Some(s.user_id.clone());
                     }
                 }
@@ -486,6 +536,8 @@ impl<A> Core<A> {
                     counted: false,
                     timer_at: None,
                     remove_at: None,
+                    part: meta.part,
+                    raw: None,
                 }));
                 retained = Some(key);
             }
@@ -669,13 +721,95 @@ impl<A> Core<A> {
         fx
     }
 
-    /// Applies what another instance told.
+    /// Applies what another instance told. In cluster mode nothing is: a user's SMS
+    /// limits live with the one owner of the user's partition.
     pub fn peer_note(&self, now: i64, note: &PeerNote) {
+        if self.settings.cluster {
+            return;
+        }
         let Some(user) = note.user() else { return };
         match note {
             PeerNote::SmsSent { at, .. } => self.sms_limits.record_remote(user, (*at).min(now)),
             PeerNote::SmsConfirmed { .. } => self.sms_limits.confirmed(user),
         }
+    }
+
+    // ---- partitions (cluster mode) ---------------------------------------------
+
+    /// The claim on partition `index` is lost (fencing): every challenge of it not yet
+    /// settled leaves the table at once, so nothing more is pushed, sent or published
+    /// for it here. Their deliveries went back to the queue with the claim; the next
+    /// owner dispatches them. Returns the effects (gauges, waiters) and how many left.
+    pub fn drop_partition(&self, index: u16) -> (Effects<A>, usize) {
+        let mut fx = Vec::new();
+        let mut gone = 0;
+        self.table.retain(|id, e| {
+            let drop = e.part.is_some_and(|p| p.index == index) && !e.confirmed;
+            if drop {
+                gone += 1;
+                if !e.machine.is_done() {
+                    if e.counted {
+                        fx.push(Effect::Count(Metric::InFlight(false)));
+                    }
+                    self.unindex(id, &e.machine);
+                }
+                fx.push(Effect::WakeWaiters(id.clone()));
+            }
+            !drop
+        });
+        (fx, gone)
+    }
+
+    /// Takes every undecided challenge of partition `index` out of the table, with what
+    /// the next owner needs to resume it. Decided ones stay until their outcome is
+    /// confirmed ([`Core::unsettled_in`]).
+    pub fn extract_partition(&self, index: u16) -> (Vec<HandedOver<A>>, Effects<A>) {
+        let ids: Vec<Arc<str>> = self
+            .table
+            .iter()
+            .filter(|e| e.part.is_some_and(|p| p.index == index) && !e.machine.is_done())
+            .map(|e| e.key().clone())
+            .collect();
+        let mut out = Vec::new();
+        let mut fx = Vec::new();
+        for id in ids {
+            let Some((id, e)) = self.table.remove_if(&id, |_, e| !e.machine.is_done()) else {
+                continue;
+            };
+            let e = *e;
+            if e.counted {
+                fx.push(Effect::Count(Metric::InFlight(false)));
+            }
+            self.unindex(&id, &e.machine);
+            fx.push(Effect::WakeWaiters(id.clone()));
+            let (Some(raw), Some(progress)) = (e.raw, e.machine.progress()) else {
+                continue;
+            };
+            out.push(HandedOver {
+                id,
+                raw,
+                reply_to: e.reply_to.map(|r| *r),
+                progress,
+                acks: e.acks,
+            });
+        }
+        (out, fx)
+    }
+
+    /// Removes an undecided challenge leaving the table from the pending index.
+    fn unindex(&self, id: &str, m: &Challenge) {
+        let devices = m.spec.devices.iter().map(|d| &*d.device_id);
+        self.pending_index.remove(id, &m.spec.user_id, devices);
+    }
+
+    /// Challenges of partition `index` decided but not yet confirmed.
+    pub fn unsettled_in(&self, index: u16) -> usize {
+        self.table
+            .iter()
+            .filter(|e| {
+                e.part.is_some_and(|p| p.index == index) && e.machine.is_done() && !e.confirmed
+            })
+            .count()
     }
 
     /// Prunes limiter state; returns the users the challenge limiter still tracks.
@@ -863,10 +997,12 @@ impl<A> Core<A> {
             let cmds = refused(entry, r.label(), fx);
             return (Err(SmsBlock::Limit(r.label())), cmds);
         }
-        fx.push(Effect::TellPeers(PeerNote::SmsSent {
-            user: spec.user_id.to_string(),
-            at: now,
-        }));
+        if !self.settings.cluster {
+            fx.push(Effect::TellPeers(PeerNote::SmsSent {
+                user: spec.user_id.to_string(),
+                at: now,
+            }));
+        }
         let code = self.entropy.otp_code();
         let hash = self.otp.hash(&code, id, &spec.tx_digest());
         let msg = SmsMessage {
@@ -912,9 +1048,11 @@ impl<A> Core<A> {
         self.fatigue_after(m, o.decided_at_ms, fx);
         if o.kind == OutcomeKind::Approved && o.channel == Some(Channel::Sms) {
             self.sms_limits.confirmed(&m.spec.user_id);
-            fx.push(Effect::TellPeers(PeerNote::SmsConfirmed {
-                user: m.spec.user_id.to_string(),
-            }));
+            if !self.settings.cluster {
+                fx.push(Effect::TellPeers(PeerNote::SmsConfirmed {
+                    user: m.spec.user_id.to_string(),
+                }));
+            }
         }
         // Debug, not info: the outcome event on RabbitMQ is the audit trail, and a line per
         // challenge at tens of thousands per second is a cost of its own.
@@ -927,7 +1065,9 @@ impl<A> Core<A> {
             routing_key: routing_key(Some(m.spec.kind), o.kind),
             body: to_bytes(&body),
             reply: entry.reply_to.as_deref().cloned(),
+            part: entry.part,
         });
+        entry.raw = None;
         fx.push(Effect::WakeWaiters(id.clone()));
     }
 }

@@ -6,16 +6,19 @@
 //! carried out (provider calls and publishes in spawned tasks that re-enter the core by
 //! id).
 
-use super::core::{Core, DeliveryMeta, Effect, Effects, Metric, OsEntropy, Reach, Settings};
+use super::core::{
+    Core, DeliveryMeta, Effect, Effects, HandedOver, Metric, OsEntropy, Reach, Settings,
+};
 use super::peers::{Asked, Peers};
 use super::sink::OutcomeSink;
 use super::timers::Timers;
 use super::Providers;
+use crate::cluster::Ownership;
 use crate::config::Config;
 use crate::telemetry as t;
 use crate::wire::control::{PeerAnswer, PeerAsk, PeerRequest};
 use crate::wire::messages::View;
-use crate::wire::ops::{Authority, ChallengeId, OpOutcome, Operation};
+use crate::wire::ops::{Authority, ChallengeId, OpOutcome, Operation, UserHint};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,7 +53,17 @@ pub struct Engine {
     challenges_queue: Arc<str>,
     /// The bound on an operation body from `sca.responses` (`http.max_body_bytes`).
     max_response_bytes: usize,
+    /// Cluster mode: the partitions held, with their fencing epochs (none otherwise).
+    ownership: Arc<Ownership>,
+    cluster: bool,
+    /// Ids dropped by a fence lately (Unix ms of the fence): an operation on one that no
+    /// instance holds yet answers 503 `partition_moving`, not 404. Bounded.
+    fenced: DashMap<Arc<str>, i64>,
+    fenced_for_ms: i64,
 }
+
+/// The most ids remembered as recently fenced.
+const MAX_FENCED: usize = 100_000;
 
 impl Engine {
     pub fn new(cfg: &Config, providers: Providers, sink: Arc<dyn OutcomeSink>) -> Arc<Engine> {
@@ -79,7 +92,102 @@ impl Engine {
             settled_notify: Notify::new(),
             challenges_queue: cfg.amqp.challenges_queue.as_str().into(),
             max_response_bytes: cfg.http.max_body_bytes,
+            ownership: Arc::new(Ownership::new(if cfg.cluster.enabled {
+                cfg.cluster.partitions as usize
+            } else {
+                0
+            })),
+            cluster: cfg.cluster.enabled,
+            fenced: DashMap::new(),
+            fenced_for_ms: cfg.cluster.takeover_seconds as i64 * 3000,
         })
+    }
+
+    /// The partitions this instance holds (cluster mode).
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    pub fn cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// Fencing: the claim on partition `index` is gone (connection or consumer lost).
+    /// Its challenges stop acting here at once: no push, SMS or outcome from this copy.
+    pub fn fence(self: &Arc<Self>, index: usize) {
+        let held = self.ownership.release(index);
+        let (fx, gone) = self.core.drop_partition(index as u16);
+        let now = now_ms();
+        if self.fenced.len() > MAX_FENCED {
+            self.fenced.clear();
+        }
+        for e in &fx {
+            if let Effect::WakeWaiters(id) = e {
+                self.fenced.insert(id.clone(), now);
+            }
+        }
+        self.run(fx);
+        if held || gone > 0 {
+            metrics::counter!(t::CLUSTER_FENCES).increment(1);
+            tracing::warn!(
+                partition = index,
+                dropped = gone,
+                "partition lost: its challenges are dropped here and go to the next owner"
+            );
+        }
+        self.partition_gauge();
+    }
+
+    /// Fences every partition held (the broker connection is gone).
+    pub fn fence_all(self: &Arc<Self>) {
+        for i in 0..self.ownership.partitions() {
+            self.fence(i);
+        }
+    }
+
+    /// A new claim on partition `index`; deliveries from it carry the returned part.
+    pub fn claimed(&self, index: usize) -> crate::cluster::Part {
+        let p = self.ownership.claim(index);
+        self.partition_gauge();
+        p
+    }
+
+    /// Hand-over, first step: the undecided challenges of partition `index` leave the
+    /// table with their progress (the claim stays until the decided ones are settled).
+    pub fn hand_over(self: &Arc<Self>, index: usize) -> Vec<HandedOver<Ack>> {
+        let (items, fx) = self.core.extract_partition(index as u16);
+        let now = now_ms();
+        for e in &fx {
+            if let Effect::WakeWaiters(id) = e {
+                self.fenced.insert(id.clone(), now);
+            }
+        }
+        self.run(fx);
+        items
+    }
+
+    /// Challenges of partition `index` decided but not yet confirmed.
+    pub fn unsettled_in(&self, index: usize) -> usize {
+        self.core.unsettled_in(index as u16)
+    }
+
+    fn partition_gauge(&self) {
+        if self.cluster {
+            metrics::gauge!(t::PARTITIONS_OWNED).set(self.ownership.owned().len() as f64);
+        }
+    }
+
+    fn recently_fenced(&self, id: &str) -> bool {
+        let now = now_ms();
+        let at = self.fenced.get(id).map(|a| *a);
+        match at {
+            Some(at) if now - at <= self.fenced_for_ms => true,
+            Some(_) => {
+                self.fenced.remove(id);
+                false
+            }
+            None => false,
+        }
     }
 
     pub fn providers(&self) -> &Providers {
@@ -133,7 +241,18 @@ impl Engine {
         op: Operation,
         authority: Authority,
     ) -> OpOutcome {
-        match self.operate_routed(id, op, authority).await {
+        self.operate_hinted(id, op, authority, None).await
+    }
+
+    /// As [`Engine::operate_anywhere`], with the challenge's user as a routing hint.
+    pub async fn operate_hinted(
+        self: &Arc<Self>,
+        id: &ChallengeId,
+        op: Operation,
+        authority: Authority,
+        user: Option<&UserHint>,
+    ) -> OpOutcome {
+        match self.operate_routed(id, op, authority, user).await {
             OpOutcome::Unreachable => OpOutcome::NotFound,
             o => o,
         }
@@ -147,11 +266,14 @@ impl Engine {
         id: &ChallengeId,
         op: Operation,
         authority: Authority,
+        user: Option<&UserHint>,
     ) -> OpOutcome {
         if self.core.holds(id.as_str()) {
             return self.operate_here(id.as_str(), &op, authority);
         }
+        let started = std::time::Instant::now();
         let mut silent = false;
+        let mut all_owned = true;
         if let Some(p) = self.peers.get() {
             let req = PeerRequest {
                 challenge_id: id.clone(),
@@ -160,14 +282,36 @@ impl Engine {
                     authority,
                 },
             };
-            match p.ask(req).await {
+            let (asked, how) = match user {
+                Some(u) if self.cluster => (p.ask_owner(req, u).await, "owner"),
+                _ => (p.ask(req).await, "lookup"),
+            };
+            if self.cluster {
+                let r = match &asked {
+                    Asked::Answered(_) => "answered",
+                    Asked::NotHeld => "not_held",
+                    Asked::Silent => "silent",
+                };
+                metrics::counter!(t::CLUSTER_FORWARDS, "route" => how, "result" => r).increment(1);
+                metrics::histogram!(t::CLUSTER_FORWARD_LATENCY, "route" => how)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            match asked {
                 Asked::Answered(PeerAnswer::Op(o)) => return o,
                 Asked::Answered(PeerAnswer::View(_)) | Asked::NotHeld => {}
                 Asked::Silent => silent = true,
             }
+            all_owned = p.all_owned();
         }
         // It may have arrived here meanwhile.
         match self.operate_here(id.as_str(), &op, authority) {
+            // Cluster mode: a challenge fenced here lately, or a partition without an
+            // owner, means the challenge may be on its way to its next owner.
+            OpOutcome::NotFound
+                if self.cluster && (self.recently_fenced(id.as_str()) || !all_owned) =>
+            {
+                OpOutcome::Moving
+            }
             OpOutcome::NotFound if silent => OpOutcome::Unreachable,
             o => o,
         }
@@ -332,11 +476,22 @@ impl Engine {
                 routing_key,
                 body,
                 reply,
+                part,
             } => {
                 self.unsettled.fetch_add(1, Ordering::SeqCst);
                 let engine = self.clone();
                 tokio::spawn(async move {
-                    let confirmed = engine.sink.publish_outcome(routing_key, body, reply).await;
+                    let publish = engine.sink.publish_outcome(routing_key, body, reply);
+                    // Fencing: once the claim it came under is lost, the delivery went
+                    // back to the queue; this copy's outcome must not go out (retries
+                    // across a reconnect included).
+                    let confirmed = match part {
+                        Some(part) => tokio::select! {
+                            c = publish => c,
+                            _ = engine.ownership.lost(part) => false,
+                        },
+                        None => publish.await,
+                    };
                     if confirmed {
                         let fx = engine.core.confirmed(now_ms(), &id);
                         engine.run(fx);

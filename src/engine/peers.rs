@@ -4,6 +4,7 @@
 //! RabbitMQ. The engine sees this as a small trait; `amqp::control` implements it.
 
 use crate::wire::control::{PeerAnswer, PeerNote, PeerRequest};
+use crate::wire::ops::UserHint;
 use futures_util::future::BoxFuture;
 
 /// What asking the other instances gave.
@@ -22,4 +23,14 @@ pub trait Peers: Send + Sync + 'static {
     fn ask(&self, req: PeerRequest) -> BoxFuture<'_, Asked>;
     /// Tells every other instance something they should count too (fire and forget).
     fn tell(&self, note: PeerNote) -> BoxFuture<'_, ()>;
+    /// Cluster mode: asks the owner of `user`'s partition only, in one hop. Without
+    /// cluster mode, the same as [`Peers::ask`].
+    fn ask_owner<'a>(&'a self, req: PeerRequest, user: &'a UserHint) -> BoxFuture<'a, Asked> {
+        let _ = user;
+        self.ask(req)
+    }
+    /// Cluster mode: true while every partition has a live owner.
+    fn all_owned(&self) -> bool {
+        true
+    }
 }

@@ -8,6 +8,7 @@ use crate::engine::Engine;
 use crate::telemetry as t;
 use crate::wire::ops::{
     Answer, Authority, ChallengeId, DecisionBody, OfflineBody, OpOutcome, Operation, OtpBody,
+    UserHint,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -26,6 +27,10 @@ pub trait Readiness: Send + Sync + 'static {
     fn auth(&self) -> &'static str {
         "bearer_token"
     }
+    /// Cluster mode: the partitions this instance owns and the instances it knows.
+    fn cluster(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 pub struct Api {
@@ -37,7 +42,24 @@ pub struct Api {
 }
 
 fn answer(a: Answer) -> Response<Body> {
-    json_response(a.status, &a.body)
+    let mut r = json_response(a.status, &a.body);
+    // A 503 that says when to come back says it in the header too.
+    if let Some(secs) = a.body.get("retry_after_seconds").and_then(|v| v.as_u64()) {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+/// The `user_id` routing hint of a query string (`?user_id=…`), if any.
+fn query_hint(req: &Request<Incoming>) -> Option<UserHint> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|p| p.strip_prefix("user_id="))
+        .and_then(|v| urlencoding::decode(v).ok())
+        .and_then(|v| UserHint::parse(&v))
 }
 
 fn outcome(o: OpOutcome) -> Response<Body> {
@@ -110,11 +132,12 @@ impl Api {
                     }
                     (&Method::POST, ["sms"]) => (
                         "sms",
-                        self.authed(req, |s, _| s.operate(id, Operation::Sms)).await,
+                        self.authed(req, |s, r| s.operate(id, Operation::Sms, query_hint(&r)))
+                            .await,
                     ),
                     (&Method::DELETE, []) => (
                         "cancel",
-                        self.authed(req, |s, _| s.operate(id, Operation::Cancel))
+                        self.authed(req, |s, r| s.operate(id, Operation::Cancel, query_hint(&r)))
                             .await,
                     ),
                     (&Method::GET, []) => ("get", self.authed(req, |s, r| s.get(r, id)).await),
@@ -147,10 +170,15 @@ impl Api {
         f(self, req).await
     }
 
-    async fn operate(&self, id: ChallengeId, op: Operation) -> Response<Body> {
+    async fn operate(
+        &self,
+        id: ChallengeId,
+        op: Operation,
+        user: Option<UserHint>,
+    ) -> Response<Body> {
         outcome(
             self.engine
-                .operate_anywhere(&id, op, Authority::Bearer)
+                .operate_hinted(&id, op, Authority::Bearer, user.as_ref())
                 .await,
         )
     }
@@ -164,6 +192,10 @@ impl Api {
             "providers": self.ready.providers(),
             "auth": self.ready.auth(),
         });
+        let mut body = body;
+        if let (Some(c), Some(o)) = (self.ready.cluster(), body.as_object_mut()) {
+            o.insert("cluster".into(), c);
+        }
         json_response(if ok { 200 } else { 503 }, &body)
     }
 
@@ -204,11 +236,14 @@ impl Api {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let op = match serde_json::from_slice::<DecisionBody>(&bytes) {
-            Ok(p) => match p.into_op() {
-                Ok(op) => op,
-                Err(e) => return err(422, "invalid_body", e),
-            },
+        let (op, user) = match serde_json::from_slice::<DecisionBody>(&bytes) {
+            Ok(p) => {
+                let user = p.user_id.clone();
+                match p.into_op() {
+                    Ok(op) => (op, user),
+                    Err(e) => return err(422, "invalid_body", e),
+                }
+            }
             Err(e) => {
                 return err(
                     422,
@@ -219,7 +254,11 @@ impl Api {
                 )
             }
         };
-        outcome(self.engine.operate_anywhere(id, op, authority).await)
+        outcome(
+            self.engine
+                .operate_hinted(id, op, authority, user.as_ref())
+                .await,
+        )
     }
 
     async fn otp(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
@@ -228,8 +267,8 @@ impl Api {
             Err(r) => return r,
         };
         // The error never repeats what was sent: it may be a code.
-        let code = match serde_json::from_slice::<OtpBody>(&bytes) {
-            Ok(p) => p.code,
+        let (code, user) = match serde_json::from_slice::<OtpBody>(&bytes) {
+            Ok(p) => (p.code, p.user_id),
             Err(e) => {
                 return err(
                     422,
@@ -242,7 +281,7 @@ impl Api {
             Ok(c) => c,
             Err(e) => return err(422, "invalid_code", e),
         };
-        self.operate(id, Operation::Otp { code }).await
+        self.operate(id, Operation::Otp { code }, user).await
     }
 
     async fn offline(&self, req: Request<Incoming>, id: ChallengeId) -> Response<Body> {
@@ -251,8 +290,8 @@ impl Api {
             Err(r) => return r,
         };
         // The error never repeats what was sent: it may be a code.
-        let code = match serde_json::from_slice::<OfflineBody>(&bytes) {
-            Ok(p) => p.code,
+        let (code, user) = match serde_json::from_slice::<OfflineBody>(&bytes) {
+            Ok(p) => (p.code, p.user_id),
             Err(e) => {
                 return err(
                     422,
@@ -265,7 +304,7 @@ impl Api {
             Ok(c) => c,
             Err(e) => return err(422, "invalid_code", e),
         };
-        self.operate(id, Operation::Offline { code }).await
+        self.operate(id, Operation::Offline { code }, user).await
     }
 
     /// `GET /v1/devices/{device_id}/challenges`: the bearer token, or the device's

@@ -294,6 +294,9 @@ pub struct DecisionBody {
     pub number: Option<u32>,
     #[serde(default)]
     pub report_fraud: bool,
+    /// The challenge's user, a routing hint in cluster mode (CONTRACT §10).
+    #[serde(default)]
+    pub user_id: Option<UserHint>,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -321,6 +324,9 @@ impl DecisionBody {
 #[serde(deny_unknown_fields)]
 pub struct OfflineBody {
     pub code: CodeText,
+    /// The challenge's user, a routing hint in cluster mode (CONTRACT §10).
+    #[serde(default)]
+    pub user_id: Option<UserHint>,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -332,6 +338,9 @@ pub struct OfflineBody {
 #[serde(deny_unknown_fields)]
 pub struct OtpBody {
     pub code: CodeText,
+    /// The challenge's user, a routing hint in cluster mode (CONTRACT §10).
+    #[serde(default)]
+    pub user_id: Option<UserHint>,
     #[serde(default, rename = "challenge_id")]
     _challenge_id: Option<de::IgnoredAny>,
     #[serde(default, rename = "op")]
@@ -350,6 +359,8 @@ struct ResponseDecision {
     number: Option<u32>,
     #[serde(default)]
     report_fraud: bool,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
@@ -357,11 +368,15 @@ struct ResponseDecision {
 struct ResponseOtp {
     challenge_id: ChallengeId,
     code: CodeText,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
 struct ResponseBare {
     challenge_id: ChallengeId,
+    #[serde(default)]
+    user_id: Option<UserHint>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +406,30 @@ fn unknown_op(body: &[u8]) -> Option<String> {
 pub struct ResponseMessage {
     pub challenge_id: ChallengeId,
     pub op: Operation,
+    /// The challenge's user, if the message named it (a routing hint).
+    pub user_id: Option<UserHint>,
+}
+
+/// A `user_id` given with an operation as a routing hint: 1–128 characters. It only
+/// picks the partition to ask; it authorizes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserHint(String);
+
+impl UserHint {
+    pub fn parse(s: &str) -> Option<UserHint> {
+        (!s.is_empty() && s.len() <= 128).then(|| UserHint(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for UserHint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UserHint::parse(&s).ok_or_else(|| de::Error::custom("user_id must be 1-128 characters"))
+    }
 }
 
 impl ResponseMessage {
@@ -431,6 +470,7 @@ impl ResponseMessage {
                 }
                 ResponseMessage {
                     challenge_id: d.challenge_id,
+                    user_id: d.user_id,
                     op: Operation::Decision(DecisionOp {
                         device_id: d.device_id,
                         decision: d.decision,
@@ -442,22 +482,26 @@ impl ResponseMessage {
             }
             ResponseWire::Offline(o) => ResponseMessage {
                 challenge_id: o.challenge_id,
+                user_id: o.user_id,
                 op: Operation::Offline {
                     code: o.code.into_offline_code().map_err(bad_code)?,
                 },
             },
             ResponseWire::Otp(o) => ResponseMessage {
                 challenge_id: o.challenge_id,
+                user_id: o.user_id,
                 op: Operation::Otp {
                     code: o.code.into_code().map_err(bad_code)?,
                 },
             },
             ResponseWire::Sms(b) => ResponseMessage {
                 challenge_id: b.challenge_id,
+                user_id: b.user_id,
                 op: Operation::Sms,
             },
             ResponseWire::Cancel(b) => ResponseMessage {
                 challenge_id: b.challenge_id,
+                user_id: b.user_id,
                 op: Operation::Cancel,
             },
         })
@@ -501,6 +545,8 @@ pub enum OpOutcome {
     Unauthorized,
     /// The operation could not reach the instance holding the challenge.
     Unreachable,
+    /// Cluster mode: the challenge's partition is changing owner; ask again shortly.
+    Moving,
 }
 
 /// An answer: HTTP status and JSON body (a reply on `sca.responses` carries the same,
@@ -603,6 +649,10 @@ impl OpOutcome {
                 "owner_unreachable",
                 "the instance holding this challenge could not be reached",
             ),
+            OpOutcome::Moving => a(
+                503,
+                json!({"error": "partition_moving", "retry_after_seconds": 1, "message": "the challenge's partition is changing owner; try again"}),
+            ),
         }
     }
 }
@@ -637,6 +687,9 @@ mod tests {
         );
         let m = parse(r#"{"op":"offline","challenge_id":"c1","code":"00000042"}"#).unwrap();
         assert!(matches!(&m.op, Operation::Offline { code } if code.value() == 42));
+        let m = parse(r#"{"op":"offline","challenge_id":"c1","code":"00000042","user_id":"u1"}"#)
+            .unwrap();
+        assert_eq!(m.user_id.as_ref().map(UserHint::as_str), Some("u1"));
         let m = parse(
             r#"{"op":"decision","challenge_id":"c1","device_id":"d","decision":"deny","report_fraud":true}"#,
         )
@@ -772,6 +825,7 @@ mod tests {
             (OpOutcome::NotOffline, 409),
             (OpOutcome::Unauthorized, 401),
             (OpOutcome::Unreachable, 503),
+            (OpOutcome::Moving, 503),
         ];
         for (o, status) in cases {
             assert_eq!(o.answer().status, status, "{o:?}");

@@ -143,9 +143,18 @@ pub struct Harness {
 }
 
 pub async fn amqp() -> (Connection, Channel) {
-    let conn = sca_dispatch::amqp::client::connect(AMQP_URL, "sca-dispatch tests")
-        .await
-        .expect("RabbitMQ must run on 127.0.0.1:5672 (guest/guest)");
+    // A broker restarting (another suite's fault injection on a shared machine) is
+    // waited for, up to 30 s.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let conn = loop {
+        match sca_dispatch::amqp::client::connect(AMQP_URL, "sca-dispatch tests").await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() >= until => {
+                panic!("RabbitMQ must run on 127.0.0.1:5672 (guest/guest): {e:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -226,8 +235,9 @@ impl Harness {
         let d = Daemon::start(settings, self.providers())
             .await
             .expect("daemon starts");
-        // Wait until connected and consuming.
-        for _ in 0..200 {
+        // Wait until connected and consuming (generously: a loaded machine, a broker
+        // restarting).
+        for _ in 0..1200 {
             if d.status.connected() {
                 break;
             }

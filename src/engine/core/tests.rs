@@ -1337,3 +1337,221 @@ fn pending_challenges_of_a_device_come_from_the_index() {
         .is_empty());
     assert_eq!(c.pending_index.keys(), (0, 0), "nothing left behind");
 }
+
+// ---- partitions (cluster mode) ---------------------------------------------------
+
+fn in_part(epoch: u64) -> DeliveryMeta {
+    DeliveryMeta {
+        part: Some(Part { index: 3, epoch }),
+        ..Default::default()
+    }
+}
+
+fn sms_effects(fx: &Effects<Tag>) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::SendSms { .. }))
+        .count()
+}
+
+#[test]
+fn a_fenced_partition_leaves_the_table_and_a_confirmed_record_stays() {
+    let c = core();
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("f1")), in_part(1), 1);
+    c.intake(now, &body(&challenge("f2")), in_part(1), 2);
+    c.intake(now, &body(&challenge("other")), DeliveryMeta::default(), 3);
+    let (_, fx) = c.operate(now, "f2", &decide("a", true), Authority::Bearer);
+    assert!(outcome_of(&fx).is_some());
+    c.confirmed(now, "f2");
+    let (fx, gone) = c.drop_partition(3);
+    assert_eq!(gone, 1, "only the unsettled one");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WakeWaiters(id) if &**id == "f1")));
+    assert!(!c.holds("f1") && c.holds("f2") && c.holds("other"));
+    let (o, _) = c.operate(now, "f1", &decide("a", true), Authority::Bearer);
+    assert_eq!(o, OpOutcome::NotFound, "never decided on a stale copy");
+}
+
+#[test]
+fn a_handed_over_challenge_resumes_without_pushing_and_its_code_still_verifies() {
+    let old = core();
+    let now = T0 + 1_000;
+    let raw = body(&challenge("h1"));
+    let fx = old.intake(now, &raw, in_part(1), 1);
+    assert_eq!(pushes(&fx), 2);
+    let (o, fx) = old.operate(now, "h1", &Operation::Sms, Authority::Bearer);
+    assert_eq!((o, sms_effects(&fx)), (OpOutcome::SmsSent, 1));
+    let (o, _) = old.operate(now, "h1", &otp("000000"), Authority::Bearer);
+    assert_eq!(o, OpOutcome::WrongCode { attempts_left: 4 });
+    // Decided ones are not handed over.
+    old.intake(now, &body(&challenge("h2")), in_part(1), 2);
+    old.operate(now, "h2", &decide("a", false), Authority::Bearer);
+    assert_eq!(old.unsettled_in(3), 1);
+    let (items, _) = old.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    let item = items.into_iter().next().unwrap();
+    assert_eq!(
+        (&*item.id, &*item.raw, item.acks.as_slice()),
+        ("h1", &raw[..], &[1][..])
+    );
+    assert!(!old.holds("h1") && old.holds("h2"));
+    // Through the wire form, as the next owner reads it.
+    let wire = crate::wire::control::Handover::of(
+        crate::wire::ops::ChallengeId::parse("h1").unwrap(),
+        &item.progress,
+    );
+    let progress = wire.into_progress().unwrap();
+    let new = core();
+    let meta = DeliveryMeta {
+        resume: Some(progress),
+        ..in_part(9)
+    };
+    let fx = new.intake(now + 500, &item.raw, meta, 7);
+    assert_eq!(
+        (pushes(&fx), sms_effects(&fx)),
+        (0, 0),
+        "nothing sent again"
+    );
+    let (o, _) = new.operate(now + 600, "h1", &otp("000000"), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::WrongCode { attempts_left: 3 },
+        "attempts carried over"
+    );
+    let (o, fx) = new.operate(now + 700, "h1", &otp(CODE), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["outcome"], "approved");
+}
+
+#[test]
+fn cluster_mode_tells_peers_nothing_and_ignores_their_notes() {
+    let c = core_with(|cfg, s| {
+        cfg.cluster.enabled = true;
+        s.cluster = true;
+    });
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("n1")), in_part(1), 1);
+    let (_, fx) = c.operate(now, "n1", &Operation::Sms, Authority::Bearer);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::TellPeers(_))));
+    for _ in 0..10 {
+        c.peer_note(
+            now,
+            &PeerNote::SmsSent {
+                user: "u-n2".into(),
+                at: now,
+            },
+        );
+    }
+    c.intake(now, &body(&challenge("n2")), in_part(1), 2);
+    let (o, _) = c.operate(now, "n2", &Operation::Sms, Authority::Bearer);
+    assert_eq!(o, OpOutcome::SmsSent, "forged or stale notes block nobody");
+}
+
+/// The next owner's intake of an item handed over, through the wire form.
+fn resume_on(
+    new: &Core<Tag>,
+    now: i64,
+    item: &HandedOver<Tag>,
+    epoch: u64,
+    ack: Tag,
+) -> Effects<Tag> {
+    let wire = crate::wire::control::Handover::of(
+        crate::wire::ops::ChallengeId::parse(&item.id).unwrap(),
+        &item.progress,
+    );
+    let meta = DeliveryMeta {
+        resume: Some(wire.into_progress().unwrap()),
+        ..in_part(epoch)
+    };
+    new.intake(now, &item.raw, meta, ack)
+}
+
+#[test]
+fn a_handed_over_offline_challenge_keeps_its_operation_id_and_the_app_code_approves() {
+    let old = core();
+    let now = T0 + 1_000;
+    old.intake(now, &body(&offline_challenge("ho1")), in_part(1), 1);
+    let op = old.view("ho1").unwrap().operation_id.unwrap();
+    let good = app_code(&old, "ho1", 5);
+    let (items, _) = old.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    // The next owner draws other operation ids: the handed-over one must win.
+    let new = core();
+    new.intake(now, &body(&offline_challenge("ho2")), in_part(9), 2);
+    let fx = resume_on(&new, now + 500, &items[0], 9, 7);
+    assert_eq!(pushes(&fx), 0, "nothing pushed again");
+    assert_eq!(new.view("ho1").unwrap().operation_id, Some(op));
+    let (o, fx) = new.operate(now + 600, "ho1", &offline_op(good), Authority::Bearer);
+    assert_eq!(
+        o,
+        OpOutcome::Decided {
+            outcome: OutcomeKind::Approved
+        }
+    );
+    assert_eq!(outcome_of(&fx).unwrap()["channel"], "offline");
+}
+
+#[test]
+fn challenges_leaving_their_partition_leave_the_pending_index() {
+    let c = core();
+    let now = T0 + 1_000;
+    c.intake(now, &body(&challenge("x1")), in_part(1), 1);
+    c.intake(now, &body(&challenge("x2")), in_part(1), 2);
+    assert_eq!(
+        c.pending_for_device(now, "a", &DeviceAuth::Bearer)
+            .unwrap()
+            .challenges
+            .len(),
+        2
+    );
+    let (_, gone) = c.drop_partition(3);
+    assert_eq!(gone, 2);
+    assert_eq!(
+        c.pending_index.keys(),
+        (0, 0),
+        "fenced: nothing left behind"
+    );
+    c.intake(now, &body(&challenge("x3")), in_part(2), 3);
+    let (items, _) = c.extract_partition(3);
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        c.pending_index.keys(),
+        (0, 0),
+        "handed over: nothing left behind"
+    );
+    assert!(c
+        .pending_for_device(now, "a", &DeviceAuth::Bearer)
+        .unwrap()
+        .challenges
+        .is_empty());
+}
+
+#[test]
+fn a_resumed_challenge_supersedes_nothing_on_its_new_owner() {
+    let old = core_with(|_, s| s.one_pending_per_user = true);
+    let now = T0 + 1_000;
+    old.intake(now, &body(&same_user("r1", "u", false)), in_part(1), 1);
+    let (items, _) = old.extract_partition(3);
+    let new = core_with(|_, s| s.one_pending_per_user = true);
+    new.intake(
+        now + 100,
+        &body(&same_user("r2", "u", false)),
+        in_part(9),
+        2,
+    );
+    let fx = resume_on(&new, now + 200, &items[0], 9, 3);
+    assert!(
+        outcome_of(&fx).is_none(),
+        "the newer challenge stays pending"
+    );
+    assert_eq!(
+        (new.is_decided("r1"), new.is_decided("r2")),
+        (Some(false), Some(false))
+    );
+}

@@ -137,8 +137,8 @@ async fn session(
         .await
         .map_err(|e| format!("declaring topology: {e}"))?;
     let (pub_err_tx, mut pub_err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let pub_ch = publishing_channel(&conn, &pub_err_tx).await?;
-    publisher.set_channel(Some(pub_ch));
+    let mut pub_chs = publishing_channels(&conn, &pub_err_tx).await?;
+    publisher.set_channel(Some(pub_chs.clone()));
 
     let mut running = Vec::new();
     let mut consumer_tasks = tokio::task::JoinSet::new();
@@ -189,8 +189,16 @@ async fn session(
                 if let Err(e) = topology::declare(&conn, cfg).await {
                     tracing::warn!("declaring the topology again failed: {e}");
                 }
-                let ch = publishing_channel(&conn, &pub_err_tx).await?;
-                publisher.set_channel(Some(ch));
+                // Only the closed one is replaced: the other may carry publishes awaiting
+                // their confirm.
+                let fresh = |ch: &lapin::Channel| ch.status().connected();
+                if !fresh(&pub_chs.owed) {
+                    pub_chs.owed = publishing_channel(&conn, &pub_err_tx).await?;
+                }
+                if !fresh(&pub_chs.best_effort) {
+                    pub_chs.best_effort = publishing_channel(&conn, &pub_err_tx).await?;
+                }
+                publisher.set_channel(Some(pub_chs.clone()));
                 metrics::counter!(t::AMQP_CHANNELS_REPLACED).increment(1);
             }
             Some(ended) = consumer_tasks.join_next(), if !cancelled => {
@@ -217,6 +225,17 @@ async fn session(
             }
         }
     }
+}
+
+/// The publisher's two channels (see [`publisher::Channels`]), errors sent to `errors`.
+async fn publishing_channels(
+    conn: &lapin::Connection,
+    errors: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<publisher::Channels, String> {
+    Ok(publisher::Channels {
+        owed: publishing_channel(conn, errors).await?,
+        best_effort: publishing_channel(conn, errors).await?,
+    })
 }
 
 /// A confirm-mode channel whose errors are sent to `errors`.

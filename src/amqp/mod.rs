@@ -92,6 +92,11 @@ pub async fn supervise(
         {
             Ok(()) => return,
             Err(e) => {
+                // A connection that had come up starts the backoff over: the doubling is
+                // for a broker that keeps refusing, not for every loss in the daemon's life.
+                if status.connected() {
+                    backoff = Duration::from_millis(cfg.reconnect_initial_ms);
+                }
                 publisher.set_channel(None);
                 status.set(false);
                 tracing::warn!(url = %redact_url(&cfg.url), "RabbitMQ connection lost or refused: {e}; retrying in {backoff:?}");
@@ -103,9 +108,6 @@ pub async fn supervise(
             _ = until_true(&mut signals.close) => return,
         }
         backoff = (backoff * 2).min(max);
-        if status.connected() {
-            backoff = Duration::from_millis(cfg.reconnect_initial_ms);
-        }
     }
 }
 

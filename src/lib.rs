@@ -10,7 +10,8 @@
 //! - [`push`], [`sms`]: the provider transports behind small traits.
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
-//! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
+//! - [`sim`], `demo`, `loadgen`, `chaos`: simulators, demo, load generator and the chaos
+//!   runner (feature `tools`).
 //! - `fuzzing`: the fuzz targets' entry points (feature `fuzzing`, part of `tools`).
 //! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
 //!   logs; the wall clock.
@@ -21,6 +22,8 @@
 
 pub mod amqp;
 pub mod challenge;
+#[cfg(feature = "tools")]
+pub mod chaos;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -10,7 +10,8 @@
 //! - [`push`], [`sms`]: the provider transports behind small traits.
 //! - [`limits`]: per-user challenge rate limit.
 //! - [`texts`]: localized push and SMS texts.
-//! - [`sim`], `demo`, `loadgen`: simulators, demo and load generator (feature `tools`).
+//! - [`sim`], `demo`, `loadgen`, `chaos`: simulators, demo, load generator and the chaos
+//!   runner (feature `tools`).
 //! - `fuzzing`: the fuzz targets' entry points (feature `fuzzing`, part of `tools`).
 //! - [`cluster`]: the pure parts of cluster mode — message seal, partition assignment, claims.
 //! - [`retry`], [`tls`], [`telemetry`], [`clock`]: backoff timing; TLS set-up; metrics and
@@ -22,6 +23,8 @@
 
 pub mod amqp;
 pub mod challenge;
+#[cfg(feature = "tools")]
+pub mod chaos;
 pub mod clock;
 pub mod cluster;
 pub mod config;

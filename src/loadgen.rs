@@ -40,6 +40,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How often a broken broker connection is tried again ([`LoadOptions::reconnect`]).
+pub const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+/// Outcome deliveries unacked at once on the durable outcomes queue.
+const OUTCOMES_PREFETCH: u16 = 2000;
 /// Publishes awaiting their broker confirm at once.
 const CONFIRM_WINDOW: usize = 1000;
 /// The broker confirming nothing for this long ends the run with an error.
@@ -62,6 +66,9 @@ pub struct LoadOptions {
     pub amqp_url: String,
     /// Queue the daemon consumes challenges from.
     pub challenges_queue: String,
+    /// Publish to this exchange instead, with the user id as routing key (cluster mode's
+    /// `{challenges_queue}.by-user`, CONTRACT §10).
+    pub challenges_exchange: Option<String>,
     /// Exchange the daemon publishes outcomes to.
     pub outcomes_exchange: String,
     /// Base URLs of the daemons' HTTP APIs (`http://host:port`); decisions are spread
@@ -100,6 +107,19 @@ pub struct LoadOptions {
     pub pids: Vec<u32>,
     /// Print a line each second.
     pub print_seconds: bool,
+    /// Keep publishing across broker outages: reconnect (every [`RECONNECT_EVERY`]) and go
+    /// on where it stopped, instead of ending the run at the first error.
+    pub reconnect: bool,
+    /// Read the outcomes through this durable queue (declared and bound to the outcomes
+    /// exchange before the first publish, read with acks, reconnecting), so that none is
+    /// missed across broker restarts; `None`: an exclusive queue for the run's one
+    /// connection. The queue is left for the caller to delete.
+    pub outcomes_queue: Option<String>,
+    /// Devices answer a push seen again (the challenge dispatched again after a crash),
+    /// also after its first outcome, as they answered the first time.
+    pub answer_repeats: bool,
+    /// After the last outcome awaited, keep reading outcomes this long (late duplicates).
+    pub linger: Duration,
 }
 
 impl LoadOptions {
@@ -109,6 +129,7 @@ impl LoadOptions {
         LoadOptions {
             amqp_url: amqp_url.into(),
             challenges_queue: "sca.challenges".into(),
+            challenges_exchange: None,
             outcomes_exchange: "sca.outcomes".into(),
             api: vec![api.trim_end_matches('/').to_string()],
             api_token: None,
@@ -129,6 +150,10 @@ impl LoadOptions {
             drain: Duration::from_secs(75),
             pids: Vec::new(),
             print_seconds: true,
+            reconnect: false,
+            outcomes_queue: None,
+            answer_repeats: false,
+            linger: Duration::ZERO,
         }
     }
 
@@ -179,6 +204,9 @@ impl LoadOptions {
         }
         if self.drain > Duration::from_secs(3600) {
             anyhow::bail!("--drain must be at most 3600 seconds");
+        }
+        if self.linger > Duration::from_secs(3600) {
+            anyhow::bail!("the linger time must be at most 3600 seconds");
         }
         Ok(())
     }
@@ -271,12 +299,113 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// The publisher's broker channel (with confirms): the run's first one, and — with
+/// [`LoadOptions::reconnect`] — a new connection whenever it broke.
+pub struct Link {
+    url: String,
+    reconnect: bool,
+    conn: Option<lapin::Connection>,
+    ch: Option<Channel>,
+    /// Connections opened after the first.
+    pub reconnects: u64,
+}
+
+impl Link {
+    pub fn new(url: &str, reconnect: bool, conn: lapin::Connection, ch: Channel) -> Link {
+        Link {
+            url: url.to_string(),
+            reconnect,
+            conn: Some(conn),
+            ch: Some(ch),
+            reconnects: 0,
+        }
+    }
+
+    /// A live channel; with `reconnect`, waits for the broker (`None` once `stop` came).
+    async fn channel(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<Channel>> {
+        loop {
+            if let Some(ch) = self.ch.as_ref().filter(|c| c.status().connected()) {
+                return Ok(Some(ch.clone()));
+            }
+            if !self.reconnect {
+                anyhow::bail!("the publishing channel to the broker closed");
+            }
+            self.broken().await;
+            if *stop.borrow() {
+                return Ok(None);
+            }
+            match open_publishing(&self.url).await {
+                Ok((conn, ch)) => {
+                    self.conn = Some(conn);
+                    self.ch = Some(ch);
+                    self.reconnects += 1;
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT_EVERY) => {}
+                        _ = stopped(stop) => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the connection up (its publishes awaiting confirms fail).
+    async fn broken(&mut self) {
+        self.ch = None;
+        if let Some(c) = self.conn.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), c.close(200, "reconnecting")).await;
+        }
+    }
+
+    /// A channel the caller owns, never re-opened.
+    pub fn from_channel(ch: Channel) -> Link {
+        Link {
+            url: String::new(),
+            reconnect: false,
+            conn: None,
+            ch: Some(ch),
+            reconnects: 0,
+        }
+    }
+
+    /// Closes the connection at the end of a run.
+    pub async fn close(mut self) {
+        self.broken().await;
+    }
+}
+
+/// A new connection and a channel in confirm mode.
+async fn open_publishing(url: &str) -> anyhow::Result<(lapin::Connection, Channel)> {
+    let conn = crate::amqp::client::connect(url, "sca-dispatch load")
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", crate::amqp::redact_url(url)))?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((conn, ch))
+}
+
 /// Publishes until the count, the duration or `stop`, paced by `pacer`, keeping at most
 /// [`CONFIRM_WINDOW`] publishes awaiting their confirm and at most
 /// `opts.max_in_flight` challenges awaiting their outcome.
 pub async fn publish(
     shared: &Arc<Shared>,
     ch: &Channel,
+    pacer: Pacer,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    publish_on(shared, &mut Link::from_channel(ch.clone()), pacer, stop).await
+}
+
+/// [`publish`] through `link`: with `opts.reconnect` a failed publish is tried again on
+/// a new connection (a publish whose confirm was lost counts as not accepted).
+pub async fn publish_on(
+    shared: &Arc<Shared>,
+    link: &mut Link,
     pacer: Pacer,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -314,18 +443,31 @@ pub async fn publish(
             match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
                 Ok(Some((s, r))) => shared.confirmed(s, r),
                 Ok(None) => break,
+                // The connection is given up: its pending confirms fail.
+                Err(_) if opts.reconnect => link.broken().await,
                 Err(_) => anyhow::bail!(
                     "the broker confirmed no publish for {} s",
                     CONFIRM_TIMEOUT.as_secs()
                 ),
             }
         }
+        let Some(ch) = link.channel(&mut stop).await? else {
+            break;
+        };
         let (body, flight) = challenge(opts, &shared.prefix, seq);
         shared.flights.insert(seq, flight);
+        let user;
+        let (exchange, routing_key) = match &opts.challenges_exchange {
+            Some(x) => {
+                user = format!("{}user-{seq}", shared.prefix);
+                (x.as_str(), user.as_str())
+            }
+            None => ("", opts.challenges_queue.as_str()),
+        };
         match ch
             .basic_publish(
-                "",
-                &opts.challenges_queue,
+                exchange,
+                routing_key,
                 BasicPublishOptions::default(),
                 &body,
                 props.clone(),
@@ -334,6 +476,9 @@ pub async fn publish(
         {
             Ok(confirm) => {
                 shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                if let Some(o) = &shared.observer {
+                    o.published(seq);
+                }
                 confirms.push(async move { (seq, confirm.await) });
             }
             Err(e) => {
@@ -342,6 +487,11 @@ pub async fn publish(
                     .counters
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
+                if opts.reconnect {
+                    // The same challenge again, on a new connection.
+                    link.broken().await;
+                    continue;
+                }
                 return Err(e).context("publishing a challenge");
             }
         }
@@ -351,10 +501,103 @@ pub async fn publish(
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirms.next()).await {
             Ok(Some((s, r))) => shared.confirmed(s, r),
             Ok(None) => return Ok(()),
+            Err(_) if opts.reconnect => link.broken().await,
             Err(_) => anyhow::bail!(
                 "the broker confirmed no publish for {} s",
                 CONFIRM_TIMEOUT.as_secs()
             ),
+        }
+    }
+}
+
+/// Declares the durable outcomes queue `queue` (quorum) and binds it to every outcome of
+/// `exchange` (declared if missing).
+pub async fn declare_outcomes_queue(
+    conn: &lapin::Connection,
+    exchange: &str,
+    queue: &str,
+) -> lapin::Result<()> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let ch = conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange,
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue, q, args).await?;
+    ch.queue_bind(
+        queue,
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "declared").await;
+    Ok(())
+}
+
+/// Reads the durable outcomes queue with acks until `stop`, reconnecting whenever the
+/// connection breaks; an outcome is acked once recorded, so none is missed (one the
+/// broker delivers again after a reconnect carries its `redelivered` flag).
+async fn read_outcomes(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<bool>) {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::FieldTable;
+    while !*stop.borrow() {
+        let session = async {
+            let conn =
+                crate::amqp::client::connect(&shared.opts.amqp_url, "sca-dispatch load outcomes")
+                    .await?;
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(OUTCOMES_PREFETCH, BasicQosOptions::default())
+                .await?;
+            let mut consumer = ch
+                .basic_consume(
+                    &queue,
+                    "",
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let r: lapin::Result<()> = loop {
+                tokio::select! {
+                    d = consumer.next() => match d {
+                        Some(Ok(d)) => {
+                            shared.on_outcome_message(&d.data, d.redelivered, Instant::now());
+                            if let Err(e) = d.ack(BasicAckOptions::default()).await {
+                                break Err(e);
+                            }
+                        }
+                        Some(Err(e)) => break Err(e),
+                        None => break Ok(()),
+                    },
+                    _ = stopped(&mut stop) => break Ok(()),
+                }
+            };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "load done")).await;
+            r
+        };
+        let _ = session.await;
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_EVERY) => {}
+            _ = stopped(&mut stop) => {}
         }
     }
 }
@@ -372,6 +615,19 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<report::Report> {
     opts.validate()?;
+    let pids = opts.daemon_pids();
+    run_shared(Shared::new(opts, pids), feeds, stop).await
+}
+
+/// [`run_until`] on state the caller made (and may watch while the run goes on, e.g.
+/// with an [`player::Observer`]).
+pub async fn run_shared(
+    shared: Arc<Shared>,
+    feeds: Feeds,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<report::Report> {
+    let opts = &shared.opts;
+    opts.validate()?;
     let conn = crate::amqp::client::connect(&opts.amqp_url, "sca-dispatch load")
         .await
         .with_context(|| {
@@ -380,21 +636,38 @@ pub async fn run_until(
                 crate::amqp::redact_url(&opts.amqp_url)
             )
         })?;
-    let outcomes = crate::amqp::client::tap(&conn, &opts.outcomes_exchange)
-        .await
-        .context("subscribing to the outcomes")?;
+    let outcomes = match &opts.outcomes_queue {
+        None => Some(
+            crate::amqp::client::tap(&conn, &opts.outcomes_exchange)
+                .await
+                .context("subscribing to the outcomes")?,
+        ),
+        Some(q) => {
+            declare_outcomes_queue(&conn, &opts.outcomes_exchange, q)
+                .await
+                .with_context(|| format!("declaring the outcomes queue {q}"))?;
+            None
+        }
+    };
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let pids = opts.daemon_pids();
     let print = opts.print_seconds;
-    let shared = Shared::new(opts, pids);
     let mut tasks = player::start(&shared, feeds, outcomes);
+    let (reader_stop, reader_rx) = watch::channel(false);
+    let reader = opts
+        .outcomes_queue
+        .clone()
+        .map(|q| tokio::spawn(read_outcomes(shared.clone(), q, reader_rx)));
+    let mut link = Link::new(&opts.amqp_url, opts.reconnect, conn, ch);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let pacer = Pacer::new(shared.started, shared.opts.rate);
     let s = shared.clone();
-    let pch = ch.clone();
-    let mut publisher = tokio::spawn(async move { publish(&s, &pch, pacer, stop_rx).await });
+    let mut publisher = tokio::spawn(async move {
+        let r = publish_on(&s, &mut link, pacer, stop_rx).await;
+        (r, link)
+    });
+    let mut link: Option<Link> = None;
     let mut reporter = report::Seconds::new(&shared);
     if print {
         println!("{}", report::Seconds::header());
@@ -428,8 +701,12 @@ pub async fn run_until(
                 let us = shared.started.elapsed().as_micros() as u64;
                 shared.publish_end_us.store(us, Ordering::Relaxed);
                 match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => result = Err(e),
+                    Ok((r, l)) => {
+                        link = Some(l);
+                        if let Err(e) = r {
+                            result = Err(e);
+                        }
+                    }
                     Err(e) => result = Err(anyhow::anyhow!("publisher failed: {e}")),
                 }
             }
@@ -449,6 +726,9 @@ pub async fn run_until(
             }
         }
     }
+    if result.is_ok() && !shared.opts.linger.is_zero() {
+        tokio::time::sleep(shared.opts.linger).await;
+    }
     let line = reporter.tick(&shared);
     if print {
         println!("{line}");
@@ -458,7 +738,18 @@ pub async fn run_until(
     for t in tasks.drain(..) {
         t.abort();
     }
-    let _ = conn.close(200, "load done").await;
+    let _ = reader_stop.send(true);
+    if let Some(r) = reader {
+        if tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the outcomes reader did not stop in time");
+        }
+    }
+    if let Some(l) = link {
+        l.close().await;
+    }
     result?;
     Ok(reporter.finish(&shared))
 }

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `offline-code`, `demo`, `simulate`, `load`. All logic is in the library.
+//! The command line: `run`, `check-config`, `offline-code`, `demo`, `simulate`, `load`, `chaos`. All logic is in the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -75,6 +75,10 @@ enum Cmd {
     /// simulators, read outcomes, report latencies, CPU and memory (JSON and SVG).
     #[cfg(feature = "tools")]
     Load(Box<sca_dispatch::loadgen::cli::LoadArgs>),
+    /// Put daemon processes through faults (SIGKILL, broker restart, closed connections,
+    /// providers down) under load and count lost, duplicated and contradictory outcomes.
+    #[cfg(feature = "tools")]
+    Chaos(Box<sca_dispatch::chaos::cli::ChaosArgs>),
     /// Run a provider simulator alone.
     #[cfg(feature = "tools")]
     Simulate {
@@ -246,6 +250,15 @@ fn main() -> anyhow::Result<()> {
                 "error,lapin=off",
             );
             let code = runtime(0)?.block_on(sca_dispatch::loadgen::cli::main(*args))?;
+            std::process::exit(code);
+        }
+        #[cfg(feature = "tools")]
+        Cmd::Chaos(args) => {
+            sca_dispatch::telemetry::init_tracing(
+                sca_dispatch::config::LogFormat::Text,
+                "error,lapin=off",
+            );
+            let code = runtime(0)?.block_on(sca_dispatch::chaos::cli::main(*args))?;
             std::process::exit(code);
         }
         #[cfg(feature = "tools")]

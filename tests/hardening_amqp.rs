@@ -404,3 +404,54 @@ async fn a_channel_closed_by_a_channel_error_is_replaced() {
     assert_eq!(ev["challenge_id"], "chan-err-2");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_never_make_an_outcome_look_unroutable() {
+    // Nobody is bound to the events exchange, so every event comes back unroutable while
+    // outcomes are routed. A return must never be taken for an outcome's: that outcome
+    // would be published again, a second outcome for its challenge.
+    const N: usize = 400;
+    let r = rig(|_| {}).await;
+    let tap = r.queue("every-outcome", FieldTable::default()).await;
+    r.bind(&tap, &r.cfg.amqp.outcomes_exchange).await;
+    let mut c = r.consume(&tap).await;
+    let ids: Vec<String> = (0..N).map(|i| format!("ev-return-{i}")).collect();
+    for id in &ids {
+        let token = format!("fcm-{id}");
+        r.push
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(token.clone(), Script::Gone);
+        let mut v = challenge(id);
+        // One device whose token is gone (a `device.token_invalid` event besides
+        // `challenge.dispatched`) and no SMS: `undeliverable` at once.
+        v["devices"] = json!([{"device_id": "d-pixel", "platform": "fcm", "token": token}]);
+        v.as_object_mut().unwrap().remove("sms");
+        r.ch.basic_publish(
+            "",
+            &r.cfg.amqp.challenges_queue,
+            BasicPublishOptions::default(),
+            v.to_string().as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut got = outcomes_for(&mut c, &refs).await;
+    // Anything more that comes in the next seconds is a second outcome.
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(3), c.next()).await {
+        got.push(serde_json::from_slice(&d.data).unwrap());
+    }
+    let mut seen = std::collections::HashMap::new();
+    for o in &got {
+        *seen
+            .entry(o["challenge_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "second outcomes: {twice:?}");
+    assert_eq!(got.len(), N);
+    r.stop().await;
+}

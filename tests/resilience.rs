@@ -149,3 +149,41 @@ async fn graceful_stop_leaves_undecided_for_redelivery() {
     h.no_outcome(300).await;
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lost_connection_is_retried_after_the_first_delay() {
+    // The backoff doubles while the broker refuses; a connection that came up starts it
+    // over. Before, it kept doubling across the daemon's life: the fifth loss in a row
+    // waited 16 × the first delay (6.4 s here) before even trying.
+    let h = Harness::start_with(|c| {
+        c.amqp.reconnect_initial_ms = 400;
+        c.amqp.reconnect_max_ms = 60_000;
+    })
+    .await;
+    let status = h.daemon.as_ref().unwrap().status.clone();
+    for round in 1..=5 {
+        let queue = h.cfg.amqp.challenges_queue.clone();
+        let closed = tokio::task::spawn_blocking(move || close_connections(&queue))
+            .await
+            .unwrap();
+        assert!(
+            closed >= 1,
+            "round {round}: the daemon's connection was found"
+        );
+        let lost = std::time::Instant::now();
+        // The loss is seen first, then the connection comes back.
+        while status.connected() && lost.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while !status.connected() && lost.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = lost.elapsed();
+        assert!(status.connected(), "round {round}: connected again");
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: back after {took:?}, the backoff was not started over"
+        );
+    }
+    h.cleanup().await;
+}

@@ -103,6 +103,11 @@ pub async fn supervise(
             Err(e) => {
                 // Fencing: every partition claim died with the connection.
                 engine.fence_all();
+                // A connection that had come up starts the backoff over: the doubling is
+                // for a broker that keeps refusing, not for every loss in the daemon's life.
+                if status.connected() {
+                    backoff = Duration::from_millis(cfg.reconnect_initial_ms);
+                }
                 publisher.set_channel(None);
                 status.set(false);
                 tracing::warn!(url = %redact_url(&cfg.url), "RabbitMQ connection lost or refused: {e}; retrying in {backoff:?}");
@@ -114,9 +119,6 @@ pub async fn supervise(
             _ = until_true(&mut signals.close) => return,
         }
         backoff = (backoff * 2).min(max);
-        if status.connected() {
-            backoff = Duration::from_millis(cfg.reconnect_initial_ms);
-        }
     }
 }
 
@@ -158,8 +160,8 @@ async fn session(
             .map_err(|e| e.to_string())?;
     }
     let (pub_err_tx, mut pub_err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let pub_ch = publishing_channel(&conn, &pub_err_tx).await?;
-    publisher.set_channel(Some(pub_ch));
+    let mut pub_chs = publishing_channels(&conn, &pub_err_tx).await?;
+    publisher.set_channel(Some(pub_chs.clone()));
 
     let mut running = Vec::new();
     let mut consumer_tasks = tokio::task::JoinSet::new();
@@ -241,8 +243,16 @@ async fn session(
                 if let Err(e) = topology::declare(&conn, cfg).await {
                     tracing::warn!("declaring the topology again failed: {e}");
                 }
-                let ch = publishing_channel(&conn, &pub_err_tx).await?;
-                publisher.set_channel(Some(ch));
+                // Only the closed one is replaced: the other may carry publishes awaiting
+                // their confirm.
+                let fresh = |ch: &lapin::Channel| ch.status().connected();
+                if !fresh(&pub_chs.owed) {
+                    pub_chs.owed = publishing_channel(&conn, &pub_err_tx).await?;
+                }
+                if !fresh(&pub_chs.best_effort) {
+                    pub_chs.best_effort = publishing_channel(&conn, &pub_err_tx).await?;
+                }
+                publisher.set_channel(Some(pub_chs.clone()));
                 metrics::counter!(t::AMQP_CHANNELS_REPLACED).increment(1);
             }
             Some(ended) = consumer_tasks.join_next(), if !cancelled => {
@@ -269,6 +279,17 @@ async fn session(
             }
         }
     }
+}
+
+/// The publisher's two channels (see [`publisher::Channels`]), errors sent to `errors`.
+async fn publishing_channels(
+    conn: &lapin::Connection,
+    errors: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<publisher::Channels, String> {
+    Ok(publisher::Channels {
+        owed: publishing_channel(conn, errors).await?,
+        best_effort: publishing_channel(conn, errors).await?,
+    })
 }
 
 /// A confirm-mode channel whose errors are sent to `errors`.

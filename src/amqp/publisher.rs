@@ -40,7 +40,29 @@ const REPLIES_IN_FLIGHT: usize = 512;
 /// Failed attempts in a row, with the connection up, after which an event is given up.
 const EVENT_ATTEMPTS: u32 = 5;
 
-/// The confirm-mode publishing channel of the current connection, if any.
+/// The two confirm-mode publishing channels of one connection: outcomes and dead
+/// letters, which are owed a queue, on one; events and replies, which may be unroutable,
+/// on the other. lapin hands a `basic.return` to whichever confirm of a multiple-ack it
+/// resolves first, not to the returned message's own: on one shared channel the return of
+/// an event nobody is bound to (every `challenge.dispatched` where nobody reads
+/// `sca.events`) made a routed outcome look unroutable, and it was published twice.
+#[derive(Clone)]
+pub struct Channels {
+    pub owed: Channel,
+    pub best_effort: Channel,
+}
+
+impl Channels {
+    fn for_kind(&self, kind: Kind) -> &Channel {
+        if kind.needs_a_queue() {
+            &self.owed
+        } else {
+            &self.best_effort
+        }
+    }
+}
+
+/// The confirm-mode publishing channels of the current connection, if any.
 pub struct AmqpPublisher {
     inner: Arc<Inner>,
 }
@@ -49,7 +71,7 @@ struct Inner {
     outcomes: String,
     events: String,
     dead: String,
-    channel: watch::Sender<Option<Channel>>,
+    channel: watch::Sender<Option<Channels>>,
     window: Semaphore,
     replies: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
@@ -119,7 +141,7 @@ impl AmqpPublisher {
         }
     }
 
-    pub(crate) fn set_channel(&self, ch: Option<Channel>) {
+    pub(crate) fn set_channel(&self, ch: Option<Channels>) {
         self.inner.channel.send_replace(ch);
     }
 
@@ -168,6 +190,7 @@ impl AmqpPublisher {
 impl Inner {
     async fn once(
         &self,
+        kind: Kind,
         exchange: &str,
         rk: &str,
         body: &[u8],
@@ -177,8 +200,11 @@ impl Inner {
             let mut rx = self.channel.subscribe();
             let mut stop = self.stop.clone();
             tokio::select! {
-                r = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected())) => {
-                    r.map_err(|e| e.to_string())?.clone().ok_or("no channel")?
+                r = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.for_kind(kind).status().connected())) => {
+                    r.map_err(|e| e.to_string())?
+                        .as_ref()
+                        .map(|c| c.for_kind(kind).clone())
+                        .ok_or("no channel")?
                 }
                 _ = super::until_true(&mut stop) => return Err("stopping".into()),
             }
@@ -220,9 +246,9 @@ impl Inner {
                 let Ok(_permit) = self.window.acquire().await else {
                     return false;
                 };
-                self.once(exchange, rk, body, props.clone()).await
+                self.once(kind, exchange, rk, body, props.clone()).await
             } else {
-                self.once(exchange, rk, body, props.clone()).await
+                self.once(kind, exchange, rk, body, props.clone()).await
             };
             match sent {
                 Ok(Sent::Confirmed) => return true,

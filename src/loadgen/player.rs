@@ -67,6 +67,9 @@ pub struct Flight {
     pub published: Instant,
     pub pushed: Option<Instant>,
     pub decided: Option<Instant>,
+    /// A decision or code is on its way (with [`LoadOptions::answer_repeats`], a push
+    /// seen again meanwhile is not answered twice).
+    pub answering: bool,
 }
 
 impl Flight {
@@ -78,8 +81,21 @@ impl Flight {
             published: Instant::now(),
             pushed: None,
             decided: None,
+            answering: false,
         }
     }
+}
+
+/// Sees every challenge of a run from its publish to its outcomes (the chaos runner's
+/// ledger); the load tool itself only follows a challenge until its first outcome.
+pub trait Observer: Send + Sync {
+    /// Challenge `seq` was handed to the broker.
+    fn published(&self, seq: u64);
+    /// The broker confirmed (`true`) or refused or lost (`false`) that publish.
+    fn confirmed(&self, seq: u64, ok: bool);
+    /// An outcome message for `seq`: its `outcome`, its body, and whether the broker
+    /// marked the delivery redelivered (the same message again, after a reconnect).
+    fn outcome(&self, seq: u64, outcome: &str, body: &[u8], redelivered: bool);
 }
 
 /// Counters of a run (all monotonic).
@@ -131,6 +147,8 @@ pub struct Shared {
     pub last_outcome_us: AtomicU64,
     /// When publishing ended, in µs since `started` (0: not yet).
     pub publish_end_us: AtomicU64,
+    /// Told about every publish, confirm and outcome message.
+    pub observer: Option<Arc<dyn Observer>>,
     client: Client,
     slots: Arc<Semaphore>,
     http_running: AtomicUsize,
@@ -138,6 +156,15 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(opts: LoadOptions, pids: Vec<u32>) -> Arc<Shared> {
+        Shared::observed(opts, pids, None)
+    }
+
+    /// [`Shared::new`] with an observer of every publish, confirm and outcome.
+    pub fn observed(
+        opts: LoadOptions,
+        pids: Vec<u32>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Arc<Shared> {
         let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
         conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
         conn.set_nodelay(true);
@@ -159,6 +186,7 @@ impl Shared {
             http_running: AtomicUsize::new(0),
             last_outcome_us: AtomicU64::new(0),
             publish_end_us: AtomicU64::new(0),
+            observer,
             opts,
         })
     }
@@ -171,6 +199,9 @@ impl Shared {
     /// A publish's confirm came back: a nack or error forgets the challenge.
     pub fn confirmed(&self, seq: u64, r: lapin::Result<lapin::publisher_confirm::Confirmation>) {
         let ok = matches!(&r, Ok(c) if !c.is_nack());
+        if let Some(o) = &self.observer {
+            o.confirmed(seq, ok);
+        }
         if !ok {
             self.flights.remove(&seq);
             self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -203,20 +234,29 @@ impl Shared {
     /// trigger the device's answer.
     fn on_push(self: &Arc<Self>, id: &str, at: Instant) {
         let Some(seq) = self.seq(id) else { return };
-        let answer = {
-            let Some(mut f) = self.flights.get_mut(&seq) else {
-                return;
-            };
-            if f.pushed.is_some() {
-                return;
+        let answer = match self.flights.get_mut(&seq) {
+            Some(mut f) => {
+                if f.pushed.is_none() {
+                    f.pushed = Some(at);
+                    self.lat
+                        .get(Stage::PublishToPush)
+                        .record(at.saturating_duration_since(f.published));
+                    self.counters.pushed.fetch_add(1, Ordering::Relaxed);
+                } else if !self.opts.answer_repeats {
+                    return;
+                }
+                // A push seen again (the challenge dispatched again after a crash: the
+                // daemon forgot the answer) is answered again, unless one is on its way.
+                if f.answering || f.answer == Answer::Ignore {
+                    return;
+                }
+                f.answering = true;
+                f.answer
             }
-            f.pushed = Some(at);
-            self.lat
-                .get(Stage::PublishToPush)
-                .record(at.saturating_duration_since(f.published));
-            f.answer
+            // Its outcome came already: a repeated dispatch is answered as the first was.
+            None if self.opts.answer_repeats => self.opts.answers.pick(seq, super::SALT_ANSWER),
+            None => return,
         };
-        self.counters.pushed.fetch_add(1, Ordering::Relaxed);
         let decision = match answer {
             Answer::Approve => "approve",
             Answer::Deny => "deny",
@@ -242,14 +282,26 @@ impl Shared {
         };
         let seen = m.received_at;
         let take = match self.flights.get_mut(&seq) {
-            Some(mut f) if f.answer == Answer::Ignore && f.decided.is_none() => {
+            Some(mut f)
+                if f.answer == Answer::Ignore
+                    && if self.opts.answer_repeats {
+                        !f.answering
+                    } else {
+                        f.decided.is_none()
+                    } =>
+            {
                 // An SMS code stands for the push when none was seen.
                 if f.pushed.is_none() {
                     f.pushed = Some(seen);
                 }
+                f.answering = true;
                 true
             }
-            _ => false,
+            Some(_) => false,
+            None => {
+                self.opts.answer_repeats
+                    && self.opts.answers.pick(seq, super::SALT_ANSWER) == Answer::Ignore
+            }
         };
         if take {
             let body = format!(r#"{{"code":"{code}"}}"#);
@@ -316,6 +368,29 @@ impl Shared {
             None => &c.http_failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut f) = self.flights.get_mut(&seq) {
+            f.answering = false;
+        }
+    }
+
+    /// An outcome message's body, read at `at` (`redelivered`: the broker's flag).
+    pub fn on_outcome_message(&self, body: &[u8], redelivered: bool, at: Instant) {
+        #[derive(serde::Deserialize)]
+        struct Outcome<'a> {
+            #[serde(borrow)]
+            challenge_id: Option<&'a str>,
+            #[serde(borrow)]
+            outcome: Option<&'a str>,
+        }
+        let Ok(o) = serde_json::from_slice::<Outcome>(body) else {
+            return;
+        };
+        let Some(id) = o.challenge_id else { return };
+        let outcome = o.outcome.unwrap_or("other");
+        if let (Some(obs), Some(seq)) = (&self.observer, self.seq(id)) {
+            obs.outcome(seq, outcome, body, redelivered);
+        }
+        self.on_outcome(id, outcome, at);
     }
 
     /// An outcome for `id` was read at `at`.
@@ -356,11 +431,12 @@ async fn recv<T: Clone>(shared: &Shared, rx: &mut broadcast::Receiver<T>) -> Opt
     }
 }
 
-/// Starts the device players on `feeds` and the outcome reader on `outcomes`.
+/// Starts the device players on `feeds` and the outcome reader on `outcomes` (none: the
+/// caller reads them, see [`Shared::on_outcome_message`]).
 pub fn start(
     shared: &Arc<Shared>,
     feeds: Feeds,
-    mut outcomes: lapin::Consumer,
+    outcomes: Option<lapin::Consumer>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(mut rx) = feeds.apns {
@@ -410,24 +486,14 @@ pub fn start(
             }
         }));
     }
-    let s = shared.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(Ok(d)) = outcomes.next().await {
-            let at = Instant::now();
-            #[derive(serde::Deserialize)]
-            struct Outcome<'a> {
-                #[serde(borrow)]
-                challenge_id: Option<&'a str>,
-                #[serde(borrow)]
-                outcome: Option<&'a str>,
+    if let Some(mut outcomes) = outcomes {
+        let s = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(d)) = outcomes.next().await {
+                s.on_outcome_message(&d.data, d.redelivered, Instant::now());
             }
-            if let Ok(o) = serde_json::from_slice::<Outcome>(&d.data) {
-                if let Some(id) = o.challenge_id {
-                    s.on_outcome(id, o.outcome.unwrap_or("other"), at);
-                }
-            }
-        }
-    }));
+        }));
+    }
     tasks
 }
 

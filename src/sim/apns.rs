@@ -145,6 +145,8 @@ struct State {
     goaway: watch::Sender<u64>,
     /// Every request as it is answered (for load generators and demos).
     feed: tokio::sync::broadcast::Sender<RecordedPush>,
+    /// Fails every request while on (the chaos runner).
+    fault: Arc<super::fault::FaultSwitch>,
 }
 
 /// A running simulator; dropping it stops it.
@@ -215,6 +217,7 @@ impl ApnsSim {
             verified: Mutex::new(HashMap::new()),
             goaway: watch::channel(0).0,
             feed: tokio::sync::broadcast::channel(1 << 16).0,
+            fault: Arc::default(),
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let accept = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
@@ -367,6 +370,11 @@ impl ApnsSim {
             Ok(Ok(_)) => Ok(self.pushes()),
             _ => Err(self.pushes()),
         }
+    }
+
+    /// The switch that fails every push while on: 503 `ServiceUnavailable`, or no answer.
+    pub fn fault(&self) -> &super::fault::FaultSwitch {
+        &self.state.fault
     }
 
     /// Sends GOAWAY on every open connection (they finish their streams and close).
@@ -794,7 +802,14 @@ async fn handle(
     };
     let mut timestamp = None;
     if verdict.is_ok() {
-        match take_script(&state, &token) {
+        let scripted = match state.fault.take() {
+            super::fault::Fault::Off => take_script(&state, &token),
+            super::fault::Fault::Unavailable => {
+                Some(Scripted::Answer(503, "ServiceUnavailable", false))
+            }
+            super::fault::Fault::Stall => Some(Scripted::Stall),
+        };
+        match scripted {
             Some(Scripted::Answer(status, reason, with_ts)) => {
                 verdict = Err((status, reason));
                 if with_ts {

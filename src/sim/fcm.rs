@@ -154,6 +154,8 @@ struct State {
     /// Every message as it is answered (for load generators and demos).
     feed: tokio::sync::broadcast::Sender<RecordedMessage>,
     shutdown: watch::Receiver<bool>,
+    /// Fails every token request while on (the chaos runner).
+    token_fault: Arc<super::fault::FaultSwitch>,
 }
 
 /// A running FCM simulator; dropping it stops it.
@@ -241,6 +243,7 @@ impl FcmSim {
             delivered,
             feed: tokio::sync::broadcast::channel(1 << 16).0,
             shutdown: shutdown_rx.clone(),
+            token_fault: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(listener, state.clone(), tls, shutdown_rx));
         Ok(FcmSim {
@@ -368,6 +371,13 @@ impl FcmSim {
     /// `messages:send` requests received, whatever the answer.
     pub fn send_requests(&self) -> u64 {
         self.state.send_requests.load(Ordering::SeqCst)
+    }
+
+    /// The switch that fails every OAuth2 token request while on (503
+    /// `temporarily_unavailable`, or no answer); tokens already issued stay valid, so pair
+    /// it with [`FcmSim::revoke_access_tokens`] to make the client renew.
+    pub fn token_fault(&self) -> &super::fault::FaultSwitch {
+        &self.state.token_fault
     }
 
     /// Forgets every access token issued so far: the next sends get 401.
@@ -579,6 +589,26 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 "invalid_request",
                 "use POST",
             );
+        }
+        match state.token_fault.take() {
+            super::fault::Fault::Off => {}
+            super::fault::Fault::Unavailable => {
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the token endpoint is down (simulated)",
+                )
+            }
+            super::fault::Fault::Stall => {
+                // Held until the client gives up (or the simulator stops).
+                let mut stop = state.shutdown.clone();
+                let _ = stop.wait_for(|s| *s).await;
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "stopping",
+                );
+            }
         }
         return token_endpoint(&state, req).await;
     }

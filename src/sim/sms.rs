@@ -240,6 +240,8 @@ struct Shared {
     /// Messages taken so far (never decreases; recorded lists are bounded).
     total: watch::Sender<u64>,
     feed: broadcast::Sender<SentSms>,
+    /// Fails every request while on (the chaos runner).
+    fault: Arc<super::fault::FaultSwitch>,
 }
 
 impl Shared {
@@ -251,11 +253,18 @@ impl Shared {
     /// Consumes one step of the number's script and records the request.
     fn plan(&self, shape: Shape, to: &str) -> Plan {
         let mut st = self.lock();
-        let behaviour = st
-            .scripts
-            .get(to)
-            .cloned()
-            .unwrap_or_else(|| st.default.clone());
+        let fault = self.fault.take();
+        let behaviour = match fault {
+            super::fault::Fault::Off => st
+                .scripts
+                .get(to)
+                .cloned()
+                .unwrap_or_else(|| st.default.clone()),
+            // The switch leaves the number's script as it is.
+            super::fault::Fault::Unavailable => Behaviour::unavailable(2),
+            super::fault::Fault::Stall => Behaviour::Stall { times: 2 },
+        };
+        let from_fault = fault != super::fault::Fault::Off;
         let (plan, next) = match behaviour {
             Behaviour::Accept => (Plan::Accept(None), None),
             Behaviour::Latency(d) => (Plan::Accept(Some(d)), None),
@@ -287,7 +296,7 @@ impl Shared {
                 (Plan::Stall, Some(Behaviour::Stall { times: times - 1 }))
             }
         };
-        if let Some(next) = next {
+        if let Some(next) = next.filter(|_| !from_fault) {
             // The remaining count belongs to this number, also when it came from the
             // default: each number gets its own count.
             st.scripts.insert(to.to_string(), next);
@@ -389,6 +398,7 @@ impl SmsSim {
             opts,
             total,
             feed,
+            fault: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(SmsSim {
@@ -515,6 +525,12 @@ impl SmsSim {
     /// Messages taken since start (not bounded by `max_recorded`).
     pub fn total_messages(&self) -> u64 {
         *self.shared.total.borrow()
+    }
+
+    /// The switch that fails every request while on (503, or no answer); scripts per
+    /// number are left as they are.
+    pub fn fault(&self) -> &super::fault::FaultSwitch {
+        &self.shared.fault
     }
 
     /// Every message taken from now on.
@@ -990,6 +1006,7 @@ mod tests {
             }),
             total,
             feed,
+            fault: Arc::default(),
         }
     }
 

@@ -357,6 +357,7 @@ fn daemon_config(
     ns: &str,
     o: &ChaosOptions,
     token: &str,
+    secret: &str,
     sims: &Sims,
     http: u16,
     metrics: u16,
@@ -373,18 +374,12 @@ fn daemon_config(
     // Every challenge has its own user and number; the global cap is the one that
     // would bite at this rate.
     c.sms.max_per_minute_global = 1_000_000;
-    let mut text = toml::to_string(&c).context("writing the daemon's configuration")?;
     if o.cluster() {
-        // Cluster mode (CONTRACT §10); a build without it refuses the section.
-        let secret = format!(
-            "{:032x}{:032x}",
-            rand::random::<u128>(),
-            rand::random::<u128>()
-        );
-        text.push_str(&format!(
-            "\n[cluster]\nenabled = true\nsecret = \"{secret}\"\n"
-        ));
+        // Cluster mode (CONTRACT §10): every instance shares one fresh secret.
+        c.cluster.enabled = true;
+        c.cluster.secret = secret.to_string();
     }
+    let text = toml::to_string(&c).context("writing the daemon's configuration")?;
     Ok(text)
 }
 
@@ -435,6 +430,12 @@ pub async fn run(o: ChaosOptions) -> anyhow::Result<ChaosReport> {
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let ns = format!("chaos-{:08x}", rand::random::<u32>());
     let token = format!("chaos-{:032x}", rand::random::<u128>());
+    // Cluster mode: one control-traffic secret shared by every instance.
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
     let sims = Sims::start(&SimOptions {
         apns_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         fcm_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -445,7 +446,7 @@ pub async fn run(o: ChaosOptions) -> anyhow::Result<ChaosReport> {
     })
     .await?;
     let fleet = Fleet::prepare(&o.daemon_exe, &o.dir, o.instances, |_, http, metrics| {
-        daemon_config(&ns, &o, &token, &sims, http, metrics)
+        daemon_config(&ns, &o, &token, &secret, &sims, http, metrics)
     })?;
     let mut bench = Bench {
         sims,

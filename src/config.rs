@@ -1254,21 +1254,17 @@ fn set_typed(
             toml::Value::Integer(_) => toml::Value::Integer(
                 raw.trim()
                     .parse()
-                    .map_err(|_| env_err(format!("`{full}` must be an integer, got `{raw}`")))?,
+                    .map_err(|_| env_err(format!("`{full}` must be an integer")))?,
             ),
             toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
                 "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
-                _ => {
-                    return Err(env_err(format!(
-                        "`{full}` must be true or false, got `{raw}`"
-                    )))
-                }
+                _ => return Err(env_err(format!("`{full}` must be true or false"))),
             }),
             toml::Value::Float(_) => toml::Value::Float(
                 raw.trim()
                     .parse()
-                    .map_err(|_| env_err(format!("`{full}` must be a number, got `{raw}`")))?,
+                    .map_err(|_| env_err(format!("`{full}` must be a number")))?,
             ),
             _ => {
                 return Err(env_err(format!(

@@ -110,6 +110,22 @@ fn code_in(data: &[u8]) -> Option<String> {
     (code.len() >= 4 && text.matches(code).count() == 1).then(|| code.to_string())
 }
 
+/// Whether `reason` repeats `code` because the input held it, not because the code is a
+/// piece of the reason's own fixed text (`"challe"`, say): with the code replaced by as
+/// many `~`, the reason must then no longer show it.
+fn repeats_code(
+    data: &[u8],
+    code: &str,
+    reason: &str,
+    reason_of: impl Fn(&[u8]) -> Option<String>,
+) -> bool {
+    if !reason.contains(code) {
+        return false;
+    }
+    let masked = String::from_utf8_lossy(data).replacen(code, &"~".repeat(code.len()), 1);
+    reason_of(masked.as_bytes()).is_none_or(|r| !r.contains(code))
+}
+
 /// `sca.responses` bodies: the size check, `ResponseMessage::parse`, and the round trip of
 /// what it parsed.
 pub fn responses(data: &[u8]) {
@@ -137,7 +153,11 @@ pub fn responses(data: &[u8]) {
                 "a reason without its code: {e}"
             );
             if let Some(code) = code_in(data) {
-                assert!(!e.contains(&code), "the reason repeats the code: {e}");
+                let reason_of = |d: &[u8]| ResponseMessage::parse(d).err();
+                assert!(
+                    !repeats_code(data, &code, &e, reason_of),
+                    "the reason repeats the code: {e}"
+                );
             }
         }
     }
@@ -185,8 +205,13 @@ pub fn http_ops(data: &[u8]) {
             }
             Err(e) => {
                 if let Some(code) = code_in(rest) {
+                    let reason_of = |d: &[u8]| {
+                        serde_json::from_slice::<OtpBody>(d)
+                            .err()
+                            .map(|e| e.to_string())
+                    };
                     assert!(
-                        !e.to_string().contains(&code),
+                        !repeats_code(rest, &code, &e.to_string(), reason_of),
                         "the error repeats the code: {e}"
                     );
                 }

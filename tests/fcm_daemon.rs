@@ -82,7 +82,9 @@ async fn delivered_then_withdrawn_from_the_other_device() {
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].token, "tok-a");
     assert_eq!(w[0].data()["challenge_id"], "fcm-d-1");
-    let (_, v) = h.http("GET", "/v1/challenges/fcm-d-1", None, None).await;
+    let v = h
+        .view_when("fcm-d-1", 10, |v| v["devices"][0]["push"] == "delivered")
+        .await;
     assert_eq!(v["devices"][0]["push"], "delivered");
     assert!(h.metrics().await.contains(
         "sca_push_requests_total{provider=\"fcm\",app=\"default\",result=\"delivered\"}"

@@ -365,6 +365,21 @@ impl Harness {
         self.http_raw(method, path, raw, token).await
     }
 
+    /// The challenge's GET view once `done` holds for it (a push's result may reach the
+    /// daemon after the simulator recorded the push), polled for at most `secs`.
+    pub async fn view_when(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, v) = self
+                .http("GET", &format!("/v1/challenges/{id}"), None, None)
+                .await;
+            if done(&v) || tokio::time::Instant::now() >= until {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `POST /v1/challenges/{id}/decision` with no token.
     pub async fn decide(
         &self,

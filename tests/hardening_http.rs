@@ -163,17 +163,28 @@ async fn a_trickling_body_is_answered_408_and_holds_no_request_slot_after() {
     })
     .await;
     let api = h.daemon.as_ref().unwrap().http_addr;
-    let mut slow = TcpStream::connect(api).await.unwrap();
-    let sent = std::time::Instant::now();
-    slow.write_all(
-        format!(
-            "POST /v1/challenges/slow-body/otp HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\
-             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"co"
+    // The slow request must take the only slot: if another request (the harness's own)
+    // still held it, the slow one is refused 503 at once; open it again until it holds.
+    let (mut slow, sent) = loop {
+        let mut slow = TcpStream::connect(api).await.unwrap();
+        let sent = std::time::Instant::now();
+        slow.write_all(
+            format!(
+                "POST /v1/challenges/slow-body/otp HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"co"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+        .await
+        .unwrap();
+        let mut first = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut first)).await {
+            Ok(Ok(n)) if n > 0 && first[..n].starts_with(b"HTTP/1.1 503") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break (slow, sent),
+        }
+    };
     // While that request is in progress it holds the only request slot: another request
     // is refused at once with 503 rather than queued behind it. Probed until well inside
     // the body timeout, however slowly the machine schedules the daemon's tasks.

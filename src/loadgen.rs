@@ -86,6 +86,9 @@ pub struct LoadOptions {
     pub platforms: Shares<Platform>,
     /// Devices per challenge, 1..=10, each on a platform picked from `platforms`.
     pub devices_per_challenge: usize,
+    /// Challenges go to this many users in turn (`None`: a new user for each one), so a
+    /// long run keeps the daemon's per-user state (limits, push backoff) bounded.
+    pub users: Option<u64>,
     /// Share (0..=1) of challenges with an `sms` fallback.
     pub sms_share: f64,
     /// Seconds before the SMS fallback of those challenges.
@@ -139,6 +142,7 @@ impl LoadOptions {
             kinds: Shares::new(vec![(Kind::Login, 2), (Kind::Payment, 1)]).expect("valid"),
             platforms: Shares::new(vec![(Platform::Apns, 1), (Platform::Fcm, 1)]).expect("valid"),
             devices_per_challenge: 1,
+            users: None,
             sms_share: 0.0,
             sms_fallback_seconds: 2,
             payload_bytes: None,
@@ -180,6 +184,9 @@ impl LoadOptions {
         }
         if !(1..=MAX_DEVICES).contains(&self.devices_per_challenge) {
             anyhow::bail!("--devices must be 1..={MAX_DEVICES}");
+        }
+        if self.users.is_some_and(|u| u == 0) {
+            anyhow::bail!("--users must be at least 1 (or absent: a new user per challenge)");
         }
         if !(0.0..=1.0).contains(&self.sms_share) {
             anyhow::bail!("--sms-share must be 0..=100 (percent)");
@@ -237,6 +244,12 @@ impl LoadOptions {
     }
 }
 
+/// The user of challenge `seq` of a run whose ids start with `prefix`.
+pub fn user_id(opts: &LoadOptions, prefix: &str, seq: u64) -> String {
+    let n = opts.users.map_or(seq, |users| seq % users);
+    format!("{prefix}user-{n}")
+}
+
 /// The challenge body for `seq` of a run whose ids start with `prefix`.
 pub fn challenge(opts: &LoadOptions, prefix: &str, seq: u64) -> (Vec<u8>, Flight) {
     let kind = opts.kinds.pick(seq, SALT_KIND);
@@ -253,7 +266,7 @@ pub fn challenge(opts: &LoadOptions, prefix: &str, seq: u64) -> (Vec<u8>, Flight
     let mut v = json!({
         "v": 1,
         "challenge_id": format!("{prefix}{seq}"),
-        "user_id": format!("{prefix}user-{seq}"),
+        "user_id": user_id(opts, prefix, seq),
         "kind": kind.as_str(),
         "created_at": rfc3339_ms(now_ms()),
         "ttl_seconds": opts.ttl_seconds,
@@ -459,7 +472,7 @@ pub async fn publish_on(
         let user;
         let (exchange, routing_key) = match &opts.challenges_exchange {
             Some(x) => {
-                user = format!("{}user-{seq}", shared.prefix);
+                user = user_id(opts, &shared.prefix, seq);
                 (x.as_str(), user.as_str())
             }
             None => ("", opts.challenges_queue.as_str()),
@@ -792,6 +805,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_user_population_takes_the_challenges_in_turn() {
+        let mut o = opts();
+        let user = |o: &LoadOptions, seq| {
+            let v: serde_json::Value = serde_json::from_slice(&challenge(o, "p-", seq).0).unwrap();
+            v["user_id"].as_str().unwrap().to_string()
+        };
+        assert_eq!(user(&o, 12), "p-user-12");
+        o.users = Some(5);
+        assert_eq!(user(&o, 12), "p-user-2");
+        let distinct: std::collections::HashSet<String> = (0..100).map(|s| user(&o, s)).collect();
+        assert_eq!(distinct.len(), 5);
+    }
+
+    #[test]
     fn bad_options_name_the_option() {
         type Tweak = Box<dyn Fn(&mut LoadOptions)>;
         let cases: Vec<(Tweak, &str)> = vec![
@@ -813,6 +840,7 @@ mod tests {
                 "--payload-bytes",
             ),
             (Box::new(|o| o.max_in_flight = 0), "--max-in-flight"),
+            (Box::new(|o| o.users = Some(0)), "--users"),
         ];
         for (f, key) in cases {
             let mut o = opts();

@@ -51,6 +51,11 @@ pub struct LoadArgs {
     /// Devices per challenge (1-10), each on a platform picked from --platforms.
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
+    /// Challenges go to this many users in turn (absent: a new user for each challenge).
+    /// Each user then gets a challenge every users / --rate seconds; keep that pace below
+    /// the daemon's `limits.challenges_per_minute`, or the limit refuses some.
+    #[arg(long)]
+    pub users: Option<u64>,
     /// Percent of challenges with an SMS fallback.
     #[arg(long, default_value_t = 0.0)]
     pub sms_share: f64,
@@ -137,6 +142,7 @@ impl LoadArgs {
         o.platforms =
             Shares::parse(&self.platforms).map_err(|e| anyhow::anyhow!("--platforms: {e}"))?;
         o.devices_per_challenge = self.devices;
+        o.users = self.users;
         o.sms_share = self.sms_share / 100.0;
         o.sms_fallback_seconds = self.sms_fallback;
         o.payload_bytes = self.payload_bytes;

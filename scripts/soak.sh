@@ -13,7 +13,9 @@
 # bench/results/latest.json), SOAK_INTERVAL (seconds between samples, 10), SOAK_WARMUP
 # (seconds left out of the slopes, default 900, at most a quarter of the run), SOAK_PROFILE
 # (release or debug, default release), SOAK_KEEP=1 keeps the work directory, SOAK_AMQP_URL
-# (a broker of its own, so that nothing else on the machine restarts it under the soak).
+# (a broker of its own, so that nothing else on the machine restarts it under the soak),
+# SOAK_USERS (the user population the challenges go to in turn, default 100000, so the
+# daemon's per-user state reaches its steady size; 0: a new user for every challenge).
 # The traffic mixes every path a long run should exercise: pushes to APNs, FCM and Push
 # Kit, approvals, denials, ignored pushes that go to SMS codes or expire.
 set -euo pipefail
@@ -28,8 +30,11 @@ except Exception: print(500)')}"
 . scripts/lib/live-daemon.sh
 LIVE_KEEP="${SOAK_KEEP:-0}"
 LIVE_AMQP_URL="${SOAK_AMQP_URL:-}"
+users="${SOAK_USERS:-100000}"
+users_opt=()
+[ "$users" != 0 ] && users_opt=(--users "$users")
 live_init soak "$profile"
-live_load --rate "$rate" --duration "$((minutes * 60))" --drain 45 --ttl 30 \
+live_load "${users_opt[@]}" --rate "$rate" --duration "$((minutes * 60))" --drain 45 --ttl 30 \
   --platforms apns=2,fcm=2,hms=1 --answers approve=8,deny=1,ignore=1 --sms-share 20 \
   --report "$dir/load" --quiet
 live_daemon
@@ -77,7 +82,7 @@ live_stop_daemon
 tail -25 "$dir/load.log"
 [ -f "$dir/load.json" ] || { echo "error: no load report (load tool exit $rc)" >&2; tail -20 "$dir/daemon.log" >&2; exit 1; }
 mkdir -p bench/results
-python3 - "$dir/samples.jsonl" "$dir/load.json" "$rate" "$minutes" "$profile" "$panics" "${SOAK_WARMUP:-900}" <<'PY'
+python3 - "$dir/samples.jsonl" "$dir/load.json" "$rate" "$minutes" "$profile" "$panics" "${SOAK_WARMUP:-900}" "$users" <<'PY'
 import json, sys
 samples = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 load = json.load(open(sys.argv[2]))
@@ -98,7 +103,9 @@ rss = summary["rss_bytes"]
 flat = rss["per_hour_slope"] is not None and abs(rss["per_hour_slope"]) <= 0.05 * rss["mean"]
 cpu = [s["cpu_s"] for s in samples]
 lost = load.get("lost")
+users = int(sys.argv[8])
 result = {"v": 1, "build": profile, "rate_per_s": rate, "minutes": minutes,
+          "users": users if users else "a new user per challenge",
           "interval_s": samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else None,
           "warm_up_s": warm[0]["t"] if warm else None,
           "daemon_cores": round((cpu[-1] - cpu[0]) / (samples[-1]["t"] - samples[0]["t"]), 3) if len(samples) > 1 else None,

@@ -119,12 +119,24 @@ impl ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; 0 = one per core. One thread spends less CPU per challenge
     /// (no cross-thread wake-ups) at the price of tail latency under load.
     pub worker_threads: usize,
+    /// `multi-thread` (one work-stealing runtime) or `thread-per-core` (one
+    /// current-thread runtime per worker thread, the challenge consumers spread over them).
+    pub flavor: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: 0,
+            flavor: "multi-thread".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -651,6 +663,13 @@ impl Config {
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
         }
+        let runtime_flavor =
+            crate::runtime::Flavor::parse(&self.runtime.flavor).ok_or_else(|| {
+                invalid(
+                    "runtime.flavor",
+                    "must be `multi-thread` or `thread-per-core`",
+                )
+            })?;
         if self.shutdown.grace_seconds > 600 {
             return Err(invalid("shutdown.grace_seconds", "must be at most 600"));
         }
@@ -686,6 +705,8 @@ impl Config {
             prune_interval: Duration::from_secs(self.limits.prune_interval_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown.grace_seconds),
             worker_threads: self.runtime.worker_threads,
+            runtime_flavor,
+            consumer_spread: crate::runtime::Spread::default(),
             warnings: Vec::new(),
         })
     }
@@ -1501,6 +1522,19 @@ mod tests {
         assert!(e.to_string().contains("sms.gatewayy"), "{e}");
         let e = Config::from_toml_with_env("", "t", &env(&[TOKEN, ("SCA_HTTP", "x")])).unwrap_err();
         assert!(e.to_string().contains("SCA_HTTP"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_flavor_is_parsed_and_a_bad_one_named() {
+        let tok = env(&[TOKEN]);
+        let c = Config::from_toml_with_env("", "t", &tok).unwrap();
+        assert_eq!(c.runtime_flavor, crate::runtime::Flavor::MultiThread);
+        let c = Config::from_toml_with_env("[runtime]\nflavor = \"thread-per-core\"\n", "t", &tok)
+            .unwrap();
+        assert_eq!(c.runtime_flavor, crate::runtime::Flavor::ThreadPerCore);
+        let e =
+            Config::from_toml_with_env("[runtime]\nflavor = \"fibers\"\n", "t", &tok).unwrap_err();
+        assert!(e.to_string().contains("runtime.flavor"), "{e}");
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl Daemon {
             amqp::Plane {
                 control: control.clone(),
                 cluster,
+                spread: settings.consumer_spread.clone(),
             },
             status.clone(),
             Signals {

@@ -41,6 +41,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod push;
 pub mod retry;
+pub mod runtime;
 #[cfg(feature = "tools")]
 pub mod sim;
 pub mod sms;

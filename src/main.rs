@@ -218,8 +218,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => {
             let cfg = settings_or_exit(config);
             sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
-            let rt = runtime(cfg.worker_threads)?;
-            rt.block_on(sca_dispatch::run(cfg, signal()))
+            let mut cfg = cfg;
+            let rts =
+                sca_dispatch::runtime::Runtimes::build(cfg.runtime_flavor, cfg.worker_threads)?;
+            cfg.consumer_spread = rts.spread();
+            rts.main
+                .block_on(sca_dispatch::run(cfg, signal()))
                 .context("sca-dispatch failed")
         }
         #[cfg(feature = "tools")]

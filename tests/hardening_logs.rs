@@ -97,14 +97,6 @@ impl Drop for BrokerUser {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn http(
     port: u16,
     method: &str,

@@ -11,7 +11,9 @@
 #   live_stop_daemon           stops the daemon and waits for it
 #
 # Environment: LIVE_KEEP=1 keeps the work directory (config, logs); LIVE_AMQP_URL, another
-# broker than the local one (its queues are then left to it).
+# broker than the local one (its queues are then left to it); LIVE_EXTRA_TOML, sections
+# appended to the daemon's configuration (`[runtime]`, `[limits]`: ones the simulators'
+# lines do not write).
 
 live_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -77,6 +79,7 @@ level = "warn"
 TOML
     # The simulators' [apns], [fcm] and [sms] sections, as the load tool printed them.
     sed -n '/^Configure the daemon/,/^Waiting for/p' "$dir/load.log" | sed '1d;$d'
+    printf '%s\n' "${LIVE_EXTRA_TOML:-}"
   } >"$dir/config.toml"
   RUST_BACKTRACE=1 "$bin" run --config "$dir/config.toml" >"$dir/daemon.log" 2>&1 &
   daemon_pid=$!

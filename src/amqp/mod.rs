@@ -68,6 +68,8 @@ pub struct Signals {
 pub struct Plane {
     pub control: Arc<control::Control>,
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// The runtimes the challenge consumers are spread over (`runtime.flavor`).
+    pub spread: crate::runtime::Spread,
 }
 
 /// Keeps a connection up until told to close: connect, declare, consume, and on any
@@ -208,7 +210,11 @@ async fn session(
             .await
             .map_err(|e| format!("consuming {}: {e}", cfg.challenges_queue))?;
             running.push(r);
-            consumer_tasks.spawn(consumer::run_challenges(c, acks, engine.clone()));
+            let consume = consumer::run_challenges(c, acks, engine.clone());
+            match plane.spread.runtime_for(i as usize) {
+                Some(rt) => consumer_tasks.spawn_on(consume, rt),
+                None => consumer_tasks.spawn(consume),
+            };
         }
         let queue: std::sync::Arc<str> = cfg.responses_queue.as_str().into();
         let (r, c, acks) = consumer::open(&conn, &queue, 500, format!("sca-dispatch-{host}-r"))

@@ -48,6 +48,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Tokio worker threads; 0 = one per core.
     pub worker_threads: usize,
+    pub runtime_flavor: crate::runtime::Flavor,
+    /// Where the challenge consumers run; filled in once the runtimes are built.
+    pub consumer_spread: crate::runtime::Spread,
     /// Things worth a warning at start-up (logged once logging is set up), such as
     /// ignored `SCA_*` variables.
     pub warnings: Vec<String>,
@@ -67,6 +70,7 @@ impl std::fmt::Debug for Settings {
             .field("prune_interval", &self.prune_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("worker_threads", &self.worker_threads)
+            .field("runtime_flavor", &self.runtime_flavor)
             .field("warnings", &self.warnings)
             .finish_non_exhaustive()
     }

@@ -509,3 +509,44 @@ pub fn challenge(id: &str) -> Value {
         "sms": {"phone": "+393401234567", "fallback_after_seconds": 60}
     })
 }
+
+// ---- the daemon binary as a child process ----------------------------------------
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The daemon binary (`run --config PATH`, log level warn), as a child process.
+pub fn spawn_daemon(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SCA_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("daemon binary runs")
+}
+
+/// Waits until the daemon on `port` answers `/readyz` with 200 (at most 20 s).
+pub async fn wait_ready(port: u16) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for _ in 0..400 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz").parse().unwrap())
+            .await
+        {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon not ready");
+}

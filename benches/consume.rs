@@ -66,7 +66,7 @@ async fn declare(conn: &Connection, queue: &str) -> anyhow::Result<u32> {
     let ch = conn.create_channel().await?;
     let q = ch
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -74,7 +74,7 @@ async fn declare(conn: &Connection, queue: &str) -> anyhow::Result<u32> {
             quorum(),
         )
         .await?;
-    let _ = ch.close(200, "declared").await;
+    let _ = ch.close(200, "declared".into()).await;
     Ok(q.message_count())
 }
 
@@ -96,7 +96,7 @@ async fn fill(conn: &Connection, queue: &str, n: u64) -> anyhow::Result<()> {
     let (_stop_tx, stop_rx) = watch::channel(false);
     let pacer = Pacer::new(shared.started, None);
     loadgen::publish(&shared, &ch, pacer, stop_rx).await?;
-    let _ = ch.close(200, "filled").await;
+    let _ = ch.close(200, "filled".into()).await;
     Ok(())
 }
 
@@ -108,8 +108,8 @@ async fn drain(conn: &Connection, queue: &str, n: u64, prefetch: u16) -> anyhow:
     let started = Instant::now();
     let mut consumer = ch
         .basic_consume(
-            queue,
-            "consume-bench",
+            queue.into(),
+            "consume-bench".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -122,12 +122,12 @@ async fn drain(conn: &Connection, queue: &str, n: u64, prefetch: u16) -> anyhow:
             .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
         got += 1;
         last = d.delivery_tag;
-        if got % ACK_EVERY == 0 {
+        if got.is_multiple_of(ACK_EVERY) {
             ch.basic_ack(last, BasicAckOptions { multiple: true })
                 .await?;
         }
     }
-    if got % ACK_EVERY != 0 {
+    if !got.is_multiple_of(ACK_EVERY) {
         ch.basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
     }
@@ -135,7 +135,7 @@ async fn drain(conn: &Connection, queue: &str, n: u64, prefetch: u16) -> anyhow:
     let cpu = cpu_secs() - cpu;
     // Closing the channel returns what the prefetch holds beyond `n` (none when the
     // queue held exactly `n`); not counted.
-    let _ = ch.close(200, "drained").await;
+    let _ = ch.close(200, "drained".into()).await;
     Ok(Round { n, cpu, wall })
 }
 
@@ -209,7 +209,7 @@ async fn bench() -> anyhow::Result<()> {
                 left -= k;
             }
             let ch = conn.create_channel().await?;
-            ch.queue_delete(&queue, QueueDeleteOptions::default())
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             let cpu: f64 = rounds.iter().map(|r| r.cpu).sum();
             let wall: f64 = rounds.iter().map(|r| r.wall).sum();
@@ -245,7 +245,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("CONSUME_MODE is all, fill or drain, not {other}"),
     }
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
     Ok(())
 }
 

@@ -109,7 +109,7 @@ async fn ceiling(conn: &Connection, ns: &str, n: u64) -> anyhow::Result<(f64, Cp
     let queue = format!("{ns}-ceiling");
     let ch = conn.create_channel().await?;
     ch.queue_declare(
-        &queue,
+        queue.as_str().into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -121,8 +121,8 @@ async fn ceiling(conn: &Connection, ns: &str, n: u64) -> anyhow::Result<(f64, Cp
     cch.basic_qos(250, BasicQosOptions::default()).await?;
     let mut consumer = cch
         .basic_consume(
-            &queue,
-            "ceiling",
+            queue.as_str().into(),
+            "ceiling".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -156,7 +156,7 @@ async fn ceiling(conn: &Connection, ns: &str, n: u64) -> anyhow::Result<(f64, Cp
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let split = cpu.per(n);
     publisher.await??;
-    ch.queue_delete(&queue, QueueDeleteOptions::default())
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     Ok((rate, split))
 }
@@ -463,7 +463,7 @@ async fn relay_baseline(
     let ch = conn.create_channel().await?;
     for q in ["challenges", "responses", "dead"] {
         let _ = ch
-            .queue_delete(&format!("{ns}.{q}"), QueueDeleteOptions::default())
+            .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
             .await;
     }
     Ok(RelayRun {
@@ -715,7 +715,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         format!("{ns2}.responses"),
         format!("{ns2}.dead"),
     ] {
-        let _ = pch.queue_delete(&q, QueueDeleteOptions::default()).await;
+        let _ = pch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
 
     let mut report = json!({

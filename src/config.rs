@@ -660,6 +660,18 @@ impl Config {
         let sms = self.sms.settings()?;
         let apps = apps::validate(self, apns.as_ref())?;
         self.cluster.validate()?;
+        if self.cluster.enabled {
+            // AMQP names are short strings, at most 255 bytes; the longest name cluster
+            // mode derives is the last partition's lock queue.
+            let longest = self.amqp.challenges_queue.len()
+                + format!(".p{}.owner", self.cluster.partitions.saturating_sub(1)).len();
+            if longest > 255 {
+                return Err(invalid(
+                    "amqp.challenges_queue",
+                    "must leave room for the partition queues' names (`{queue}.p{N}.owner` at most 255 bytes)",
+                ));
+            }
+        }
         if self.runtime.worker_threads > 256 {
             return Err(invalid("runtime.worker_threads", "must be 0..=256"));
         }
@@ -1577,6 +1589,19 @@ mod tests {
             assert!(e.contains(key), "{key}: {e}");
             assert!(!e.contains("short-s3cret"), "{e}");
         }
+        // The partition queues' names must fit in an AMQP short string too.
+        let secret = "s".repeat(32);
+        let long = |q: usize| {
+            format!(
+                "[amqp]\nchallenges_queue = \"{}\"\n[cluster]\nenabled = true\nsecret = \"{secret}\"\n",
+                "q".repeat(q)
+            )
+        };
+        let e = Config::from_toml_with_env(&long(246), "t", &t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("amqp.challenges_queue"), "{e}");
+        assert!(Config::from_toml_with_env(&long(245), "t", &t).is_ok());
         let secret = "0123456789abcdef0123456789abcdef-cl";
         let c = Config::from_toml_with_env(
             &format!("[cluster]\nenabled = true\nsecret = \"{secret}\"\n"),

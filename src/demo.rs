@@ -84,8 +84,8 @@ impl Broker {
     async fn publish(&self, body: &[u8]) -> anyhow::Result<()> {
         self.ch
             .basic_publish(
-                "",
-                &self.names.challenges_queue,
+                "".into(),
+                self.names.challenges_queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
                 BasicProperties::default()
@@ -429,7 +429,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     // Leftovers of an interrupted earlier run would confuse the timelines.
     let _ = broker
         .ch
-        .queue_purge(&cfg.amqp.dead_queue, QueuePurgeOptions::default())
+        .queue_purge(
+            cfg.amqp.dead_queue.as_str().into(),
+            QueuePurgeOptions::default(),
+        )
         .await;
     println!(
         "  daemon          http://{} (metrics http://{}/metrics), queues {}.*\n",
@@ -652,7 +655,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     for _ in 0..100 {
         if let Some(d) = broker
             .ch
-            .basic_get(&cfg.amqp.dead_queue, BasicGetOptions { no_ack: true })
+            .basic_get(
+                cfg.amqp.dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await?
         {
             reason = d.delivery.properties.headers().as_ref().and_then(|h| {
@@ -844,7 +850,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     ] {
         let _ = broker
             .ch
-            .queue_delete(q, QueueDeleteOptions::default())
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
     for e in [
@@ -855,7 +861,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     ] {
         let _ = broker
             .ch
-            .exchange_delete(e, ExchangeDeleteOptions::default())
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
     sms.shutdown().await;

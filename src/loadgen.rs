@@ -371,7 +371,8 @@ impl Link {
         self.ch = None;
         if let Some(c) = self.conn.take() {
             let _ =
-                tokio::time::timeout(Duration::from_secs(2), c.close(200, "reconnecting")).await;
+                tokio::time::timeout(Duration::from_secs(2), c.close(200, "reconnecting".into()))
+                    .await;
         }
     }
 
@@ -479,8 +480,8 @@ pub async fn publish_on(
         };
         match ch
             .basic_publish(
-                exchange,
-                routing_key,
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
                 &body,
                 props.clone(),
@@ -538,7 +539,7 @@ pub async fn declare_outcomes_queue(
         ..Default::default()
     };
     ch.exchange_declare(
-        exchange,
+        exchange.into(),
         lapin::ExchangeKind::Topic,
         durable,
         FieldTable::default(),
@@ -553,16 +554,16 @@ pub async fn declare_outcomes_queue(
         durable: true,
         ..Default::default()
     };
-    ch.queue_declare(queue, q, args).await?;
+    ch.queue_declare(queue.into(), q, args).await?;
     ch.queue_bind(
-        queue,
-        exchange,
-        "#",
+        queue.into(),
+        exchange.into(),
+        "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;
-    let _ = ch.close(200, "declared").await;
+    let _ = ch.close(200, "declared".into()).await;
     Ok(())
 }
 
@@ -582,8 +583,8 @@ async fn read_outcomes(shared: Arc<Shared>, queue: String, mut stop: watch::Rece
                 .await?;
             let mut consumer = ch
                 .basic_consume(
-                    &queue,
-                    "",
+                    queue.as_str().into(),
+                    "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -604,7 +605,8 @@ async fn read_outcomes(shared: Arc<Shared>, queue: String, mut stop: watch::Rece
                 }
             };
             let _ =
-                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "load done")).await;
+                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "load done".into()))
+                    .await;
             r
         };
         let _ = session.await;

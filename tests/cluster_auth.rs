@@ -23,11 +23,17 @@ fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
 }
 
 async fn publish(h: &Harness, exchange: &str, rk: &str, body: &[u8], props: BasicProperties) {
-    h.ch.basic_publish(exchange, rk, BasicPublishOptions::default(), body, props)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    h.ch.basic_publish(
+        exchange.into(),
+        rk.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,7 +150,7 @@ async fn tap_fanout(conn: &lapin::Connection, exchange: &str) -> lapin::Consumer
     let ch = conn.create_channel().await.unwrap();
     let q = ch
         .queue_declare(
-            "",
+            "".into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -161,17 +161,17 @@ async fn tap_fanout(conn: &lapin::Connection, exchange: &str) -> lapin::Consumer
         .await
         .unwrap();
     ch.queue_bind(
-        q.name().as_str(),
-        exchange,
-        "",
+        q.name().clone(),
+        exchange.into(),
+        "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await
     .unwrap();
     ch.basic_consume(
-        q.name().as_str(),
-        "",
+        q.name().clone(),
+        "".into(),
         BasicConsumeOptions {
             no_ack: true,
             ..Default::default()

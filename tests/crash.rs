@@ -53,8 +53,8 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
         let mut c = challenge(id);
         c["devices"] = json!([]); // SMS at once; pending until the code comes back
         ch.basic_publish(
-            "",
-            &a.challenges_queue,
+            "".into(),
+            a.challenges_queue.as_str().into(),
             Default::default(),
             c.to_string().as_bytes(),
             Default::default(),
@@ -137,7 +137,7 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-        let _ = ch.queue_delete(q, Default::default()).await;
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     }
     sim.shutdown().await;
 }

@@ -74,8 +74,8 @@ impl Rig {
         let c = self
             .ch
             .basic_publish(
-                "",
-                &self.cfg.amqp.challenges_queue,
+                "".into(),
+                self.cfg.amqp.challenges_queue.as_str().into(),
                 BasicPublishOptions::default(),
                 v.to_string().as_bytes(),
                 props,
@@ -162,7 +162,7 @@ impl Rig {
         let name = format!("{}.{suffix}", self.cfg.amqp.challenges_queue);
         self.ch
             .queue_declare(
-                &name,
+                name.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     ..Default::default()
@@ -177,9 +177,9 @@ impl Rig {
     async fn bind(&self, queue: &str, exchange: &str) {
         self.ch
             .queue_bind(
-                queue,
-                exchange,
-                "#",
+                queue.into(),
+                exchange.into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -190,8 +190,8 @@ impl Rig {
     async fn consume(&self, queue: &str) -> lapin::Consumer {
         self.ch
             .basic_consume(
-                queue,
-                "",
+                queue.into(),
+                "".into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -207,7 +207,10 @@ impl Rig {
         self.daemon.wait().await;
         let a = &self.cfg.amqp;
         for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-            let _ = self.ch.queue_delete(q, QueueDeleteOptions::default()).await;
+            let _ = self
+                .ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [
             &a.outcomes_exchange,
@@ -217,7 +220,7 @@ impl Rig {
         ] {
             let _ = self
                 .ch
-                .exchange_delete(e, ExchangeDeleteOptions::default())
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
     }
@@ -304,8 +307,8 @@ async fn a_full_or_missing_reply_queue_never_holds_outcomes_back() {
     let full = r.queue("full-reply", args).await;
     let filled =
         r.ch.basic_publish(
-            "",
-            &full,
+            "".into(),
+            full.as_str().into(),
             BasicPublishOptions::default(),
             b"already here",
             BasicProperties::default(),
@@ -348,7 +351,7 @@ async fn a_full_or_missing_reply_queue_never_holds_outcomes_back() {
     .await;
     let q =
         r.ch.queue_declare(
-            &full,
+            full.as_str().into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -377,9 +380,12 @@ async fn a_channel_closed_by_a_channel_error_is_replaced() {
 
     // An operator deletes the events exchange: the next event (challenge.dispatched)
     // closes the daemon's publishing channel with 404 NOT_FOUND.
-    r.ch.exchange_delete(&a.events_exchange, ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
+    r.ch.exchange_delete(
+        a.events_exchange.as_str().into(),
+        ExchangeDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
     r.publish(&challenge("chan-err-1"), BasicProperties::default())
         .await;
     r.pushed("chan-err-1").await;
@@ -429,8 +435,8 @@ async fn unroutable_events_never_make_an_outcome_look_unroutable() {
         v["devices"] = json!([{"device_id": "d-pixel", "platform": "fcm", "token": token}]);
         v.as_object_mut().unwrap().remove("sms");
         r.ch.basic_publish(
-            "",
-            &r.cfg.amqp.challenges_queue,
+            "".into(),
+            r.cfg.amqp.challenges_queue.as_str().into(),
             BasicPublishOptions::default(),
             v.to_string().as_bytes(),
             BasicProperties::default(),

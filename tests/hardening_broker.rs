@@ -116,13 +116,19 @@ async fn try_publish(conn: &Connection, exchange: &str, rk: &str) -> Result<(), 
         ..Default::default()
     };
     let r = async {
-        ch.basic_publish(exchange, rk, opts, b"{}", BasicProperties::default())
-            .await?
-            .await
+        ch.basic_publish(
+            exchange.into(),
+            rk.into(),
+            opts,
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await?
+        .await
     }
     .await;
     match r {
-        Ok(lapin::publisher_confirm::Confirmation::Ack(None)) => Ok(()),
+        Ok(lapin::Confirmation::Ack(None)) => Ok(()),
         Ok(other) => Err(format!("not taken: {other:?}")),
         Err(e) => Err(e.to_string()),
     }
@@ -143,7 +149,7 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
         .expect("the backend publishes responses");
     let dch = daemon.create_channel().await.unwrap();
     let got = dch
-        .basic_get("sca.challenges", BasicGetOptions { no_ack: true })
+        .basic_get("sca.challenges".into(), BasicGetOptions { no_ack: true })
         .await
         .unwrap();
     assert!(got.is_some(), "the daemon user reads the challenge");
@@ -169,7 +175,7 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
     // Reading outcomes: a queue of its own, bound to the outcomes exchange.
     let bch = backend.create_channel().await.unwrap();
     bch.queue_declare(
-        "backend.outcomes",
+        "backend.outcomes".into(),
         QueueDeclareOptions {
             exclusive: true,
             ..Default::default()
@@ -179,9 +185,9 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
     .await
     .expect("the backend declares its own queue");
     bch.queue_bind(
-        "backend.outcomes",
-        "sca.outcomes",
-        "#",
+        "backend.outcomes".into(),
+        "sca.outcomes".into(),
+        "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -189,8 +195,8 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
     .expect("and binds it to the outcomes");
     let mut outcomes = bch
         .basic_consume(
-            "backend.outcomes",
-            "",
+            "backend.outcomes".into(),
+            "".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -213,7 +219,7 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
         .create_channel()
         .await
         .unwrap()
-        .basic_get("sca.challenges", BasicGetOptions { no_ack: true })
+        .basic_get("sca.challenges".into(), BasicGetOptions { no_ack: true })
         .await
         .expect_err("refused");
     assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
@@ -225,9 +231,9 @@ async fn the_backend_user_is_refused_on_control_and_allowed_on_challenges() {
         .expect_err("refused");
     assert!(e.contains("ACCESS_REFUSED"), "{e}");
 
-    let _ = backend.close(200, "done").await;
-    let _ = daemon.close(200, "done").await;
-    let _ = monitor.close(200, "done").await;
+    let _ = backend.close(200, "done".into()).await;
+    let _ = daemon.close(200, "done".into()).await;
+    let _ = monitor.close(200, "done".into()).await;
 }
 
 #[test]

@@ -203,8 +203,8 @@ async fn no_secret_appears_in_debug_logs() {
         let q = cfg.amqp.challenges_queue.clone();
         async move {
             ch.basic_publish(
-                "",
-                &q,
+                "".into(),
+                q.as_str().into(),
                 BasicPublishOptions::default(),
                 v.to_string().as_bytes(),
                 Default::default(),
@@ -283,9 +283,14 @@ async fn no_secret_appears_in_debug_logs() {
     //    broker returns the dead letter (which carries the refused body, tokens and
     //    number included) until the queue is bound again.
     let a = &cfg.amqp;
-    ch.queue_unbind(&a.dead_queue, &a.dead_exchange, "", FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_unbind(
+        a.dead_queue.as_str().into(),
+        a.dead_exchange.as_str().into(),
+        "".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let mut bad = challenge("logs-refused");
     bad["devices"] = json!([
         {"device_id": "d-iphone", "platform": "apns", "token": apns_tok, "name": "iPhone"}
@@ -308,9 +313,9 @@ async fn no_secret_appears_in_debug_logs() {
     }
     assert!(was_returned, "the dead letter was returned at least once");
     ch.queue_bind(
-        &a.dead_queue,
-        &a.dead_exchange,
-        "",
+        a.dead_queue.as_str().into(),
+        a.dead_exchange.as_str().into(),
+        "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -319,7 +324,10 @@ async fn no_secret_appears_in_debug_logs() {
     let mut dead = None;
     for _ in 0..400 {
         dead = ch
-            .basic_get(&a.dead_queue, BasicGetOptions { no_ack: true })
+            .basic_get(
+                a.dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await
             .unwrap();
         if dead.is_some() {
@@ -364,9 +372,11 @@ async fn no_secret_appears_in_debug_logs() {
     }
     reap.1 = false;
     for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-        let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(

@@ -145,7 +145,9 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
     let (_conn, ch) = common::amqp().await;
     let a = &cfg.amqp;
     for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-        let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     for e in [
         &a.outcomes_exchange,
@@ -154,7 +156,7 @@ async fn a_short_load_loses_nothing_and_reports_every_stage() {
         &a.control_exchange,
     ] {
         let _ = ch
-            .exchange_delete(e, ExchangeDeleteOptions::default())
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
     sims.shutdown().await;

@@ -222,7 +222,7 @@ async fn published_bodies_match_the_schemas() {
     h.pushes(6, 10).await;
     let reply_q =
         h.ch.queue_declare(
-            "",
+            "".into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -234,8 +234,8 @@ async fn published_bodies_match_the_schemas() {
         .unwrap();
     let mut replies =
         h.ch.basic_consume(
-            reply_q.name().as_str(),
-            "ops-replies",
+            reply_q.name().clone(),
+            "ops-replies".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -247,8 +247,8 @@ async fn published_bodies_match_the_schemas() {
     let op = json!({"op": "decision", "challenge_id": "ops-cap-4", "device_id": "d-iphone", "decision": "deny"});
     cap.keep("responses-decision", &op);
     h.ch.basic_publish(
-        "",
-        &h.cfg.amqp.responses_queue,
+        "".into(),
+        h.cfg.amqp.responses_queue.as_str().into(),
         BasicPublishOptions::default(),
         op.to_string().as_bytes(),
         BasicProperties::default()

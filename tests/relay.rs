@@ -68,7 +68,7 @@ async fn the_relay_settles_every_challenge_the_load_tool_sends() {
     let (_conn, ch) = common::amqp().await;
     let q = ch
         .queue_declare(
-            &cfg.amqp.challenges_queue,
+            cfg.amqp.challenges_queue.as_str().into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -99,7 +99,9 @@ async fn the_relay_settles_every_challenge_the_load_tool_sends() {
     assert!(!apns.is_empty() && !fcm.is_empty());
     let a = &cfg.amqp;
     for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-        let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     sims.shutdown().await;
 }

@@ -43,7 +43,7 @@ async fn ready_count(h: &Harness, expected: u32) -> u32 {
     for _ in 0..50 {
         let q = ch
             .queue_declare(
-                &h.cfg.amqp.challenges_queue,
+                h.cfg.amqp.challenges_queue.as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()

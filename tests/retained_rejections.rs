@@ -58,7 +58,7 @@ async fn an_oversized_response_body_is_dead_lettered_and_answered_413() {
     let h = Harness::start().await;
     let reply_q = format!("{}.reply", h.cfg.amqp.responses_queue);
     h.ch.queue_declare(
-        &reply_q,
+        reply_q.as_str().into(),
         QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
@@ -70,8 +70,8 @@ async fn an_oversized_response_body_is_dead_lettered_and_answered_413() {
     .unwrap();
     let mut replies =
         h.ch.basic_consume(
-            &reply_q,
-            "retained-rejections-reply",
+            reply_q.as_str().into(),
+            "retained-rejections-reply".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -83,8 +83,8 @@ async fn an_oversized_response_body_is_dead_lettered_and_answered_413() {
     // Not even JSON: the size alone refuses it.
     let body = vec![b'{'; h.cfg.http.max_body_bytes + 1];
     h.ch.basic_publish(
-        "",
-        &h.cfg.amqp.responses_queue,
+        "".into(),
+        h.cfg.amqp.responses_queue.as_str().into(),
         BasicPublishOptions::default(),
         &body,
         BasicProperties::default()
@@ -111,8 +111,8 @@ async fn an_oversized_response_body_is_dead_lettered_and_answered_413() {
     let mut at = json!({"op": "cancel", "challenge_id": "nope"}).to_string();
     at.push_str(&" ".repeat(h.cfg.http.max_body_bytes - at.len()));
     h.ch.basic_publish(
-        "",
-        &h.cfg.amqp.responses_queue,
+        "".into(),
+        h.cfg.amqp.responses_queue.as_str().into(),
         BasicPublishOptions::default(),
         at.as_bytes(),
         BasicProperties::default().with_reply_to(reply_q.as_str().into()),

@@ -215,8 +215,8 @@ async fn an_unreachable_owner_is_retried_then_answered_503() {
     // A peer that says hello and then never answers anything.
     let hello = json!({"t": "hello", "from": "silent-peer"}).to_string();
     h.ch.basic_publish(
-        &h.cfg.amqp.control_exchange,
-        "",
+        h.cfg.amqp.control_exchange.as_str().into(),
+        "".into(),
         BasicPublishOptions::default(),
         hello.as_bytes(),
         BasicProperties::default(),
@@ -227,7 +227,7 @@ async fn an_unreachable_owner_is_retried_then_answered_503() {
     .unwrap();
     let replies =
         h.ch.queue_declare(
-            "",
+            "".into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -239,8 +239,8 @@ async fn an_unreachable_owner_is_retried_then_answered_503() {
         .unwrap();
     let mut consumer =
         h.ch.basic_consume(
-            replies.name().as_str(),
-            "",
+            replies.name().clone(),
+            "".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -251,8 +251,8 @@ async fn an_unreachable_owner_is_retried_then_answered_503() {
         .unwrap();
     let op = json!({"op": "cancel", "challenge_id": "held-by-nobody-here"}).to_string();
     h.ch.basic_publish(
-        "",
-        &h.cfg.amqp.responses_queue,
+        "".into(),
+        h.cfg.amqp.responses_queue.as_str().into(),
         BasicPublishOptions::default(),
         op.as_bytes(),
         BasicProperties::default()

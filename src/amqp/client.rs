@@ -8,12 +8,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
 
-/// Connects on the current tokio runtime; `name` shows in `rabbitmqctl list_connections`.
+/// Connects on the current tokio runtime (lapin's default runtime, bound to the runtime
+/// this is called from); `name` shows in `rabbitmqctl list_connections`. lapin's own
+/// recovery stays off: the supervisor (`amqp::supervise`) reconnects, declares and
+/// fences.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name(name.into());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, props).await
 }
 
@@ -26,7 +26,7 @@ pub async fn tap(conn: &Connection, exchange: &str) -> lapin::Result<Consumer> {
         ..Default::default()
     };
     ch.exchange_declare(
-        exchange,
+        exchange.into(),
         ExchangeKind::Topic,
         durable,
         FieldTable::default(),
@@ -38,12 +38,12 @@ pub async fn tap(conn: &Connection, exchange: &str) -> lapin::Result<Consumer> {
         ..Default::default()
     };
     let q = ch
-        .queue_declare("", exclusive, FieldTable::default())
+        .queue_declare("".into(), exclusive, FieldTable::default())
         .await?;
     ch.queue_bind(
-        q.name().as_str(),
-        exchange,
-        "#",
+        q.name().clone(),
+        exchange.into(),
+        "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -52,6 +52,6 @@ pub async fn tap(conn: &Connection, exchange: &str) -> lapin::Result<Consumer> {
         no_ack: true,
         ..Default::default()
     };
-    ch.basic_consume(q.name().as_str(), "", no_ack, FieldTable::default())
+    ch.basic_consume(q.name().clone(), "".into(), no_ack, FieldTable::default())
         .await
 }

@@ -39,8 +39,8 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,7 +183,7 @@ impl Cluster {
             ..Default::default()
         };
         if ch
-            .queue_declare(&self.names.lock(i), lock, FieldTable::default())
+            .queue_declare(self.names.lock(i).into(), lock, FieldTable::default())
             .await
             .is_err()
         {
@@ -196,8 +196,8 @@ impl Cluster {
         let tag = format!("sca-dispatch-{}-p{i}", self.control.id());
         let consumer = match ch
             .basic_consume(
-                &self.names.partitions[i],
-                &tag,
+                self.names.partitions[i].as_str().into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -207,7 +207,7 @@ impl Cluster {
             Err(e) => {
                 engine.fence(i);
                 let _ = ch
-                    .queue_delete(&self.names.lock(i), QueueDeleteOptions::default())
+                    .queue_delete(self.names.lock(i).into(), QueueDeleteOptions::default())
                     .await;
                 return Err(e);
             }
@@ -237,9 +237,9 @@ impl Cluster {
     async fn unlock(&self, conn: &Connection, i: usize) {
         if let Ok(ch) = conn.create_channel().await {
             let _ = ch
-                .queue_delete(&self.names.lock(i), QueueDeleteOptions::default())
+                .queue_delete(self.names.lock(i).into(), QueueDeleteOptions::default())
                 .await;
-            let _ = ch.close(200, "unlocked").await;
+            let _ = ch.close(200, "unlocked".into()).await;
         }
     }
 
@@ -247,7 +247,7 @@ impl Cluster {
     async fn hand_over(&self, conn: &Connection, engine: &Arc<Engine>, i: usize, h: Held) {
         let _ = h
             .channel
-            .basic_cancel(&h.tag, BasicCancelOptions::default())
+            .basic_cancel(h.tag.as_str().into(), BasicCancelOptions::default())
             .await;
         let items = engine.hand_over(i);
         let mut passed = 0usize;
@@ -271,7 +271,7 @@ impl Cluster {
                             item.acks.into_iter().for_each(|a| a.ack());
                         }
                     }
-                    let _ = ch.close(200, "handed over").await;
+                    let _ = ch.close(200, "handed over".into()).await;
                 }
                 Err(e) => tracing::warn!(partition = i, "no channel to hand over on: {e}"),
             }
@@ -283,7 +283,7 @@ impl Cluster {
         }
         acks::flush(&h.acks).await;
         engine.fence(i);
-        let _ = h.channel.close(200, "partition handed over").await;
+        let _ = h.channel.close(200, "partition handed over".into()).await;
         h.task.abort();
         self.unlock(conn, i).await;
         metrics::counter!(t::CLUSTER_HANDOVERS).increment(1);
@@ -421,7 +421,10 @@ async fn publish_confirmed(
         mandatory: true,
         ..Default::default()
     };
-    match ch.basic_publish(exchange, rk, opts, body, props).await {
+    match ch
+        .basic_publish(exchange.into(), rk.into(), opts, body, props)
+        .await
+    {
         Ok(c) => matches!(c.await, Ok(Confirmation::Ack(None))),
         Err(_) => false,
     }

@@ -34,8 +34,8 @@ pub(crate) async fn open(
         .await?;
     let consumer = channel
         .basic_consume(
-            queue,
-            &tag,
+            queue.into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

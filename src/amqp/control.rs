@@ -214,8 +214,8 @@ impl Control {
         );
         if let Err(e) = ch
             .basic_publish(
-                &self.exchange,
-                "",
+                self.exchange.as_str().into(),
+                "".into(),
                 BasicPublishOptions::default(),
                 &bytes,
                 props,
@@ -248,7 +248,7 @@ impl Control {
         let ch = conn.create_channel().await?;
         let q = ch
             .queue_declare(
-                "",
+                "".into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -259,17 +259,17 @@ impl Control {
             .await?;
         let queue = q.name().to_string();
         ch.queue_bind(
-            &queue,
-            &self.exchange,
-            "",
+            queue.as_str().into(),
+            self.exchange.as_str().into(),
+            "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
         let consumer = ch
             .basic_consume(
-                &queue,
-                "",
+                queue.as_str().into(),
+                "".into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -365,8 +365,8 @@ impl Control {
                         let props = me.sealed(&bytes, BasicProperties::default());
                         let _ = ch
                             .basic_publish(
-                                "",
-                                &reply_to,
+                                "".into(),
+                                reply_to.as_str().into(),
                                 BasicPublishOptions::default(),
                                 &bytes,
                                 props,
@@ -414,8 +414,8 @@ impl Control {
                 let props = self.sealed(&bytes, props);
                 if let Err(e) = ch
                     .basic_publish(
-                        &c.names.exchange,
-                        user.as_str(),
+                        c.names.exchange.as_str().into(),
+                        user.as_str().into(),
                         BasicPublishOptions::default(),
                         &bytes,
                         props,

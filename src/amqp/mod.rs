@@ -13,6 +13,7 @@ pub mod topology;
 use crate::config::AmqpConfig;
 use crate::engine::Engine;
 use crate::telemetry as t;
+use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
 use publisher::AmqpPublisher;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,11 +149,10 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?,
     );
-    let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let tx = err_tx.clone();
-    conn.on_error(move |e| {
-        let _ = tx.send(e.to_string());
-    });
+    // Connection errors and channels closed by the broker come on this one stream, from
+    // now on (lapin drops events while nobody listens): a connection error ends the
+    // session, a publishing channel closed under a live connection is replaced.
+    let mut events = conn.events_listener();
     topology::declare(&conn, cfg)
         .await
         .map_err(|e| format!("declaring topology: {e}"))?;
@@ -161,8 +161,7 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let (pub_err_tx, mut pub_err_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let mut pub_chs = publishing_channels(&conn, &pub_err_tx).await?;
+    let mut pub_chs = publishing_channels(&conn).await?;
     publisher.set_channel(Some(pub_chs.clone()));
 
     let mut running = Vec::new();
@@ -237,26 +236,31 @@ async fn session(
     let mut cancelled = *signals.stop_consuming.borrow();
     loop {
         tokio::select! {
-            Some(e) = err_rx.recv() => return Err(e),
-            Some(e) = pub_err_rx.recv() => {
+            Some(event) = events.next() => {
+                let lapin::Event::Error(e) = event else { continue };
+                if !conn.status().connected() {
+                    return Err(e.to_string());
+                }
                 // A channel error (an exchange deleted under us, say) closes the channel,
                 // not the connection: without a new one every publish would wait forever.
-                publisher.set_channel(None);
-                if !conn.status().connected() {
-                    return Err(format!("publishing channel closed with the connection: {e}"));
+                // The event does not say which channel; a consumer's or the control
+                // channel's ends its own task (and the session with it).
+                let fresh = |ch: &lapin::Channel| ch.status().connected();
+                if fresh(&pub_chs.owed) && fresh(&pub_chs.best_effort) {
+                    continue;
                 }
+                publisher.set_channel(None);
                 tracing::warn!("publishing channel closed by the broker: {e}; opening a new one");
                 if let Err(e) = topology::declare(&conn, cfg).await {
                     tracing::warn!("declaring the topology again failed: {e}");
                 }
                 // Only the closed one is replaced: the other may carry publishes awaiting
                 // their confirm.
-                let fresh = |ch: &lapin::Channel| ch.status().connected();
                 if !fresh(&pub_chs.owed) {
-                    pub_chs.owed = publishing_channel(&conn, &pub_err_tx).await?;
+                    pub_chs.owed = publishing_channel(&conn).await?;
                 }
                 if !fresh(&pub_chs.best_effort) {
-                    pub_chs.best_effort = publishing_channel(&conn, &pub_err_tx).await?;
+                    pub_chs.best_effort = publishing_channel(&conn).await?;
                 }
                 publisher.set_channel(Some(pub_chs.clone()));
                 metrics::counter!(t::AMQP_CHANNELS_REPLACED).increment(1);
@@ -268,7 +272,7 @@ async fn session(
             _ = until_true(&mut signals.stop_consuming), if !cancelled => {
                 cancelled = true;
                 for r in &running {
-                    let _ = r.channel.basic_cancel(&r.tag, BasicCancelOptions::default()).await;
+                    let _ = r.channel.basic_cancel(r.tag.as_str().into(), BasicCancelOptions::default()).await;
                 }
                 tracing::info!("stopped consuming; finishing what is decided");
             }
@@ -280,36 +284,26 @@ async fn session(
                 }
                 publisher.set_channel(None);
                 status.set(false);
-                let _ = conn.close(200, "sca-dispatch shutting down").await;
+                let _ = conn.close(200, "sca-dispatch shutting down".into()).await;
                 return Ok(());
             }
         }
     }
 }
 
-/// The publisher's two channels (see [`publisher::Channels`]), errors sent to `errors`.
-async fn publishing_channels(
-    conn: &lapin::Connection,
-    errors: &tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<publisher::Channels, String> {
+/// The publisher's two channels (see [`publisher::Channels`]).
+async fn publishing_channels(conn: &lapin::Connection) -> Result<publisher::Channels, String> {
     Ok(publisher::Channels {
-        owed: publishing_channel(conn, errors).await?,
-        best_effort: publishing_channel(conn, errors).await?,
+        owed: publishing_channel(conn).await?,
+        best_effort: publishing_channel(conn).await?,
     })
 }
 
-/// A confirm-mode channel whose errors are sent to `errors`.
-async fn publishing_channel(
-    conn: &lapin::Connection,
-    errors: &tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<lapin::Channel, String> {
+/// A confirm-mode channel; the broker closing it shows on the connection's events.
+async fn publishing_channel(conn: &lapin::Connection) -> Result<lapin::Channel, String> {
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let tx = errors.clone();
-    ch.on_error(move |e| {
-        let _ = tx.send(e.to_string());
-    });
     Ok(ch)
 }

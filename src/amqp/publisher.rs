@@ -25,8 +25,8 @@ use crate::engine::sink::{OutcomeSink, ReplyTo};
 use crate::push::BoxFuture;
 use crate::telemetry as t;
 use lapin::options::BasicPublishOptions;
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -214,7 +214,7 @@ impl Inner {
             ..Default::default()
         };
         let confirm = ch
-            .basic_publish(exchange, rk, opts, body, props)
+            .basic_publish(exchange.into(), rk.into(), opts, body, props)
             .await
             .map_err(|e| e.to_string())?;
         match confirm.await.map_err(|e| e.to_string())? {

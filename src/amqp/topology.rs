@@ -54,7 +54,7 @@ pub async fn declare_cluster(
     let ch = conn.create_channel().await?;
     if let Err(e) = ch
         .exchange_declare(
-            &names.exchange,
+            names.exchange.as_str().into(),
             ExchangeKind::Custom("x-consistent-hash".into()),
             durable_exchange(),
             FieldTable::default(),
@@ -69,7 +69,7 @@ pub async fn declare_cluster(
         }
         return Err(e.into());
     }
-    let _ = ch.close(200, "declared").await;
+    let _ = ch.close(200, "declared".into()).await;
     for q in &names.partitions {
         let mut args = quorum_args(Some(&cfg.dead_exchange));
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -78,15 +78,15 @@ pub async fn declare_cluster(
     let ch = conn.create_channel().await?;
     for q in &names.partitions {
         ch.queue_bind(
-            q,
-            &names.exchange,
-            "1",
+            q.as_str().into(),
+            names.exchange.as_str().into(),
+            "1".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
     }
-    let _ = ch.close(200, "bound").await;
+    let _ = ch.close(200, "bound".into()).await;
     Ok(())
 }
 
@@ -102,7 +102,7 @@ pub async fn check_cluster(
         return Ok(());
     };
     let r = declare_cluster(&conn, cfg, names).await;
-    let _ = conn.close(200, "checked").await;
+    let _ = conn.close(200, "checked".into()).await;
     match r {
         Err(e @ ClusterTopologyError::PluginMissing(_)) => Err(e.to_string()),
         _ => Ok(()),
@@ -112,34 +112,34 @@ pub async fn check_cluster(
 pub async fn declare(conn: &Connection, cfg: &AmqpConfig) -> lapin::Result<()> {
     let ch = conn.create_channel().await?;
     ch.exchange_declare(
-        &cfg.dead_exchange,
+        cfg.dead_exchange.as_str().into(),
         ExchangeKind::Fanout,
         durable_exchange(),
         FieldTable::default(),
     )
     .await?;
     ch.exchange_declare(
-        &cfg.outcomes_exchange,
+        cfg.outcomes_exchange.as_str().into(),
         ExchangeKind::Topic,
         durable_exchange(),
         FieldTable::default(),
     )
     .await?;
     ch.exchange_declare(
-        &cfg.events_exchange,
+        cfg.events_exchange.as_str().into(),
         ExchangeKind::Topic,
         durable_exchange(),
         FieldTable::default(),
     )
     .await?;
     ch.exchange_declare(
-        &cfg.control_exchange,
+        cfg.control_exchange.as_str().into(),
         ExchangeKind::Fanout,
         ExchangeDeclareOptions::default(),
         FieldTable::default(),
     )
     .await?;
-    let _ = ch.close(200, "topology declared").await;
+    let _ = ch.close(200, "topology declared".into()).await;
     declare_queue(conn, &cfg.dead_queue, quorum_args(None)).await?;
     declare_queue(
         conn,
@@ -150,14 +150,14 @@ pub async fn declare(conn: &Connection, cfg: &AmqpConfig) -> lapin::Result<()> {
     declare_queue(conn, &cfg.responses_queue, quorum_args(None)).await?;
     let ch = conn.create_channel().await?;
     ch.queue_bind(
-        &cfg.dead_queue,
-        &cfg.dead_exchange,
-        "",
+        cfg.dead_queue.as_str().into(),
+        cfg.dead_exchange.as_str().into(),
+        "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;
-    let _ = ch.close(200, "bound").await;
+    let _ = ch.close(200, "bound".into()).await;
     Ok(())
 }
 
@@ -169,16 +169,16 @@ async fn declare_queue(conn: &Connection, name: &str, args: FieldTable) -> lapin
         durable: true,
         ..Default::default()
     };
-    match ch.queue_declare(name, opts, args).await {
+    match ch.queue_declare(name.into(), opts, args).await {
         Ok(_) => {
-            let _ = ch.close(200, "declared").await;
+            let _ = ch.close(200, "declared".into()).await;
             Ok(())
         }
         Err(e) => {
             tracing::warn!(queue = name, error = %e, "queue exists with other arguments; using it as it is");
             let ch = conn.create_channel().await?;
             ch.queue_declare(
-                name,
+                name.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -186,7 +186,7 @@ async fn declare_queue(conn: &Connection, name: &str, args: FieldTable) -> lapin
                 FieldTable::default(),
             )
             .await?;
-            let _ = ch.close(200, "checked").await;
+            let _ = ch.close(200, "checked".into()).await;
             Ok(())
         }
     }

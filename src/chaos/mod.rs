@@ -399,19 +399,22 @@ async fn clean_up(url: &str, ns: &str, outcomes_queue: &str, cluster: bool) {
             // The default 16 partitions (CONTRACT §10).
             queues.extend((0..16).map(|p| format!("{ns}.challenges.p{p}")));
             let _ = ch
-                .exchange_delete(&format!("{ns}.challenges.by-user"), Default::default())
+                .exchange_delete(
+                    format!("{ns}.challenges.by-user").into(),
+                    Default::default(),
+                )
                 .await;
         }
         for q in queues {
-            let _ = ch.queue_delete(&q, Default::default()).await;
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }
         for x in ["outcomes", "events", "dead", "control"] {
             let _ = ch
-                .exchange_delete(&format!("{ns}.{x}"), Default::default())
+                .exchange_delete(format!("{ns}.{x}").into(), Default::default())
                 .await;
         }
     }
-    let _ = conn.close(200, "chaos done").await;
+    let _ = conn.close(200, "chaos done".into()).await;
 }
 
 /// Runs the faults; the report of every phase.

@@ -518,8 +518,8 @@ async fn publish_signed(opts: &LoadOptions, targets: &mut Targets) -> anyhow::Re
                          "public_key": key}],
         });
         ch.basic_publish(
-            "",
-            &opts.challenges_queue,
+            "".into(),
+            opts.challenges_queue.as_str().into(),
             BasicPublishOptions::default(),
             body.to_string().as_bytes(),
             BasicProperties::default()
@@ -530,7 +530,7 @@ async fn publish_signed(opts: &LoadOptions, targets: &mut Targets) -> anyhow::Re
         .await?;
         targets.signed.push(id);
     }
-    let _ = conn.close(200, "abuse challenges published").await;
+    let _ = conn.close(200, "abuse challenges published".into()).await;
     let client = client();
     let end = Instant::now() + Duration::from_secs(30);
     for id in &targets.signed {

@@ -197,7 +197,7 @@ impl Shared {
     }
 
     /// A publish's confirm came back: a nack or error forgets the challenge.
-    pub fn confirmed(&self, seq: u64, r: lapin::Result<lapin::publisher_confirm::Confirmation>) {
+    pub fn confirmed(&self, seq: u64, r: lapin::Result<lapin::Confirmation>) {
         let ok = matches!(&r, Ok(c) if !c.is_nack());
         if let Some(o) = &self.observer {
             o.confirmed(seq, ok);

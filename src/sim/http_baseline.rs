@@ -57,7 +57,13 @@ impl Publisher {
             };
             if let Ok(confirm) = me
                 .channel
-                .basic_publish(&me.exchange, &me.routing_key, opts, BODY, props)
+                .basic_publish(
+                    me.exchange.as_str().into(),
+                    me.routing_key.as_str().into(),
+                    opts,
+                    BODY,
+                    props,
+                )
                 .await
             {
                 let _ = confirm.await;

@@ -183,8 +183,8 @@ pub async fn serve(
     for (i, ch) in channels.into_iter().enumerate() {
         let consumer = ch
             .basic_consume(
-                &amqp.challenges_queue,
-                &format!("relay-{i}"),
+                amqp.challenges_queue.as_str().into(),
+                format!("relay-{i}").into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -224,7 +224,7 @@ pub async fn serve(
             let _ = tokio::time::timeout_at(until, wait).await;
         }
     }
-    let _ = conn.close(200, "relay stopped").await;
+    let _ = conn.close(200, "relay stopped".into()).await;
     Ok(())
 }
 
@@ -442,10 +442,16 @@ impl Relay {
             };
             let confirmed = match self
                 .publisher
-                .basic_publish(&self.outcomes, &rk, opts, &body, props)
+                .basic_publish(
+                    self.outcomes.as_str().into(),
+                    rk.as_str().into(),
+                    opts,
+                    &body,
+                    props,
+                )
                 .await
             {
-                Ok(c) => matches!(c.await, Ok(lapin::publisher_confirm::Confirmation::Ack(_))),
+                Ok(c) => matches!(c.await, Ok(lapin::Confirmation::Ack(_))),
                 Err(_) => false,
             };
             if confirmed {

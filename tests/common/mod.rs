@@ -261,8 +261,8 @@ impl Harness {
     pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
         self.ch
             .basic_publish(
-                "",
-                &self.cfg.amqp.challenges_queue,
+                "".into(),
+                self.cfg.amqp.challenges_queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
                 props,
@@ -284,8 +284,8 @@ impl Harness {
     pub async fn respond(&self, v: &Value) {
         self.ch
             .basic_publish(
-                "",
-                &self.cfg.amqp.responses_queue,
+                "".into(),
+                self.cfg.amqp.responses_queue.as_str().into(),
                 BasicPublishOptions::default(),
                 v.to_string().as_bytes(),
                 BasicProperties::default(),
@@ -450,7 +450,10 @@ impl Harness {
         loop {
             if let Some(d) = self
                 .ch
-                .basic_get(&self.cfg.amqp.dead_queue, BasicGetOptions { no_ack: true })
+                .basic_get(
+                    self.cfg.amqp.dead_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
                 .await
                 .unwrap()
             {
@@ -472,7 +475,10 @@ impl Harness {
         self.stop_daemon().await;
         let a = &self.cfg.amqp;
         for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-            let _ = self.ch.queue_delete(q, QueueDeleteOptions::default()).await;
+            let _ = self
+                .ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [
             &a.outcomes_exchange,
@@ -482,7 +488,7 @@ impl Harness {
         ] {
             let _ = self
                 .ch
-                .exchange_delete(e, ExchangeDeleteOptions::default())
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
     }

@@ -73,8 +73,8 @@ pub fn exchange(h: &Harness) -> String {
 pub async fn publish_by_user(h: &Harness, v: &Value) {
     let user = v["user_id"].as_str().unwrap().to_string();
     h.ch.basic_publish(
-        &exchange(h),
-        &user,
+        exchange(h).as_str().into(),
+        user.as_str().into(),
         BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -164,10 +164,10 @@ pub async fn cleanup_cluster(h: Harness) {
     h.cleanup().await;
     for i in 0..PARTITIONS {
         let _ = ch
-            .queue_delete(&format!("{q}.p{i}"), QueueDeleteOptions::default())
+            .queue_delete(format!("{q}.p{i}").into(), QueueDeleteOptions::default())
             .await;
     }
     let _ = ch
-        .exchange_delete(&ex, ExchangeDeleteOptions::default())
+        .exchange_delete(ex.as_str().into(), ExchangeDeleteOptions::default())
         .await;
 }

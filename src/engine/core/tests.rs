@@ -794,7 +794,7 @@ proptest! {
                     if w.stopped { continue; }
                     let mut v = challenge(IDS[i]);
                     // Invalid copies: without a readable ttl, or with one (retained longer).
-                    if !ok && w.next_tag % 2 == 0 { v["ttl_seconds"] = json!(1); }
+                    if !ok && w.next_tag.is_multiple_of(2) { v["ttl_seconds"] = json!(1); }
                     if !ok && w.next_tag % 2 == 1 { v["devices"] = json!("nope"); }
                     w.next_tag += 1;
                     let tag = w.next_tag;

@@ -75,8 +75,8 @@ async fn thread_per_core_decides_every_challenge_once() {
             json!([{"device_id": "d-iphone", "platform": "apns", "token": apns_token(1)}]);
         c.as_object_mut().unwrap().remove("sms");
         ch.basic_publish(
-            "",
-            &a.challenges_queue,
+            "".into(),
+            a.challenges_queue.as_str().into(),
             Default::default(),
             c.to_string().as_bytes(),
             Default::default(),
@@ -134,6 +134,6 @@ async fn thread_per_core_decides_every_challenge_once() {
     let status = guard.0.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     for q in [&a.challenges_queue, &a.responses_queue, &a.dead_queue] {
-        let _ = ch.queue_delete(q, Default::default()).await;
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     }
 }

@@ -75,6 +75,9 @@ async fn a_device_lists_its_pending_challenges_with_a_token_or_its_signature() {
     a["context"] = json!({"client": "Chrome su macOS", "location": "Milano", "ip": "203.0.113.7",
         "details": [{"label": "Browser", "value": "Chrome 131"}]});
     h.publish(&a).await;
+    // pd-1 is taken (its two pushes sent) before pd-2 arrives: "oldest first" is by
+    // arrival, and two consumer channels could otherwise take them in either order.
+    h.pushes(2, 10).await;
     let mut b = challenge("pd-2");
     b["devices"][0]["device_id"] = json!(device);
     h.publish(&b).await;

@@ -52,17 +52,7 @@ async fn sigkill_with_challenges_in_flight_loses_nothing() {
     for id in &ids {
         let mut c = challenge(id);
         c["devices"] = json!([]); // SMS at once; pending until the code comes back
-        ch.basic_publish(
-            "".into(),
-            a.challenges_queue.as_str().into(),
-            Default::default(),
-            c.to_string().as_bytes(),
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, &a.challenges_queue, &c).await;
     }
     sim.wait_for_messages(20, Duration::from_secs(20))
         .await

@@ -74,17 +74,7 @@ async fn thread_per_core_decides_every_challenge_once() {
         c["devices"] =
             json!([{"device_id": "d-iphone", "platform": "apns", "token": apns_token(1)}]);
         c.as_object_mut().unwrap().remove("sms");
-        ch.basic_publish(
-            "".into(),
-            a.challenges_queue.as_str().into(),
-            Default::default(),
-            c.to_string().as_bytes(),
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, &a.challenges_queue, &c).await;
     }
     apns.wait_for_pushes(N as u64, Duration::from_secs(30))
         .await

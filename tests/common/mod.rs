@@ -518,6 +518,22 @@ pub fn challenge(id: &str) -> Value {
 
 // ---- the daemon binary as a child process ----------------------------------------
 
+/// Publishes `v` to `queue` through the default exchange and waits for the broker's
+/// confirm (a daemon in another process reads it).
+pub async fn publish_confirmed(ch: &Channel, queue: &str, v: &Value) {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        v.to_string().as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
 /// A free port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

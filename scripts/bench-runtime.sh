@@ -29,39 +29,11 @@ for round in $(seq 1 "$rounds"); do
     wait "$load_pid" || { echo "error: load run failed ($flavor, round $round):" >&2; tail -20 "$dir/load.log" >&2; exit 1; }
     load_pid=""
     live_stop_daemon
-    python3 - "$dir/r$round-$flavor.json" "$flavor" "$round" >>"$results" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-d = r.get("daemon") or {}
-print(json.dumps({"round": int(sys.argv[3]), "flavor": sys.argv[2],
-                  "challenges_per_s": r["rates"]["outcomes_per_s"],
-                  "daemon_cpu_us_per_challenge": d.get("cpu_us_per_challenge"),
-                  "daemon_cores": d.get("cpu_cores"),
-                  "publish_to_push_p99_ms": r["latency"]["publish_to_push"]["p99_ms"],
-                  "lost": r["lost"], "loadavg_end": r["machine"]["loadavg_end"]}))
-PY
+    python3 scripts/lib/rounds.py row "$dir/r$round-$flavor.json" "$flavor" "$round" >>"$results"
     tail -1 "$results"
   done
 done
 mkdir -p bench/results
-python3 - "$results" "$count" "$workers" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def med(flavor, key):
-    v = [r[key] for r in rows if r["flavor"] == flavor and r[key] is not None]
-    return statistics.median(v) if v else None
-summary = {f: {k: med(f, k) for k in ("challenges_per_s", "daemon_cpu_us_per_challenge", "publish_to_push_p99_ms")}
-           for f in ("multi-thread", "thread-per-core")}
-m, t = summary["multi-thread"], summary["thread-per-core"]
-ratio = lambda k: round(t[k] / m[k], 2) if m[k] and t[k] else None
-out = {"v": 1, "what": "release daemon flat out, 2 devices per challenge (APNs and FCM), approvals 20 ms after the push, the broker, simulators and load tool on the same machine; rounds alternate the flavors",
-       "challenges_per_run": int(sys.argv[2]), "worker_threads": int(sys.argv[3]),
-       "median": summary,
-       "thread_per_core_vs_multi_thread": {k: ratio(k) for k in ("challenges_per_s", "daemon_cpu_us_per_challenge", "publish_to_push_p99_ms")},
-       "runs": rows}
-json.dump(out, open("bench/results/runtime-flavors.json", "w"), indent=1)
-open("bench/results/runtime-flavors.json", "a").write("\n")
-print(json.dumps(out["median"], indent=1))
-print("thread-per-core / multi-thread:", out["thread_per_core_vs_multi_thread"])
-sys.exit(0 if all(r["lost"] == 0 for r in rows) else 1)
-PY
+python3 scripts/lib/rounds.py summary "$results" bench/results/runtime-flavors.json multi-thread thread-per-core \
+  "release daemon flat out, 2 devices per challenge (APNs and FCM), approvals 20 ms after the push, the broker, simulators and load tool on the same machine; rounds alternate the flavors" \
+  "challenges_per_run=$count" "worker_threads=$workers"

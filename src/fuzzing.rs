@@ -619,6 +619,11 @@ impl MachineLog {
         let view = View::of(c);
         assert_eq!(view.is_completed(), c.is_done());
         assert_eq!(OutcomeMessage::of(c).is_some(), c.is_done());
+        // The published body is the outcome message, byte for byte.
+        assert_eq!(
+            OutcomeMessage::body_of(c),
+            OutcomeMessage::of(c).map(|m| serde_json::to_vec(&m).expect("serializable"))
+        );
     }
 }
 

@@ -41,7 +41,15 @@ pub const CLUSTER_FORWARDS: &str = "sca_forwards_total";
 pub const CLUSTER_FORWARD_LATENCY: &str = "sca_forward_duration_seconds";
 pub const CLUSTER_REROUTED: &str = "sca_challenges_rerouted_total";
 
+pub mod handles;
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Whether a recorder is installed ([`prometheus`] has run): metric handles taken
+/// before are the no-op recorder's and are not cached.
+fn recorder_installed() -> bool {
+    HANDLE.get().is_some()
+}
 
 /// Installs the global Prometheus recorder once per process and returns its handle.
 pub fn prometheus() -> PrometheusHandle {
@@ -193,17 +201,12 @@ pub fn record_push(
     result: &'static str,
     took: Duration,
 ) {
-    let app: metrics::SharedString = match app.shared() {
-        Some(name) => name.clone().into(),
-        None => crate::challenge::model::AppName::DEFAULT.into(),
-    };
-    metrics::counter!(PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
-        .increment(1);
-    metrics::histogram!(PUSH_DURATION, "provider" => provider).record(took.as_secs_f64());
+    handles::push_counter(provider, app.shared(), result).increment(1);
+    handles::histogram(PUSH_DURATION, &["provider"], &[provider]).record(took.as_secs_f64());
 }
 
 pub fn record_rate_limited(limit: &'static str) {
-    metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+    handles::counter(RATE_LIMITED, &["limit"], &[limit]).increment(1);
 }
 
 /// lapin logs every message the broker returns (unroutable) at WARN with its whole body,

@@ -7,7 +7,9 @@
 #   live_load ARGS...          starts the load tool in the background (load_pid) with
 #                              the namespace's queue/exchange/api/sim-dir options
 #   live_daemon                writes $dir/config.toml from the simulators' lines the
-#                              load tool printed, starts the daemon (daemon_pid)
+#                              load tool printed, starts the daemon (daemon_pid): $bin,
+#                              or $daemon_bin when set (another build of the daemon
+#                              under the same load tool)
 #   live_stop_daemon           stops the daemon and waits for it
 #
 # Environment: LIVE_KEEP=1 keeps the work directory (config, logs); LIVE_AMQP_URL, another
@@ -81,7 +83,7 @@ TOML
     sed -n '/^Configure the daemon/,/^Waiting for/p' "$dir/load.log" | sed '1d;$d'
     printf '%s\n' "${LIVE_EXTRA_TOML:-}"
   } >"$dir/config.toml"
-  RUST_BACKTRACE=1 "$bin" run --config "$dir/config.toml" >"$dir/daemon.log" 2>&1 &
+  RUST_BACKTRACE=1 "${daemon_bin:-$bin}" run --config "$dir/config.toml" >"$dir/daemon.log" 2>&1 &
   daemon_pid=$!
 }
 

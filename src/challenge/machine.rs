@@ -444,7 +444,7 @@ impl Challenge {
         }
         let s = &mut self.spec;
         for d in &mut s.devices {
-            d.token = Box::default();
+            d.token = std::sync::Arc::default();
             d.name = None;
         }
         s.devices.shrink_to_fit();

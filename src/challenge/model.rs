@@ -219,9 +219,10 @@ impl Transaction {
 /// A validated, bound device.
 #[derive(Debug, Clone)]
 pub struct Device {
-    pub device_id: Box<str>,
+    /// Shared with the pushes built for the device (no copy per push).
+    pub device_id: Arc<str>,
     pub platform: Platform,
-    pub token: Box<str>,
+    pub token: Arc<str>,
     pub name: Option<Box<str>>,
     /// Boxed: most devices have none, and the key is 72 bytes.
     pub public_key: Option<Box<p256::ecdsa::VerifyingKey>>,

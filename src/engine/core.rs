@@ -355,7 +355,7 @@ impl<A> Core<A> {
 
     /// Takes one delivery from the challenges queue.
     pub fn intake(&self, now: i64, body: &[u8], meta: DeliveryMeta, ack: A) -> Effects<A> {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         let mut spec = match parse_challenge(body, now, self.settings.max_skew_ms) {
             Ok(s) => s,
             Err(rej) => {
@@ -573,7 +573,7 @@ impl<A> Core<A> {
         op: &Operation,
         authority: Authority,
     ) -> (OpOutcome, Effects<A>) {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         let Some(mut entry) = self.table.get_mut(id) else {
             return (OpOutcome::NotFound, fx);
         };
@@ -633,7 +633,7 @@ impl<A> Core<A> {
 
     /// A push's result, after the provider's own retries.
     pub fn push_result(&self, now: i64, id: &str, device: usize, result: PushResult) -> Effects<A> {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         if let Some(mut entry) = self.table.get_mut(id) {
             let key = entry.key().clone();
             let step = entry
@@ -676,7 +676,7 @@ impl<A> Core<A> {
     /// until its expiry and `retain_completed_seconds` after now, whichever is later
     /// (a copy published again meanwhile is a duplicate, not a new challenge).
     pub fn confirmed(&self, now: i64, id: &str) -> Effects<A> {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         if let Some(mut e) = self.table.get_mut(id) {
             let key = e.key().clone();
             e.confirmed = true;
@@ -698,7 +698,7 @@ impl<A> Core<A> {
 
     /// A timer armed for `id` is due: expiry, fallback, or the end of retention.
     pub fn tick(&self, now: i64, id: &str) -> Effects<A> {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         let remove = {
             let Some(mut entry) = self.table.get_mut(id) else {
                 return fx;
@@ -741,7 +741,7 @@ impl<A> Core<A> {
     /// for it here. Their deliveries went back to the queue with the claim; the next
     /// owner dispatches them. Returns the effects (gauges, waiters) and how many left.
     pub fn drop_partition(&self, index: u16) -> (Effects<A>, usize) {
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         let mut gone = 0;
         self.table.retain(|id, e| {
             let drop = e.part.is_some_and(|p| p.index == index) && !e.confirmed;
@@ -771,7 +771,7 @@ impl<A> Core<A> {
             .map(|e| e.key().clone())
             .collect();
         let mut out = Vec::new();
-        let mut fx = Vec::new();
+        let mut fx = Effects::new();
         for id in ids {
             let Some((id, e)) = self.table.remove_if(&id, |_, e| !e.machine.is_done()) else {
                 continue;
@@ -1057,13 +1057,13 @@ impl<A> Core<A> {
         // Debug, not info: the outcome event on RabbitMQ is the audit trail, and a line per
         // challenge at tens of thousands per second is a cost of its own.
         tracing::debug!(challenge_id = %id, outcome = o.kind.as_str(), channel, "challenge decided");
-        let Some(body) = OutcomeMessage::of(m) else {
+        let Some(body) = OutcomeMessage::body_of(m) else {
             return;
         };
         fx.push(Effect::PublishOutcome {
             id: id.clone(),
             routing_key: routing_key(Some(m.spec.kind), o.kind),
-            body: to_bytes(&body),
+            body,
             reply: entry.reply_to.as_deref().cloned(),
             part: entry.part,
         });

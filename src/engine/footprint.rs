@@ -2,25 +2,30 @@
 //! retained after its outcome, and as the record of a rejected challenge — measured by
 //! driving a [`Core`] through its public calls under a counting allocator. The
 //! `retained_memory` test asserts on these figures and the e2e benchmark reports them.
+//! [`count_allocations`] counts the allocation calls of any piece of work (the `allocs`
+//! benchmark: allocations per challenge through the whole engine).
 //!
 //! A program that measures installs [`CountingAlloc`] as its `#[global_allocator]`; it
-//! forwards every call to the system allocator and counts live bytes only while a
-//! measurement runs (a relaxed load of a flag otherwise), so it costs nothing measurable
-//! outside [`measure`]. Allocations made by other threads during a measurement are
-//! counted too: measure while the program is otherwise idle.
+//! forwards every call to the system allocator and counts only while a measurement runs
+//! (a relaxed load of a flag otherwise), so it costs nothing measurable outside
+//! [`measure`] and [`count_allocations`]. Allocations made by other threads during a
+//! measurement are counted too: measure while the program is otherwise idle.
 
 use super::core::{Core, DeliveryMeta, OsEntropy, Reach, Settings};
 use crate::challenge::machine::PushResult;
 use crate::config::Config;
 use crate::wire::ops::{Authority, Operation};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// A global allocator that counts live bytes while [`measure`] runs.
 pub struct CountingAlloc;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// Allocation calls (`alloc` and `realloc`) and the bytes they asked for, while counting.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+static ASKED: AtomicUsize = AtomicUsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
 /// The counter is global: measurements take turns.
 static TURN: Mutex<()> = Mutex::new(());
@@ -31,6 +36,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            ASKED.fetch_add(l.size(), Ordering::Relaxed);
         }
         unsafe { System.alloc(l) }
     }
@@ -43,9 +50,36 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            ASKED.fetch_add(new, Ordering::Relaxed);
         }
         unsafe { System.realloc(p, l, new) }
     }
+}
+
+/// Allocation calls counted over one piece of work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocations {
+    /// `alloc` and `realloc` calls.
+    pub calls: usize,
+    /// Bytes those calls asked for.
+    pub bytes: usize,
+}
+
+/// Runs `f` and counts the allocation calls made meanwhile, by every thread (run it on a
+/// current-thread runtime, or while the program is otherwise idle). Meaningful only in
+/// a program whose global allocator is [`CountingAlloc`] (otherwise it counts 0).
+pub fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, Allocations) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let (calls, asked) = (CALLS.load(Ordering::SeqCst), ASKED.load(Ordering::SeqCst));
+    COUNTING.store(true, Ordering::SeqCst);
+    let r = f();
+    COUNTING.store(false, Ordering::SeqCst);
+    let counted = Allocations {
+        calls: CALLS.load(Ordering::SeqCst) - calls,
+        bytes: ASKED.load(Ordering::SeqCst) - asked,
+    };
+    (r, counted)
 }
 
 /// What one measurement found, in bytes per challenge (table slot included).

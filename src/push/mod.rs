@@ -95,8 +95,8 @@ impl PushExtra {
 pub struct PushMessage {
     pub challenge_id: Arc<str>,
     pub kind: Kind,
-    pub device_id: Box<str>,
-    pub token: Box<str>,
+    pub device_id: Arc<str>,
+    pub token: Arc<str>,
     pub content: PushContent,
     /// The challenge's expiry (Unix ms): APNs expiration, FCM ttl, and the retry horizon.
     pub expires_at_ms: i64,

@@ -8,8 +8,8 @@
 //! client stack with its OAuth2 access token fetched once), the device's
 //! `POST /v1/challenges/{id}/decision` on a tiny hyper server, the withdrawal push to the
 //! other devices, one outcome published (persistent, mandatory) with a publisher confirm,
-//! and the delivery acked after the confirm by a per-channel batcher that sends one
-//! multiple-ack for contiguous tags every 5 ms. There is no state machine, no limit, no
+//! and the delivery acked after the confirm by the daemon's own per-channel ack batcher
+//! (`amqp::acks`: multiple-acks for contiguous tags). There is no state machine, no limit, no
 //! timer, no metric, no retry and no authentication: a push or publish that fails is
 //! dropped, a challenge nobody decides stays unacked.
 //!
@@ -22,6 +22,7 @@
 //! differ only in what the daemon does beyond the I/O. It sits behind the `tools`
 //! feature with the simulators and is never part of the daemon's code.
 
+use crate::amqp::acks::{run_batcher, AckOp};
 use crate::config::Settings;
 use crate::push::apns::jwt;
 use crate::push::fcm::auth::{sign_assertion, ServiceAccount};
@@ -36,21 +37,18 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// How often each consumer channel's settled deliveries are acked.
-const ACK_EVERY: Duration = Duration::from_millis(5);
 /// At stop, how long decisions taken may take to be confirmed and acked.
 const DRAIN: Duration = Duration::from_secs(5);
 /// Largest decision body read (the daemon's `http.max_body_bytes` default).
@@ -167,7 +165,7 @@ pub async fn serve(
         let ch = conn.create_channel().await?;
         ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_acks(ch.clone(), rx));
+        tokio::spawn(run_batcher(ch.clone(), rx));
         acks.push(tx);
         channels.push(ch);
     }
@@ -220,7 +218,7 @@ pub async fn serve(
     }
     for tx in &relay.acks {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if tx.send(Settle::Flush(done)).is_ok() {
+        if tx.send(AckOp::Flush(done)).is_ok() {
             let _ = tokio::time::timeout_at(until, wait).await;
         }
     }
@@ -235,7 +233,7 @@ struct Relay {
     publisher: Channel,
     outcomes: String,
     /// One ack batcher per consumer channel.
-    acks: Vec<mpsc::UnboundedSender<Settle>>,
+    acks: Vec<mpsc::UnboundedSender<AckOp>>,
     /// Decisions whose outcome is not yet confirmed (for the drain at stop).
     finishing: AtomicUsize,
 }
@@ -282,71 +280,6 @@ async fn consume(relay: Arc<Relay>, i: usize, ch: Channel, mut consumer: lapin::
                 .map(|(p, token)| r.push(*p, token, &id, Content::Challenge(kind, expires_at_ms)));
             futures_util::future::join_all(all).await;
         });
-    }
-}
-
-/// What a consumer channel's ack batcher is told.
-enum Settle {
-    /// This delivery's outcome is confirmed.
-    Ack(u64),
-    /// Send what is settled now, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Acks the tags it is sent every [`ACK_EVERY`]: one multiple-ack for those contiguous
-/// with the last acked one, the rest singly (so a slow challenge holds no others).
-async fn batch_acks(ch: Channel, mut rx: mpsc::UnboundedReceiver<Settle>) {
-    // Lowest tag not yet acked; settled and not yet acked; acked singly above `next`.
-    let mut next = 1u64;
-    let mut settled = BTreeSet::new();
-    let mut done_above = BTreeSet::new();
-    let mut tick = tokio::time::interval(ACK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut flushed = None;
-        tokio::select! {
-            _ = tick.tick() => {}
-            m = rx.recv() => match m {
-                Some(Settle::Ack(t)) => {
-                    settled.insert(t);
-                    continue;
-                }
-                Some(Settle::Flush(done)) => flushed = Some(done),
-                None => return,
-            },
-        }
-        let mut multiple = None;
-        loop {
-            if settled.remove(&next) {
-                multiple = Some(next);
-            } else if !done_above.remove(&next) {
-                break;
-            }
-            next += 1;
-        }
-        if let Some(t) = multiple {
-            if ch
-                .basic_ack(t, BasicAckOptions { multiple: true })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        // Acked singly now; `next` passes them when the gap before them is acked.
-        for t in std::mem::take(&mut settled) {
-            if ch
-                .basic_ack(t, BasicAckOptions { multiple: false })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            done_above.insert(t);
-        }
-        if let Some(done) = flushed {
-            let _ = done.send(());
-        }
     }
 }
 
@@ -456,7 +389,7 @@ impl Relay {
             };
             if confirmed {
                 if let Some(tx) = self.acks.get(held.consumer) {
-                    let _ = tx.send(Settle::Ack(held.tag));
+                    let _ = tx.send(AckOp::Ack(held.tag));
                 }
             }
         };

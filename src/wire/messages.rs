@@ -27,6 +27,31 @@ pub fn routing_key(kind: Option<Kind>, outcome: OutcomeKind) -> String {
     format!("outcome.{kind}.{}", outcome.as_str())
 }
 
+/// A time as [`rfc3339_ms`] writes it, serialized without an intermediate string.
+struct Rfc3339Ms(i64);
+
+impl Serialize for Rfc3339Ms {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default();
+        s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    }
+}
+
+/// [`OutcomeMessage`] borrowing the challenge's fields, for [`OutcomeMessage::body_of`].
+#[derive(Serialize)]
+struct OutcomeBody<'a> {
+    v: u8,
+    challenge_id: &'a str,
+    user_id: Option<&'a str>,
+    kind: Option<Kind>,
+    outcome: OutcomeKind,
+    channel: Option<Channel>,
+    device_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    decided_at: Rfc3339Ms,
+    elapsed_ms: i64,
+}
+
 /// The outcome event (CONTRACT §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeMessage {
@@ -59,6 +84,28 @@ impl OutcomeMessage {
             decided_at: rfc3339_ms(o.decided_at_ms),
             elapsed_ms: (o.decided_at_ms - s.created_at_ms).max(0),
         })
+    }
+
+    /// The published body of [`OutcomeMessage::of`], serialized from the challenge's
+    /// own fields without copying them (the same JSON, byte for byte).
+    pub fn body_of(c: &Challenge) -> Option<Vec<u8>> {
+        let o = c.outcome.as_ref()?;
+        let s = &c.spec;
+        let body = OutcomeBody {
+            v: 1,
+            challenge_id: &s.challenge_id,
+            user_id: Some(&s.user_id),
+            kind: Some(s.kind),
+            outcome: o.kind,
+            channel: o.channel,
+            device_id: c.decided_device_id(),
+            reason: o.reason,
+            decided_at: Rfc3339Ms(o.decided_at_ms),
+            elapsed_ms: (o.decided_at_ms - s.created_at_ms).max(0),
+        };
+        let mut out = Vec::with_capacity(256);
+        serde_json::to_writer(&mut out, &body).ok()?;
+        Some(out)
     }
 
     /// The `rejected` outcome of a message that could not be accepted.

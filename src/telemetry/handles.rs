@@ -1,0 +1,170 @@
+//! Metric handles for the hot path, registered with the recorder once per thread and
+//! label set. `metrics::counter!(name, "label" => value)` builds a key (a vector of
+//! labels) and looks it up in the recorder's registry on every call; here the handle is
+//! looked up in a small thread-local map by the addresses of the name and of the
+//! `&'static str` label values, so a challenge's counters cost a hash of a few words.
+//!
+//! Bounded: the label values are static strings from fixed sets (kinds, outcomes,
+//! channels, results, providers) and the app names of the configuration. Handles are
+//! cached only once the daemon's Prometheus recorder is installed
+//! ([`super::prometheus`]); before that every call goes to whatever recorder there is.
+//! Every call site of one metric uses the same label names.
+
+use metrics::{Counter, Gauge, Histogram, Label};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A metric name and up to three label values, by address.
+type Id = (usize, [usize; 3]);
+
+fn id(name: &'static str, values: &[&'static str]) -> Id {
+    let mut v = [0usize; 3];
+    for (slot, value) in v.iter_mut().zip(values) {
+        *slot = value.as_ptr() as usize ^ (value.len() << 48);
+    }
+    (name.as_ptr() as usize, v)
+}
+
+/// Cached handles: the simple ones, and the push counter whose `app` label is an
+/// app name of the configuration.
+#[derive(Default)]
+struct Handles {
+    counters: HashMap<Id, Counter>,
+    histograms: HashMap<Id, Histogram>,
+    gauges: HashMap<Id, Gauge>,
+    push: HashMap<(Id, Option<Arc<str>>), Counter>,
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+fn labels(names: &[&'static str], values: &[&'static str]) -> Vec<Label> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| Label::new(*n, *v))
+        .collect()
+}
+
+fn cached() -> bool {
+    super::recorder_installed()
+}
+
+/// The counter `name{names[i]=values[i]}` (at most three labels).
+pub fn counter(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Counter {
+    let make = || metrics::counter!(name, labels(names, values));
+    if !cached() {
+        return make();
+    }
+    HANDLES.with(|h| {
+        h.borrow_mut()
+            .counters
+            .entry(id(name, values))
+            .or_insert_with(make)
+            .clone()
+    })
+}
+
+/// The histogram `name{names[i]=values[i]}` (at most three labels).
+pub fn histogram(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Histogram {
+    let make = || metrics::histogram!(name, labels(names, values));
+    if !cached() {
+        return make();
+    }
+    HANDLES.with(|h| {
+        h.borrow_mut()
+            .histograms
+            .entry(id(name, values))
+            .or_insert_with(make)
+            .clone()
+    })
+}
+
+/// The gauge `name{names[i]=values[i]}` (at most three labels).
+pub fn gauge(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Gauge {
+    let make = || metrics::gauge!(name, labels(names, values));
+    if !cached() {
+        return make();
+    }
+    HANDLES.with(|h| {
+        h.borrow_mut()
+            .gauges
+            .entry(id(name, values))
+            .or_insert_with(make)
+            .clone()
+    })
+}
+
+/// `sca_push_requests_total{provider, app, result}`; `app` is `None` for the default
+/// app.
+pub fn push_counter(
+    provider: &'static str,
+    app: Option<&Arc<str>>,
+    result: &'static str,
+) -> Counter {
+    let make = || {
+        let app: metrics::SharedString = match app {
+            Some(name) => name.clone().into(),
+            None => crate::challenge::model::AppName::DEFAULT.into(),
+        };
+        metrics::counter!(super::PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
+    };
+    if !cached() {
+        return make();
+    }
+    HANDLES.with(|h| {
+        h.borrow_mut()
+            .push
+            .entry((id(super::PUSH_REQUESTS, &[provider, result]), app.cloned()))
+            .or_insert_with(make)
+            .clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_handle_counts_into_the_same_series() {
+        let prom = super::super::prometheus();
+        for _ in 0..3 {
+            counter(
+                "sca_handles_test_total",
+                &["kind", "outcome"],
+                &["login", "approved"],
+            )
+            .increment(1);
+        }
+        counter(
+            "sca_handles_test_total",
+            &["kind", "outcome"],
+            &["login", "denied"],
+        )
+        .increment(1);
+        let text = prom.render();
+        assert!(
+            text.contains(r#"sca_handles_test_total{kind="login",outcome="approved"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"sca_handles_test_total{kind="login",outcome="denied"} 1"#));
+    }
+
+    #[test]
+    fn push_counters_keep_apps_apart() {
+        let prom = super::super::prometheus();
+        let app: Arc<str> = "wallet".into();
+        push_counter("handles-test", Some(&app), "delivered").increment(2);
+        push_counter("handles-test", None, "delivered").increment(1);
+        let text = prom.render();
+        assert!(
+            text.contains(r#"sca_push_requests_total{provider="handles-test",app="wallet",result="delivered"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"sca_push_requests_total{provider="handles-test",app="default",result="delivered"} 1"#
+        ));
+    }
+}

@@ -16,7 +16,8 @@
 //! 4. memory: resident bytes per in-flight challenge with 100,000 in flight;
 //! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool
 //!    that does a decision's broker work (one message published with a confirm), and
-//!    against the empty handler;
+//!    against the empty handler; then decisions on one-device challenges, which send no
+//!    withdrawal (what the withdrawal push costs a decision);
 //! 6. bytes the engine keeps per challenge — pending, retained after its outcome,
 //!    retained after a rejection — with a counting allocator, before anything else runs
 //!    (`sca_dispatch::engine::footprint`, the measurement the `retained_memory` test
@@ -28,7 +29,8 @@
 //! It prints the figures and ratios and writes `bench/results/latest.json` (its own keys;
 //! the others, such as the cluster bench's `cluster`, are kept) and
 //! `bench/results/latest.md`. `E2E_N` sets the challenge count (default 30,000),
-//! `E2E_INFLIGHT` the in-flight count for the memory figure (default 100,000).
+//! `E2E_INFLIGHT` the in-flight count for the memory figure (default 100,000),
+//! `E2E_RUNTIME_FLAVOR` the daemon's `runtime.flavor` (default `multi-thread`).
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -87,13 +89,18 @@ const RELAY_PLATFORMS: &str = "apns=1,fcm=1";
 /// The load tool's publisher alone, for `n` challenges (flat out or at `rate`) with
 /// `ttl` seconds to queue `queue`; nobody answers.
 fn publisher(queue: &str, n: u64, rate: Option<f64>, ttl: u64) -> Arc<Shared> {
+    publisher_of(queue, n, rate, ttl, 2)
+}
+
+/// [`publisher`] with `devices` devices per challenge.
+fn publisher_of(queue: &str, n: u64, rate: Option<f64>, ttl: u64, devices: usize) -> Arc<Shared> {
     let mut o = LoadOptions::new(URL, "http://127.0.0.1:1");
     o.challenges_queue = queue.into();
     o.count = Some(n);
     o.duration = None;
     o.rate = rate;
     o.ttl_seconds = ttl;
-    o.devices_per_challenge = 2;
+    o.devices_per_challenge = devices;
     o.platforms = Shares::parse(PLATFORMS).expect("a valid device mix");
     o.max_in_flight = n as usize + 1;
     Shared::new(o, Vec::new())
@@ -221,6 +228,11 @@ fn spawn_as(
     cfg.http.api_tokens = TOKEN.into();
     sims.apply(&mut cfg);
     cfg.fcm.max_concurrent = 512;
+    // The daemon's runtime flavor (the relay reads the same file but builds its own
+    // multi-threaded runtime).
+    if let Ok(f) = std::env::var("E2E_RUNTIME_FLAVOR") {
+        cfg.runtime.flavor = f;
+    }
     let path = dir.join(format!("{ns}.toml"));
     std::fs::write(&path, toml::to_string(&cfg)?)?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
@@ -697,7 +709,28 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         format!("{base}/v1/challenges/{prefix}{i}/decision")
     })
     .await;
+    // The same decisions on challenges of one device each: no withdrawal to send, so
+    // the difference is what a decision's withdrawal push costs (daemon, TLS, simulator).
+    let single = publisher_of(&format!("{ns2}.challenges"), http_n, None, 900, 1);
+    publish(&single, &pch).await?;
+    for _ in 0..600 {
+        if gauge(&c, &d, "sca_challenges_in_flight").await >= held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    let base = d.http.clone();
+    let prefix = single.prefix.clone();
+    let http_single_per_s = http_load(&c, http_n, 64, move |i| {
+        format!("{base}/v1/challenges/{prefix}{i}/decision")
+    })
+    .await;
     read.abort();
+    println!(
+        "HTTP decisions on one-device challenges (no withdrawal): {http_single_per_s:.0}/s ({:.2}× the bare handler)",
+        http_single_per_s / http_baseline_per_s
+    );
     println!(
         "HTTP decisions: {http_decision_per_s:.0}/s vs bare hyper handler publishing with a confirm {http_baseline_per_s:.0}/s ({:.2}×; target ≥ 0.8×), 64 keep-alive connections; empty handler {http_empty_per_s:.0}/s",
         http_decision_per_s / http_baseline_per_s
@@ -750,6 +783,8 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "http_repeat_decision_per_s": http_repeat_per_s.round(),
         "http_repeat_decision_ratio": (http_repeat_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "http_decision_ratio": (http_decision_per_s / http_baseline_per_s * 100.0).round() / 100.0,
+        "http_decision_single_device_per_s": http_single_per_s.round(),
+        "http_decision_single_device_ratio": (http_single_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
         "cpu_us_per_message_ceiling": {"broker": ccpu.broker.round(), "publisher_and_consumer": ccpu.bench.round()},
         "config": "daemon and relay: release build, prefetch 5000 x 4 consumers, dispatched_events = false, log level warn; devices approve 20 ms after their push; HTTP baseline publishes one confirmed message per request to the outcomes exchange, read by a tap as the decisions' outcomes are; broker, daemon, simulators and load tool share the machine",
@@ -798,7 +833,8 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | engine bytes per challenge: pending / retained after its outcome / retained rejection | {} / {} / {} bytes | |\n\
          | HTTP decision endpoint vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
-         | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\n\
+         | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\
+         | decisions on one-device challenges (no withdrawal push) | {:.0} req/s ({:.2}×) | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per challenge, relay flat out: relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
@@ -816,6 +852,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
         http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
+        http_single_per_s, http_single_per_s / http_baseline_per_s,
         cpu.daemon, cpu.broker, cpu.bench, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench,
         ccpu.broker, ccpu.bench
     );

@@ -46,6 +46,9 @@ const LINGER: Duration = Duration::from_secs(3);
 const DRAIN_MARGIN: Duration = Duration::from_secs(15);
 /// How often the daemons are checked while a fault or a settling time runs.
 const POLL: Duration = Duration::from_millis(200);
+/// How long the connection-close fault waits for a daemon connection to close (the
+/// daemons may still be reconnecting after the fault before).
+const CONNECTION_WAIT: Duration = Duration::from_secs(30);
 /// Instances at most.
 pub const MAX_INSTANCES: usize = 8;
 
@@ -267,11 +270,26 @@ impl Bench {
                 true
             }
             FaultKind::ConnectionClose => {
-                let all = self.ctl.connections().await?;
-                let ours: Vec<_> = all
-                    .into_iter()
-                    .filter(|c| c.name.starts_with(&self.connection_prefix))
-                    .collect();
+                // The daemons may still be reconnecting after an earlier fault (a broker
+                // restart): there must be a connection to close. Bounded wait.
+                let t = Instant::now();
+                let ours = loop {
+                    let ours: Vec<_> = self
+                        .ctl
+                        .connections()
+                        .await?
+                        .into_iter()
+                        .filter(|c| c.name.starts_with(&self.connection_prefix))
+                        .collect();
+                    if !ours.is_empty() || t.elapsed() >= CONNECTION_WAIT {
+                        break ours;
+                    }
+                    tokio::time::sleep(POLL).await;
+                };
+                ev.insert(
+                    "waited_for_a_connection_s".into(),
+                    json!(t.elapsed().as_secs_f64()),
+                );
                 for c in &ours {
                     self.ctl
                         .close_connection(&c.pid, "chaos: connection closed by the broker")

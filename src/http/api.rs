@@ -3,6 +3,7 @@
 //! parsing into the typed [`wire`](crate::wire) values.
 
 use super::{json_response, Body};
+use crate::challenge::model::OutcomeKind;
 use crate::engine::core::DeviceAuth;
 use crate::engine::Engine;
 use crate::telemetry as t;
@@ -63,7 +64,34 @@ fn query_hint(req: &Request<Incoming>) -> Option<UserHint> {
 }
 
 fn outcome(o: OpOutcome) -> Response<Body> {
-    answer(o.answer())
+    match o {
+        // The common answer, serialized once per outcome kind.
+        OpOutcome::Decided { outcome } => super::json_bytes_response(200, decided_body(outcome)),
+        o => answer(o.answer()),
+    }
+}
+
+/// The 200 body of a decided operation, `{"outcome": …}` as [`OpOutcome::answer`]
+/// writes it, made once per outcome kind.
+fn decided_body(kind: OutcomeKind) -> Bytes {
+    static BODIES: std::sync::OnceLock<Vec<(OutcomeKind, Bytes)>> = std::sync::OnceLock::new();
+    let bodies = BODIES.get_or_init(|| {
+        OutcomeKind::ALL
+            .iter()
+            .map(|&k| {
+                let a = OpOutcome::Decided { outcome: k }.answer();
+                (
+                    k,
+                    Bytes::from(serde_json::to_vec(&a.body).unwrap_or_default()),
+                )
+            })
+            .collect()
+    });
+    bodies
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default()
 }
 
 fn err(status: u16, error: &str, message: &str) -> Response<Body> {

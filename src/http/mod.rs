@@ -42,12 +42,21 @@ pub type Body = Full<Bytes>;
 
 /// A JSON response with the given status.
 pub fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
+    json_bytes_response(
+        status,
+        Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+    )
+}
+
+/// A JSON response of a body already serialized.
+pub fn json_bytes_response(status: u16, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(body).unwrap_or_default(),
-        )))
+        .header(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        )
+        .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 

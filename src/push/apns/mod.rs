@@ -24,7 +24,13 @@ use crate::config::{ApnsConfig, ApnsSettings};
 use crate::push::delivery::{self, Attempt, Transport, Unsendable};
 use crate::push::{BoxFuture, PushMessage, PushProvider};
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+const PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 use http_body_util::{BodyExt as _, Full, Limited};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -162,15 +168,16 @@ impl Inner {
         topic: &HeaderValue,
         bearer: &str,
     ) -> Result<(u16, Option<String>), String> {
+        // Names and fixed values as static headers: nothing parsed or copied for them.
         let request = http::Request::post(format!("{}{}", self.base, req.path))
-            .header("apns-push-type", req.push_type)
-            .header("apns-priority", req.priority)
-            .header("apns-expiration", req.expiration.as_str())
-            .header("apns-topic", topic.clone())
+            .header(PUSH_TYPE, HeaderValue::from_static(req.push_type))
+            .header(PRIORITY, HeaderValue::from_static(req.priority))
+            .header(EXPIRATION, req.expiration.as_str())
+            .header(TOPIC, topic.clone())
             .header(AUTHORIZATION, bearer)
-            .header(CONTENT_TYPE, "application/json");
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let request = match &req.collapse_id {
-            Some(id) => request.header("apns-collapse-id", id.as_str()),
+            Some(id) => request.header(COLLAPSE_ID, id.as_str()),
             None => request,
         };
         let request = request

@@ -23,7 +23,7 @@ use crate::push::{BoxFuture, Classification, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
@@ -123,7 +123,10 @@ impl Inner {
             let req = match Request::builder()
                 .method(Method::POST)
                 .uri(self.send_uri.clone())
-                .header(CONTENT_TYPE, "application/json; charset=UTF-8")
+                .header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=UTF-8"),
+                )
                 .header(AUTHORIZATION, token.header.clone())
                 .body(Full::new(Bytes::from(body)))
             {

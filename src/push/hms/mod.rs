@@ -30,7 +30,7 @@ use auth::{AccessToken, AppSecret, AuthError, TokenSource};
 use bytes::Bytes;
 use classify::Class;
 use config::HmsConfig;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
@@ -153,7 +153,10 @@ impl HmsProvider {
             let req = match Request::builder()
                 .method(Method::POST)
                 .uri(self.send_uri.clone())
-                .header(CONTENT_TYPE, "application/json;charset=UTF-8")
+                .header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/json;charset=UTF-8"),
+                )
                 .header(AUTHORIZATION, token.header.clone())
                 .body(Full::new(Bytes::from(message::build_body(msg, now_ms()))))
             {

@@ -48,53 +48,49 @@ fn labels(names: &[&'static str], values: &[&'static str]) -> Vec<Label> {
         .collect()
 }
 
-fn cached() -> bool {
-    super::recorder_installed()
+/// The handle under `key` in the map `pick` chooses, made by `make` on first use (or
+/// every time, before the recorder is installed).
+fn cached<H: Clone, K: std::hash::Hash + Eq>(
+    pick: impl FnOnce(&mut Handles) -> &mut HashMap<K, H>,
+    key: K,
+    make: impl FnOnce() -> H,
+) -> H {
+    if !super::recorder_installed() {
+        return make();
+    }
+    HANDLES.with(|h| {
+        pick(&mut h.borrow_mut())
+            .entry(key)
+            .or_insert_with(make)
+            .clone()
+    })
 }
 
 /// The counter `name{names[i]=values[i]}` (at most three labels).
 pub fn counter(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Counter {
-    let make = || metrics::counter!(name, labels(names, values));
-    if !cached() {
-        return make();
-    }
-    HANDLES.with(|h| {
-        h.borrow_mut()
-            .counters
-            .entry(id(name, values))
-            .or_insert_with(make)
-            .clone()
-    })
+    cached(
+        |h| &mut h.counters,
+        id(name, values),
+        || metrics::counter!(name, labels(names, values)),
+    )
 }
 
 /// The histogram `name{names[i]=values[i]}` (at most three labels).
 pub fn histogram(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Histogram {
-    let make = || metrics::histogram!(name, labels(names, values));
-    if !cached() {
-        return make();
-    }
-    HANDLES.with(|h| {
-        h.borrow_mut()
-            .histograms
-            .entry(id(name, values))
-            .or_insert_with(make)
-            .clone()
-    })
+    cached(
+        |h| &mut h.histograms,
+        id(name, values),
+        || metrics::histogram!(name, labels(names, values)),
+    )
 }
 
 /// The gauge `name{names[i]=values[i]}` (at most three labels).
 pub fn gauge(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Gauge {
-    let make = || metrics::gauge!(name, labels(names, values));
-    if !cached() {
-        return make();
-    }
-    HANDLES.with(|h| {
-        h.borrow_mut()
-            .gauges
-            .entry(id(name, values))
-            .or_insert_with(make)
-            .clone()
-    })
+    cached(
+        |h| &mut h.gauges,
+        id(name, values),
+        || metrics::gauge!(name, labels(names, values)),
+    )
 }
 
 /// `sca_push_requests_total{provider, app, result}`; `app` is `None` for the default
@@ -104,23 +100,18 @@ pub fn push_counter(
     app: Option<&Arc<str>>,
     result: &'static str,
 ) -> Counter {
-    let make = || {
-        let app: metrics::SharedString = match app {
-            Some(name) => name.clone().into(),
-            None => crate::challenge::model::AppName::DEFAULT.into(),
-        };
-        metrics::counter!(super::PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
-    };
-    if !cached() {
-        return make();
-    }
-    HANDLES.with(|h| {
-        h.borrow_mut()
-            .push
-            .entry((id(super::PUSH_REQUESTS, &[provider, result]), app.cloned()))
-            .or_insert_with(make)
-            .clone()
-    })
+    let key = (id(super::PUSH_REQUESTS, &[provider, result]), app.cloned());
+    cached(
+        |h| &mut h.push,
+        key,
+        || {
+            let app: metrics::SharedString = match app {
+                Some(name) => name.clone().into(),
+                None => crate::challenge::model::AppName::DEFAULT.into(),
+            };
+            metrics::counter!(super::PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -27,16 +27,6 @@ pub fn routing_key(kind: Option<Kind>, outcome: OutcomeKind) -> String {
     format!("outcome.{kind}.{}", outcome.as_str())
 }
 
-/// A time as [`rfc3339_ms`] writes it, serialized without an intermediate string.
-struct Rfc3339Ms(i64);
-
-impl Serialize for Rfc3339Ms {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default();
-        s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
-    }
-}
-
 /// [`OutcomeMessage`] borrowing the challenge's fields, for [`OutcomeMessage::body_of`].
 #[derive(Serialize)]
 struct OutcomeBody<'a> {
@@ -48,7 +38,7 @@ struct OutcomeBody<'a> {
     channel: Option<Channel>,
     device_id: Option<&'a str>,
     reason: Option<&'a str>,
-    decided_at: Rfc3339Ms,
+    decided_at: String,
     elapsed_ms: i64,
 }
 
@@ -100,7 +90,7 @@ impl OutcomeMessage {
             channel: o.channel,
             device_id: c.decided_device_id(),
             reason: o.reason,
-            decided_at: Rfc3339Ms(o.decided_at_ms),
+            decided_at: rfc3339_ms(o.decided_at_ms),
             elapsed_ms: (o.decided_at_ms - s.created_at_ms).max(0),
         };
         let mut out = Vec::with_capacity(256);

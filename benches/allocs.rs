@@ -11,6 +11,10 @@
 //! Allocation counts do not depend on the machine's noise: the figure before and after a
 //! change is comparable across runs. `ALLOCS_N` sets the challenge count (default 5,000).
 //! Prints the figures and writes `bench/results/allocs.json`.
+//!
+//! `ALLOCS_ONLY=engine` or `ALLOCS_ONLY=relay` runs one side alone and writes nothing:
+//! `scripts/callgrind.sh` counts each side's instructions that way, collecting only
+//! inside `count_allocations`.
 
 use futures_util::future::BoxFuture;
 use sca_dispatch::challenge::machine::PushResult;
@@ -218,6 +222,18 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    match std::env::var("ALLOCS_ONLY").as_deref() {
+        Ok("engine") => {
+            engine_run(&rt, "alloc", n);
+            return Ok(());
+        }
+        Ok("relay") => {
+            relay_run(n);
+            return Ok(());
+        }
+        Ok(other) => anyhow::bail!("ALLOCS_ONLY must be engine or relay, not {other:?}"),
+        Err(_) => {}
+    }
     // Warm-up: the metric families registered, the runtime's buffers grown.
     engine_run(&rt, "warm", 200);
     let engine = engine_run(&rt, "alloc", n);

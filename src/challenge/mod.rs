@@ -7,4 +7,5 @@ pub mod machine;
 pub mod model;
 pub mod offline;
 pub mod otp;
+pub mod raw;
 pub mod signature;

@@ -1,6 +1,7 @@
 //! The challenge message of CONTRACT §3, its validation into a [`ChallengeSpec`], and the
 //! small domain types (kind, platform, outcome) shared by the rest of the daemon.
 
+use super::raw::{Keys, Listed, Loose, Shaped};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -294,24 +295,84 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The envelope, read in one pass; each field is judged on its own afterwards so that a
+/// refusal names the field. A repeated top-level key is `invalid_json`.
 #[derive(Deserialize)]
-struct RawChallenge {
-    v: Option<serde_json::Value>,
-    challenge_id: Option<serde_json::Value>,
-    user_id: Option<serde_json::Value>,
-    kind: Option<serde_json::Value>,
-    created_at: Option<serde_json::Value>,
-    ttl_seconds: Option<serde_json::Value>,
-    locale: Option<serde_json::Value>,
-    transaction: Option<serde_json::Value>,
-    #[serde(default)]
-    devices: Option<serde_json::Value>,
-    sms: Option<serde_json::Value>,
-    number_match: Option<serde_json::Value>,
-    app: Option<serde_json::Value>,
-    user_label: Option<serde_json::Value>,
+struct RawChallenge<'a> {
+    #[serde(borrow)]
+    v: Option<Loose<'a>>,
+    #[serde(borrow)]
+    challenge_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    user_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    kind: Option<Loose<'a>>,
+    #[serde(borrow)]
+    created_at: Option<Loose<'a>>,
+    #[serde(borrow)]
+    ttl_seconds: Option<Loose<'a>>,
+    #[serde(borrow)]
+    locale: Option<Loose<'a>>,
+    #[serde(borrow)]
+    transaction: Option<Shaped<'a, TransactionKeys>>,
+    #[serde(borrow, default)]
+    devices: Option<Listed<'a, Shaped<'a, DeviceKeys>>>,
+    #[serde(borrow)]
+    sms: Option<Shaped<'a, SmsKeys>>,
+    #[serde(borrow)]
+    number_match: Option<Loose<'a>>,
+    #[serde(borrow)]
+    app: Option<Loose<'a>>,
+    #[serde(borrow)]
+    user_label: Option<Loose<'a>>,
     context: Option<serde_json::Value>,
-    offline: Option<serde_json::Value>,
+    #[serde(borrow)]
+    offline: Option<Loose<'a>>,
+}
+
+struct TransactionKeys;
+impl Keys for TransactionKeys {
+    const KEYS: &'static [&'static str] = &["amount", "currency", "payee"];
+}
+
+struct DeviceKeys;
+impl Keys for DeviceKeys {
+    const KEYS: &'static [&'static str] = &[
+        "device_id",
+        "platform",
+        "token",
+        "name",
+        "public_key",
+        "offline_key",
+    ];
+}
+
+struct SmsKeys;
+impl Keys for SmsKeys {
+    const KEYS: &'static [&'static str] = &["phone", "fallback_after_seconds"];
+}
+
+impl RawChallenge<'_> {
+    /// A refusal carrying what could be read of the challenge.
+    fn refuse(&self, code: &'static str, detail: String) -> Rejection {
+        let text = |f: &Option<Loose>| f.as_ref().and_then(Loose::as_str).map(str::to_owned);
+        Rejection {
+            code,
+            detail,
+            challenge_id: text(&self.challenge_id).filter(|id| valid_challenge_id(id)),
+            user_id: text(&self.user_id).filter(|u| !u.is_empty() && u.len() <= 128),
+            kind: self
+                .kind
+                .as_ref()
+                .and_then(Loose::as_str)
+                .and_then(Kind::parse),
+            ttl_seconds: self
+                .ttl_seconds
+                .as_ref()
+                .and_then(Loose::as_u64)
+                .filter(|t| (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(t)),
+        }
+    }
 }
 
 /// True for 1–64 characters of `[A-Za-z0-9_-]`.
@@ -348,74 +409,59 @@ pub fn parse_challenge(
     now_ms: i64,
     max_skew_ms: i64,
 ) -> Result<ChallengeSpec, Rejection> {
-    let mut rej = Rejection {
-        code: "",
-        detail: String::new(),
+    let unread = |code: &'static str, detail: String| Rejection {
+        code,
+        detail,
         challenge_id: None,
         user_id: None,
         kind: None,
         ttl_seconds: None,
     };
-    macro_rules! fail {
-        ($code:expr, $($arg:tt)*) => {{
-            rej.code = $code;
-            rej.detail = format!($($arg)*);
-            return Err(rej);
-        }};
-    }
     if body.len() > MAX_BODY_BYTES {
-        fail!(
+        return Err(unread(
             "body_too_large",
-            "body is {} bytes, the limit is {}",
-            body.len(),
-            MAX_BODY_BYTES
-        );
+            format!(
+                "body is {} bytes, the limit is {}",
+                body.len(),
+                MAX_BODY_BYTES
+            ),
+        ));
     }
-    // One pass straight into the envelope; each field is then checked on its own so
-    // the reason names the field.
     let raw: RawChallenge = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) if e.is_data() => fail!("invalid_json", "body is not a JSON object: {e}"),
-        Err(e) => fail!("invalid_json", "{e}"),
+        Err(e) if e.is_data() => {
+            return Err(unread(
+                "invalid_json",
+                format!("body is not a JSON object: {e}"),
+            ))
+        }
+        Err(e) => return Err(unread("invalid_json", format!("{e}"))),
     };
-    // Read what identifies the challenge first so that a rejection can still carry it.
-    if let Some(serde_json::Value::String(id)) = &raw.challenge_id {
-        if valid_challenge_id(id) {
-            rej.challenge_id = Some(id.clone());
-        }
+    // A refusal from here on carries what identifies the challenge.
+    macro_rules! fail {
+        ($code:expr, $($arg:tt)*) => {
+            return Err(raw.refuse($code, format!($($arg)*)))
+        };
     }
-    if let Some(serde_json::Value::String(u)) = &raw.user_id {
-        if !u.is_empty() && u.len() <= 128 {
-            rej.user_id = Some(u.clone());
-        }
-    }
-    if let Some(serde_json::Value::String(k)) = &raw.kind {
-        rej.kind = Kind::parse(k);
-    }
-    rej.ttl_seconds = raw
-        .ttl_seconds
-        .as_ref()
-        .and_then(serde_json::Value::as_u64)
-        .filter(|t| (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(t));
 
     match &raw.v {
         Some(v) if v.as_u64() == Some(1) => {}
         Some(v) => fail!("unsupported_version", "v must be 1, got {v}"),
         None => fail!("missing_field", "v is required"),
     }
-    let challenge_id = match &raw.challenge_id {
-        Some(serde_json::Value::String(s)) if valid_challenge_id(s) => s.clone(),
+    let challenge_id: Box<str> = match &raw.challenge_id {
+        Some(Loose::Str(s)) if valid_challenge_id(s) => s.as_ref().into(),
         Some(_) => fail!(
             "invalid_field",
             "challenge_id must be 1-64 characters of [A-Za-z0-9_-]"
         ),
         None => fail!("missing_field", "challenge_id is required"),
     };
-    let user_id = match &raw.user_id {
-        Some(serde_json::Value::String(s))
+    let user_id: Box<str> = match &raw.user_id {
+        Some(Loose::Str(s))
             if !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control) =>
         {
-            s.clone()
+            s.as_ref().into()
         }
         Some(_) => fail!(
             "invalid_field",
@@ -424,7 +470,7 @@ pub fn parse_challenge(
         None => fail!("missing_field", "user_id is required"),
     };
     let kind = match &raw.kind {
-        Some(serde_json::Value::String(s)) => match Kind::parse(s) {
+        Some(Loose::Str(s)) => match Kind::parse(s) {
             Some(k) => k,
             None => fail!(
                 "invalid_field",
@@ -435,7 +481,7 @@ pub fn parse_challenge(
         None => fail!("missing_field", "kind is required"),
     };
     let created_at_ms = match &raw.created_at {
-        Some(serde_json::Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+        Some(Loose::Str(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
             Ok(t) => t.timestamp_millis(),
             Err(_) => fail!("invalid_field", "created_at must be an RFC 3339 timestamp"),
         },
@@ -455,15 +501,15 @@ pub fn parse_challenge(
         },
         None => fail!("missing_field", "ttl_seconds is required"),
     };
-    let locale = match &raw.locale {
-        None | Some(serde_json::Value::Null) => "en".to_string(),
-        Some(serde_json::Value::String(s))
+    let locale: Box<str> = match &raw.locale {
+        None | Some(Loose::Null) => "en".into(),
+        Some(Loose::Str(s))
             if !s.is_empty()
                 && s.len() <= 35
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
         {
-            s.clone()
+            s.as_ref().into()
         }
         Some(_) => fail!(
             "invalid_field",
@@ -471,42 +517,18 @@ pub fn parse_challenge(
         ),
     };
     let transaction = match &raw.transaction {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match Transaction::deserialize(v) {
-            Ok(t) => {
-                if !valid_amount(&t.amount) {
-                    fail!(
-                        "invalid_field",
-                        "transaction.amount must be a decimal string like 125.40"
-                    );
-                }
-                if t.currency.len() != 3 || !t.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                    fail!(
-                        "invalid_field",
-                        "transaction.currency must be an ISO 4217 code like EUR"
-                    );
-                }
-                let payee_len = t.payee.chars().count();
-                if payee_len == 0 || payee_len > 140 || t.payee.chars().any(char::is_control) {
-                    fail!(
-                        "invalid_field",
-                        "transaction.payee must be 1-140 printable characters"
-                    );
-                }
-                Some(t)
-            }
-            Err(_) => fail!(
-                "invalid_field",
-                "transaction must be an object with string amount, currency and payee"
-            ),
+        None | Some(Shaped::Other(Loose::Null)) => None,
+        Some(t) => match parse_transaction(t) {
+            Ok(t) => Some(t),
+            Err(msg) => fail!("invalid_field", "{msg}"),
         },
     };
     if kind == Kind::Payment && transaction.is_none() {
         fail!("missing_field", "transaction is required for kind payment");
     }
     let devices = match &raw.devices {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(list)) => {
+        None | Some(Listed::Other(Loose::Null)) => Vec::new(),
+        Some(Listed::List(list)) => {
             if list.len() > MAX_DEVICES {
                 fail!(
                     "too_many_devices",
@@ -531,17 +553,17 @@ pub fn parse_challenge(
         Some(_) => fail!("invalid_field", "devices must be an array"),
     };
     let sms = match &raw.sms {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Object(o)) => {
-            let phone = match o.get("phone") {
-                Some(serde_json::Value::String(p)) if valid_e164(p) => p.clone(),
+        None | Some(Shaped::Other(Loose::Null)) => None,
+        Some(Shaped::Object(o)) => {
+            let phone: Box<str> = match o.get("phone") {
+                Some(Loose::Str(p)) if valid_e164(p) => p.as_ref().into(),
                 _ => fail!(
                     "invalid_phone",
                     "sms.phone must be an E.164 number like +393401234567"
                 ),
             };
-            let fallback = match o.get("fallback_after_seconds") {
-                None | Some(serde_json::Value::Null) => None,
+            let fallback_after_seconds = match o.get("fallback_after_seconds") {
+                None | Some(Loose::Null) => None,
                 Some(v) => match v.as_u64() {
                     Some(s) if s <= MAX_TTL_SECONDS => Some(s),
                     _ => fail!(
@@ -550,36 +572,41 @@ pub fn parse_challenge(
                     ),
                 },
             };
-            Some((phone, fallback))
+            Some(SmsSpec {
+                phone,
+                fallback_after_seconds,
+            })
         }
         Some(_) => fail!("invalid_field", "sms must be an object"),
     };
     let number_match = match &raw.number_match {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
+        None | Some(Loose::Null) => false,
+        Some(Loose::Bool(b)) => *b,
         Some(_) => fail!("invalid_field", "number_match must be a boolean"),
     };
     let app = match &raw.app {
-        None | Some(serde_json::Value::Null) => AppName::default(),
-        Some(serde_json::Value::String(s)) => match AppName::parse(s) {
+        None | Some(Loose::Null) => AppName::default(),
+        Some(Loose::Str(s)) => match AppName::parse(s) {
             Some(a) => a,
             None => fail!("invalid_field", "app must be 1-32 characters of [a-z0-9_-]"),
         },
         Some(_) => fail!("invalid_field", "app must be a string"),
     };
-    let null = serde_json::Value::Null;
     let user_label =
-        match super::context::parse_user_label(raw.user_label.as_ref().unwrap_or(&null)) {
+        match super::context::parse_user_label(raw.user_label.as_ref().unwrap_or(&Loose::Null)) {
             Ok(l) => l,
             Err(e) => fail!("invalid_field", "{e}"),
         };
-    let context = match super::context::parse_context(raw.context.as_ref().unwrap_or(&null)) {
-        Ok(c) => c,
-        Err(e) => fail!("invalid_field", "{e}"),
+    let context = match &raw.context {
+        None => None,
+        Some(c) => match super::context::parse_context(c) {
+            Ok(c) => c,
+            Err(e) => fail!("invalid_field", "{e}"),
+        },
     };
     let offline = match &raw.offline {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
+        None | Some(Loose::Null) => false,
+        Some(Loose::Bool(b)) => *b,
         Some(_) => fail!("invalid_field", "offline must be a boolean"),
     };
     // Fail closed: an operation id no device could ever confirm is refused up front.
@@ -590,18 +617,15 @@ pub fn parse_challenge(
         );
     }
     Ok(ChallengeSpec {
-        challenge_id: challenge_id.into(),
-        user_id: user_id.into(),
+        challenge_id,
+        user_id,
         kind,
         created_at_ms,
         ttl_seconds,
-        locale: locale.into(),
+        locale,
         transaction,
         devices,
-        sms: sms.map(|(phone, fallback)| SmsSpec {
-            phone: phone.into(),
-            fallback_after_seconds: fallback,
-        }),
+        sms,
         number_match,
         app,
         user_label,
@@ -610,9 +634,36 @@ pub fn parse_challenge(
     })
 }
 
-fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
-    let o = v.as_object().ok_or("must be an object")?;
-    let s = |k: &str| o.get(k).and_then(|x| x.as_str());
+/// The transaction's three strings, each checked; the error names the field.
+fn parse_transaction(t: &Shaped<TransactionKeys>) -> Result<Transaction, &'static str> {
+    const SHAPE: &str = "transaction must be an object with string amount, currency and payee";
+    let Shaped::Object(o) = t else {
+        return Err(SHAPE);
+    };
+    let text = |k: &str| o.get(k).and_then(Loose::as_str).ok_or(SHAPE);
+    let (amount, currency, payee) = (text("amount")?, text("currency")?, text("payee")?);
+    if !valid_amount(amount) {
+        return Err("transaction.amount must be a decimal string like 125.40");
+    }
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("transaction.currency must be an ISO 4217 code like EUR");
+    }
+    let payee_len = payee.chars().count();
+    if payee_len == 0 || payee_len > 140 || payee.chars().any(char::is_control) {
+        return Err("transaction.payee must be 1-140 printable characters");
+    }
+    Ok(Transaction {
+        amount: amount.to_owned(),
+        currency: currency.to_owned(),
+        payee: payee.to_owned(),
+    })
+}
+
+fn parse_device(v: &Shaped<DeviceKeys>) -> Result<Device, String> {
+    let Shaped::Object(o) = v else {
+        return Err("must be an object".into());
+    };
+    let s = |k: &str| o.get(k).and_then(Loose::as_str);
     let device_id = s("device_id").ok_or("device_id is required")?;
     if device_id.is_empty() || device_id.len() > 64 || device_id.chars().any(char::is_control) {
         return Err("device_id must be 1-64 printable characters".into());
@@ -656,13 +707,13 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
         }
     }
     let name = match o.get("name") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(n)) if n.chars().count() <= 100 => Some(n.as_str().into()),
+        None | Some(Loose::Null) => None,
+        Some(Loose::Str(n)) if n.chars().count() <= 100 => Some(n.as_ref().into()),
         Some(_) => return Err("name must be a string of at most 100 characters".into()),
     };
     let public_key = match o.get("public_key") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(k)) => {
+        None | Some(Loose::Null) => None,
+        Some(Loose::Str(k)) => {
             let key =
                 super::signature::parse_public_key(k).map_err(|e| format!("public_key: {e}"))?;
             Some(Box::new(key))
@@ -670,8 +721,8 @@ fn parse_device(v: &serde_json::Value) -> Result<Device, String> {
         Some(_) => return Err("public_key must be a base64 string".into()),
     };
     let offline_key = match o.get("offline_key") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(k)) => Some(super::offline::OfflineKey::parse(k)?),
+        None | Some(Loose::Null) => None,
+        Some(Loose::Str(k)) => Some(super::offline::OfflineKey::parse(k)?),
         Some(_) => return Err("offline_key must be a base64 string".into()),
     };
     Ok(Device {
@@ -776,6 +827,38 @@ mod tests {
         assert_eq!(r.code, "invalid_json");
         let r = parse_challenge(&vec![b' '; MAX_BODY_BYTES + 1], NOW, 0).unwrap_err();
         assert_eq!(r.code, "body_too_large");
+    }
+
+    #[test]
+    fn objects_are_read_as_json_objects() {
+        // A transaction written as a positional array is not an object.
+        let mut v = sample();
+        v["transaction"] = serde_json::json!(["125.40", "EUR", "Mario Rossi"]);
+        let r = parse(&v).unwrap_err();
+        assert_eq!(
+            (r.code, r.detail.as_str()),
+            (
+                "invalid_field",
+                "transaction must be an object with string amount, currency and payee"
+            )
+        );
+        // Inside a device, a repeated key keeps its last value (as a map keeps it), an
+        // unknown key is skipped and escapes are read.
+        let body = sample().to_string().replacen(
+            r#""device_id":"d1""#,
+            r#""device_id":"d0","extra":{"k":[1]},"device_id":"d\u0031""#,
+            1,
+        );
+        assert!(body.contains("extra"), "{body}");
+        let s = parse_challenge(body.as_bytes(), NOW, 60_000).unwrap();
+        assert_eq!(&*s.devices[0].device_id, "d1");
+        // A repeated top-level key is refused.
+        let body = sample()
+            .to_string()
+            .replacen(r#""v":1"#, r#""v":1,"v":1"#, 1);
+        assert!(body.contains(r#""v":1,"v":1"#), "{body}");
+        let r = parse_challenge(body.as_bytes(), NOW, 60_000).unwrap_err();
+        assert_eq!(r.code, "invalid_json", "{r}");
     }
 
     #[test]

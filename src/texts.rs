@@ -48,24 +48,36 @@ pub fn format_amount(amount: &str, currency: &str, lang: Lang) -> String {
         Lang::It => ('.', ','),
         Lang::Sq => ('.', ','),
     };
-    let mut grouped = String::with_capacity(int.len() + int.len() / 3);
+    let symbol = currency_symbol(currency);
+    // English puts a one-character symbol first (€1,249.90); otherwise it follows.
+    let leading = match (lang, symbol) {
+        (Lang::En, Some(sym)) if sym.chars().count() == 1 => Some(sym),
+        _ => None,
+    };
+    let mut out = String::with_capacity(int.len() + int.len() / 3 + frac.len() + 12);
+    if let Some(sym) = leading {
+        out.push_str(sym);
+    }
     for (i, ch) in int.chars().enumerate() {
         if i > 0 && (int.len() - i) % 3 == 0 {
-            grouped.push(group);
+            out.push(group);
         }
-        grouped.push(ch);
+        out.push(ch);
     }
-    let frac = match frac.len() {
-        0 => "00".to_string(),
-        1 => format!("{frac}0"),
-        _ => frac.to_string(),
-    };
-    let number = format!("{grouped}{dec}{frac}");
-    match (lang, currency_symbol(currency)) {
-        (Lang::En, Some(sym)) if sym.chars().count() == 1 => format!("{sym}{number}"),
-        (_, Some(sym)) => format!("{number} {sym}"),
-        (_, None) => format!("{number} {currency}"),
+    out.push(dec);
+    match frac.len() {
+        0 => out.push_str("00"),
+        1 => {
+            out.push_str(frac);
+            out.push('0');
+        }
+        _ => out.push_str(frac),
     }
+    if leading.is_none() {
+        out.push(' ');
+        out.push_str(symbol.unwrap_or(currency));
+    }
+    out
 }
 
 /// Title and body of the challenge push.

@@ -30,7 +30,9 @@
 //! the others, such as the cluster bench's `cluster`, are kept) and
 //! `bench/results/latest.md`. `E2E_N` sets the challenge count (default 30,000),
 //! `E2E_INFLIGHT` the in-flight count for the memory figure (default 100,000),
-//! `E2E_RUNTIME_FLAVOR` the daemon's `runtime.flavor` (default `multi-thread`).
+//! `E2E_RUNTIME_FLAVOR` the daemon's `runtime.flavor` (default `multi-thread`),
+//! `E2E_DAEMON_BIN` a daemon binary from another build to run against this build's relay
+//! (so that a change's effect on the ratios is measured in one run, on one machine).
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -235,7 +237,14 @@ fn spawn_as(
     }
     let path = dir.join(format!("{ns}.toml"));
     std::fs::write(&path, toml::to_string(&cfg)?)?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
+    let relay = cmd_args.contains(&"relay");
+    // `E2E_DAEMON_BIN`: the daemon from another build (e.g. one from before a change),
+    // against this build's relay, simulators and load tool.
+    let bin = match std::env::var_os("E2E_DAEMON_BIN") {
+        Some(other) if !relay => std::path::PathBuf::from(other),
+        _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_sca-dispatch")),
+    };
+    let mut cmd = Command::new(bin);
     if let Ok(w) = std::env::var("E2E_DAEMON_WORKERS") {
         cmd.env("TOKIO_WORKER_THREADS", w);
     }
@@ -246,7 +255,6 @@ fn spawn_as(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let relay = cmd_args.contains(&"relay");
     Ok(Daemon {
         child,
         http: format!("http://127.0.0.1:{hp}"),

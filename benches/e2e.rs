@@ -13,7 +13,8 @@
 //!    approving over HTTP 20 ms after their push: sustained challenges/s, publish → push
 //!    and decision → outcome latency;
 //! 3. the daemon at half the ceiling: publish → push latency;
-//! 4. memory: resident bytes per in-flight challenge with 100,000 in flight;
+//! 4. memory: resident bytes per in-flight challenge with 100,000 in flight, read once
+//!    the idle daemon's resident size has stopped falling;
 //! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool
 //!    that does a decision's broker work (one message published with a confirm), and
 //!    against the empty handler; then decisions on one-device challenges, which send no
@@ -32,7 +33,8 @@
 //! `E2E_INFLIGHT` the in-flight count for the memory figure (default 100,000),
 //! `E2E_RUNTIME_FLAVOR` the daemon's `runtime.flavor` (default `multi-thread`),
 //! `E2E_DAEMON_BIN` a daemon binary from another build to run against this build's relay
-//! (so that a change's effect on the ratios is measured in one run, on one machine).
+//! (so that a change's effect on the ratios is measured in one run, on one machine),
+//! `E2E_ONLY=memory` phase 4 alone, printed and not written.
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -555,6 +557,69 @@ fn machine() -> String {
     format!("{cores} cores, {} GiB, {cpu}", mem / 1024 / 1024)
 }
 
+/// The resident bytes of an idle process after it has had time to hand a burst's
+/// garbage back (`heap` in `main.rs`: each thread collects its heap at most every 5 s):
+/// the lowest of one reading a second for 12 s.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut low = rss_bytes(pid);
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        low = low.min(rss_bytes(pid));
+    }
+    low
+}
+
+/// Phase 4's daemon: `inflight` challenges published and held undecided (nobody
+/// answers), and the resident bytes it gained per challenge held.
+struct Held {
+    d: Daemon,
+    held: f64,
+    /// Once settled (see [`settled_rss`]).
+    bytes_per: f64,
+    /// Read 2 s after the last push, before the idle daemon handed memory back.
+    after_burst: f64,
+    run: Arc<Shared>,
+}
+
+async fn hold(
+    c: &Client,
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    pch: &lapin::Channel,
+    inflight: u64,
+) -> anyhow::Result<Held> {
+    let consumers = inflight.div_ceil(25_000).max(1) as u32;
+    let prefetch = inflight.div_ceil(consumers as u64) as u32;
+    let d = spawn_daemon(dir, ns, sims, prefetch, consumers)?;
+    wait_ready(c, &d).await?;
+    daemon_run(&d, ns, sims, 1000, None).await?;
+    let rss0 = settled_rss(d.child.id()).await;
+    let run = publisher(&format!("{ns}.challenges"), inflight, None, 900);
+    publish(&run, pch).await?;
+    let mut held = 0.0;
+    for _ in 0..600 {
+        held = gauge(c, &d, "sca_challenges_in_flight").await;
+        if held >= inflight as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    let burst = rss_bytes(d.child.id());
+    let rss1 = settled_rss(d.child.id()).await;
+    let per = |rss: u64| (rss.saturating_sub(rss0)) as f64 / held.max(1.0);
+    let (bytes_per, after_burst) = (per(rss1), per(burst));
+    println!("memory: {held:.0} in flight, RSS {:.1} → {:.1} MiB: {bytes_per:.0} bytes per in-flight challenge ({after_burst:.0} right after the burst)", rss0 as f64 / 1048576.0, rss1 as f64 / 1048576.0);
+    Ok(Held {
+        d,
+        held,
+        bytes_per,
+        after_burst,
+        run,
+    })
+}
+
 async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow::Result<()> {
     let n = env_u64("E2E_N", 30_000);
     let inflight = env_u64("E2E_INFLIGHT", 100_000);
@@ -578,8 +643,25 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         machine()
     );
 
-    // 1. Ceiling.
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    // `E2E_ONLY=memory`: phase 4 alone (a quick look at one change's effect on memory);
+    // nothing is written to bench/results.
+    if std::env::var("E2E_ONLY").as_deref() == Ok("memory") {
+        let pch = conn.create_channel().await?;
+        pch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let ns = format!("{ns}-mem");
+        let h = hold(&c, &dir, &ns, &sims, &pch, inflight).await?;
+        drop(h.d);
+        for q in ["challenges", "responses", "dead"] {
+            let q = format!("{ns}.{q}");
+            let _ = pch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        return Ok(());
+    }
+
+    // 1. Ceiling.
     let (ceiling_per_s, ccpu) = ceiling(&conn, &ns, n).await?;
     println!(
         "ceiling (bare lapin consume + multiple-ack, publisher flat out): {ceiling_per_s:.0} msg/s; CPU per message: broker {:.0} µs, publisher+consumer {:.0} µs",
@@ -647,29 +729,15 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     // 4. Memory with `inflight` challenges in flight (nobody answers), then
     // 5. the decision endpoint on them, against the bare handler.
     let ns2 = format!("{ns}-mem");
-    let consumers = inflight.div_ceil(25_000).max(1) as u32;
-    let prefetch = inflight.div_ceil(consumers as u64) as u32;
-    let d = spawn_daemon(&dir, &ns2, &sims, prefetch, consumers)?;
-    wait_ready(&c, &d).await?;
-    daemon_run(&d, &ns2, &sims, 1000, None).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss0 = rss_bytes(d.child.id());
-    let held_run = publisher(&format!("{ns2}.challenges"), inflight, None, 900);
     let pch = conn.create_channel().await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
-    publish(&held_run, &pch).await?;
-    let mut held = 0.0;
-    for _ in 0..600 {
-        held = gauge(&c, &d, "sca_challenges_in_flight").await;
-        if held >= inflight as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
-    let rss1 = rss_bytes(d.child.id());
-    let bytes_per = (rss1.saturating_sub(rss0)) as f64 / held.max(1.0);
-    println!("memory: {held:.0} in flight, RSS {:.1} → {:.1} MiB: {bytes_per:.0} bytes per in-flight challenge", rss0 as f64 / 1048576.0, rss1 as f64 / 1048576.0);
+    let Held {
+        d,
+        held,
+        bytes_per,
+        after_burst,
+        run: held_run,
+    } = hold(&c, &dir, &ns2, &sims, &pch, inflight).await?;
 
     let http_n = inflight.min(50_000);
     // A backend reading the outcomes meanwhile, as in production: the decisions' outcomes
@@ -782,6 +850,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "p99_decision_to_outcome_ms": flat.d2o[1],
         "inflight_challenges": held,
         "bytes_per_inflight_challenge": bytes_per.round(),
+        "bytes_per_inflight_challenge_after_burst": after_burst.round(),
         "engine_bytes_per_pending_challenge": footprint.pending,
         "engine_bytes_per_retained_challenge": footprint.retained,
         "engine_bytes_per_retained_rejection": footprint.rejected,
@@ -837,7 +906,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\
          | publish → push p99 flat out | {:.1} ms | |\n\
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
-         | resident memory per in-flight challenge ({:.0} in flight) | {:.0} bytes | ≤ 2048 |\n\
+         | resident memory per in-flight challenge ({:.0} in flight; idle daemon settled, {:.0} right after the burst) | {:.0} bytes | ≤ 2048 |\n\
          | engine bytes per challenge: pending / retained after its outcome / retained rejection | {} / {} / {} bytes | |\n\
          | HTTP decision endpoint vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
@@ -855,7 +924,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         hl.p2p[0], hl.p2p[1], hl.p2p[2],
         sustain, sl.p2p[0], sl.p2p[1], sl.p2p[2],
         flat.p2p[1],
-        flat.d2o[0], flat.d2o[1], held, bytes_per,
+        flat.d2o[0], flat.d2o[1], held, after_burst, bytes_per,
         footprint.pending, footprint.retained, footprint.rejected,
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
         http_empty_per_s,

@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use sca_dispatch::config::{Config, Settings};
 use std::path::PathBuf;
 
+mod heap;
+
 /// mimalloc instead of the system allocator: under load the daemon allocates and frees
 /// many short-lived buffers (deliveries, requests, frames); glibc's allocator spent a
 /// quarter of the daemon's CPU there and kept freed memory resident.
@@ -168,13 +170,18 @@ async fn signal() {
     let _ = ctrl_c.await;
 }
 
+/// The runtimes in `flavor` with `workers` threads (0: one per core), each thread
+/// collecting its heap when idle.
+fn runtimes(
+    flavor: sca_dispatch::runtime::Flavor,
+    workers: usize,
+) -> std::io::Result<sca_dispatch::runtime::Runtimes> {
+    sca_dispatch::runtime::Runtimes::build(flavor, workers, Some(heap::collect_when_idle))
+}
+
 /// A multi-threaded runtime with `workers` threads (0: one per core).
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
-    b.enable_all().build()
+fn runtime(workers: usize) -> std::io::Result<sca_dispatch::runtime::Runtimes> {
+    runtimes(sca_dispatch::runtime::Flavor::MultiThread, workers)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -219,8 +226,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = settings_or_exit(config);
             sca_dispatch::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
             let mut cfg = cfg;
-            let rts =
-                sca_dispatch::runtime::Runtimes::build(cfg.runtime_flavor, cfg.worker_threads)?;
+            let rts = runtimes(cfg.runtime_flavor, cfg.worker_threads)?;
             cfg.consumer_spread = rts.spread();
             rts.main
                 .block_on(sca_dispatch::run(cfg, signal()))
@@ -241,7 +247,7 @@ fn main() -> anyhow::Result<()> {
                 load,
                 duration: duration.map(std::time::Duration::from_secs),
             };
-            let ok = runtime(0)?.block_on(sca_dispatch::demo::run(opts))?;
+            let ok = runtime(0)?.main.block_on(sca_dispatch::demo::run(opts))?;
             if !ok {
                 std::process::exit(1);
             }
@@ -253,7 +259,9 @@ fn main() -> anyhow::Result<()> {
                 sca_dispatch::config::LogFormat::Text,
                 "error,lapin=off",
             );
-            let code = runtime(0)?.block_on(sca_dispatch::loadgen::cli::main(*args))?;
+            let code = runtime(0)?
+                .main
+                .block_on(sca_dispatch::loadgen::cli::main(*args))?;
             std::process::exit(code);
         }
         #[cfg(feature = "tools")]
@@ -262,7 +270,9 @@ fn main() -> anyhow::Result<()> {
                 sca_dispatch::config::LogFormat::Text,
                 "error,lapin=off",
             );
-            let code = runtime(0)?.block_on(sca_dispatch::chaos::cli::main(*args))?;
+            let code = runtime(0)?
+                .main
+                .block_on(sca_dispatch::chaos::cli::main(*args))?;
             std::process::exit(code);
         }
         #[cfg(feature = "tools")]
@@ -280,7 +290,7 @@ fn main() -> anyhow::Result<()> {
                 ),
             }
             let workers = relay.as_ref().map_or(0, |c| c.worker_threads);
-            runtime(workers)?.block_on(async move {
+            runtime(workers)?.main.block_on(async move {
                 match which {
                     Sim::Apns(a) => sca_dispatch::sim::apns::run_standalone(a.addr, a.dir).await,
                     Sim::Fcm(a) => sca_dispatch::sim::fcm::run_standalone(a.addr, a.dir).await,

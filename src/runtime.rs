@@ -6,8 +6,16 @@
 //! In thread-per-core mode the main thread's runtime runs everything else (HTTP API,
 //! timers, control traffic, the broker connection's own I/O) and takes consumer 0; the
 //! other runtimes each run on a thread of their own until the main one ends.
+//!
+//! Every runtime thread may run an upkeep hook when it parks (goes idle), and each
+//! runtime then also runs it from a task every [`UPKEEP_EVERY`], so that a process left
+//! idle still runs it: the binary passes its allocator's upkeep (`heap` in `main.rs`).
 
+use std::time::Duration;
 use tokio::runtime::{Builder, Handle, Runtime};
+
+/// How often each runtime runs the upkeep hook from a task of its own.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How the runtimes are laid out (`runtime.flavor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,27 +65,42 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// `workers` threads (0: one per core) in the given flavor.
-    pub fn build(flavor: Flavor, workers: usize) -> std::io::Result<Runtimes> {
+    /// `workers` threads (0: one per core) in the given flavor; `on_park` runs on a
+    /// runtime thread each time it goes idle, so it must be cheap, and every
+    /// [`UPKEEP_EVERY`] on each runtime.
+    pub fn build(
+        flavor: Flavor,
+        workers: usize,
+        on_park: Option<fn()>,
+    ) -> std::io::Result<Runtimes> {
         let workers = match workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         match flavor {
-            Flavor::MultiThread => Ok(Runtimes {
-                main: Builder::new_multi_thread()
-                    .worker_threads(workers)
+            Flavor::MultiThread => {
+                let main = with_hook(Builder::new_multi_thread().worker_threads(workers), on_park)
                     .enable_all()
-                    .build()?,
-                extra: Vec::new(),
-                spread: Spread::default(),
-            }),
+                    .build()?;
+                upkeep(&main, on_park);
+                Ok(Runtimes {
+                    main,
+                    extra: Vec::new(),
+                    spread: Spread::default(),
+                })
+            }
             Flavor::ThreadPerCore => {
-                let main = Builder::new_current_thread().enable_all().build()?;
+                let main = with_hook(&mut Builder::new_current_thread(), on_park)
+                    .enable_all()
+                    .build()?;
+                upkeep(&main, on_park);
                 let mut extra = Vec::new();
                 let mut handles = Vec::new();
                 for i in 1..workers {
-                    let rt = Builder::new_current_thread().enable_all().build()?;
+                    let rt = with_hook(&mut Builder::new_current_thread(), on_park)
+                        .enable_all()
+                        .build()?;
+                    upkeep(&rt, on_park);
                     handles.push(rt.handle().clone());
                     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
                     let thread = std::thread::Builder::new()
@@ -96,6 +119,28 @@ impl Runtimes {
                 })
             }
         }
+    }
+}
+
+fn with_hook(b: &mut Builder, on_park: Option<fn()>) -> &mut Builder {
+    match on_park {
+        Some(f) => b.on_thread_park(f),
+        None => b,
+    }
+}
+
+/// Runs `hook` on `rt` every [`UPKEEP_EVERY`] until the runtime is dropped.
+fn upkeep(rt: &Runtime, hook: Option<fn()>) {
+    if let Some(f) = hook {
+        rt.spawn(async move {
+            let first = tokio::time::Instant::now() + UPKEEP_EVERY;
+            let mut every = tokio::time::interval_at(first, UPKEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                f();
+            }
+        });
     }
 }
 
@@ -131,7 +176,7 @@ mod tests {
 
     #[test]
     fn thread_per_core_spreads_consumers_over_its_threads() {
-        let rts = Runtimes::build(Flavor::ThreadPerCore, 3).unwrap();
+        let rts = Runtimes::build(Flavor::ThreadPerCore, 3, None).unwrap();
         let spread = rts.spread();
         assert!(spread.runtime_for(0).is_none());
         assert!(spread.runtime_for(3).is_none());
@@ -147,7 +192,27 @@ mod tests {
             .collect();
         assert_eq!(threads, ["sca-core-1", "sca-core-2"]);
         drop(rts);
-        let multi = Runtimes::build(Flavor::MultiThread, 2).unwrap();
+        let multi = Runtimes::build(Flavor::MultiThread, 2, None).unwrap();
         assert!(multi.spread().runtime_for(1).is_none());
+    }
+
+    static PARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn count_park() {
+        PARKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[test]
+    fn the_upkeep_hook_runs_when_threads_go_idle() {
+        for flavor in [Flavor::MultiThread, Flavor::ThreadPerCore] {
+            let before = PARKED.load(std::sync::atomic::Ordering::SeqCst);
+            let rts = Runtimes::build(flavor, 2, Some(count_park)).unwrap();
+            rts.main.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            });
+            drop(rts);
+            let after = PARKED.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(after > before, "{flavor:?}: the hook never ran");
+        }
     }
 }

@@ -455,7 +455,7 @@ impl<A> Core<A> {
                 self.apply(&id, &mut entry, cmds, now, &mut fx);
                 if !entry.machine.is_done() {
                     let s = &entry.machine.spec;
-                    let devices = s.devices.iter().map(|d| &*d.device_id);
+                    let devices = s.devices.iter().map(|d| &d.device_id);
                     self.pending_index.add(&id, &s.user_id, devices);
                     // A resumed challenge superseded the older ones at its first owner.
                     if self.settings.one_pending_per_user && !resuming {

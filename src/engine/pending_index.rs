@@ -10,19 +10,24 @@
 //! challenges, so the index holds at most `pending × (devices + 1)` ids.
 
 use dashmap::DashMap;
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::Arc;
 
 /// Ids kept per device and per user.
 pub const MAX_PER_KEY: usize = 16;
 
+/// Keyed by device id (the spec's own `Arc`, shared, not copied) and by user id.
 #[derive(Default)]
 pub struct PendingIndex {
-    by_device: DashMap<Box<str>, Vec<Arc<str>>>,
+    by_device: DashMap<Arc<str>, Vec<Arc<str>>>,
     by_user: DashMap<Box<str>, Vec<Arc<str>>>,
 }
 
-fn add(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str, id: &Arc<str>) {
-    let mut ids = map.entry(key.into()).or_default();
+fn add<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: K, id: &Arc<str>) {
+    // Most keys only ever list one challenge: room for exactly one at first (a `Vec`
+    // would reserve four on its first push).
+    let mut ids = map.entry(key).or_insert_with(|| Vec::with_capacity(1));
     if ids.iter().any(|i| i == id) {
         return;
     }
@@ -32,22 +37,22 @@ fn add(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str, id: &Arc<str>) {
     ids.push(id.clone());
 }
 
-fn remove(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str, id: &str) {
+fn remove<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: &str, id: &str) {
     if let Some(mut ids) = map.get_mut(key) {
         ids.retain(|i| &**i != id);
     }
     map.remove_if(key, |_, ids| ids.is_empty());
 }
 
-fn read(map: &DashMap<Box<str>, Vec<Arc<str>>>, key: &str) -> Vec<Arc<str>> {
+fn read<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: &str) -> Vec<Arc<str>> {
     map.get(key).map(|ids| ids.clone()).unwrap_or_default()
 }
 
 impl PendingIndex {
-    pub fn add<'a>(&self, id: &Arc<str>, user: &str, devices: impl Iterator<Item = &'a str>) {
-        add(&self.by_user, user, id);
+    pub fn add<'a>(&self, id: &Arc<str>, user: &str, devices: impl Iterator<Item = &'a Arc<str>>) {
+        add(&self.by_user, user.into(), id);
         for d in devices {
-            add(&self.by_device, d, id);
+            add(&self.by_device, d.clone(), id);
         }
     }
 
@@ -82,8 +87,9 @@ mod tests {
     fn ids_come_and_go_and_keys_are_bounded() {
         let ix = PendingIndex::default();
         let a: Arc<str> = "a".into();
-        ix.add(&a, "u", ["d1", "d2"].into_iter());
-        ix.add(&a, "u", ["d1", "d2"].into_iter());
+        let (d1, d2): (Arc<str>, Arc<str>) = ("d1".into(), "d2".into());
+        ix.add(&a, "u", [&d1, &d2].into_iter());
+        ix.add(&a, "u", [&d1, &d2].into_iter());
         assert_eq!(ix.for_device("d1"), vec![a.clone()]);
         assert_eq!(ix.for_user("u"), vec![a.clone()]);
         ix.remove("a", "u", ["d1", "d2"].into_iter());
@@ -91,7 +97,7 @@ mod tests {
         assert_eq!(ix.keys(), (0, 0), "empty keys are dropped");
         for i in 0..MAX_PER_KEY + 3 {
             let id: Arc<str> = format!("c{i}").into();
-            ix.add(&id, "u", ["d1"].into_iter());
+            ix.add(&id, "u", [&d1].into_iter());
         }
         let ids = ix.for_device("d1");
         assert_eq!(ids.len(), MAX_PER_KEY);

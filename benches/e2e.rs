@@ -16,9 +16,11 @@
 //! 4. memory: resident bytes per in-flight challenge with 100,000 in flight, read once
 //!    the idle daemon's resident size has stopped falling;
 //! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool
-//!    that does a decision's broker work (one message published with a confirm), and
-//!    against the empty handler; then decisions on one-device challenges, which send no
-//!    withdrawal (what the withdrawal push costs a decision);
+//!    that does a decision's broker work (one message published with a confirm), against
+//!    the empty handler, and against the relay's decision endpoint on challenges it holds
+//!    (a decision's whole I/O: the withdrawal push and the confirmed outcome); then
+//!    decisions on one-device challenges, which send no withdrawal (what the withdrawal
+//!    push costs a decision);
 //! 6. bytes the engine keeps per challenge — pending, retained after its outcome,
 //!    retained after a rejection — with a counting allocator, before anything else runs
 //!    (`sca_dispatch::engine::footprint`, the measurement the `retained_memory` test
@@ -34,7 +36,9 @@
 //! `E2E_RUNTIME_FLAVOR` the daemon's `runtime.flavor` (default `multi-thread`),
 //! `E2E_DAEMON_BIN` a daemon binary from another build to run against this build's relay
 //! (so that a change's effect on the ratios is measured in one run, on one machine),
-//! `E2E_ONLY=memory` phase 4 alone, printed and not written.
+//! `E2E_ONLY=memory` phase 4 alone, `E2E_ONLY=http` phases 4 and 5 with 50,000 held
+//! (`E2E_INFLIGHT`), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
+//! rate, printed and not written.
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -47,6 +51,7 @@ use sca_dispatch::loadgen::player::Shared;
 use sca_dispatch::loadgen::sims::{SimOptions, Sims};
 use sca_dispatch::loadgen::{self, LoadOptions};
 use serde_json::json;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,11 +98,18 @@ const RELAY_PLATFORMS: &str = "apns=1,fcm=1";
 /// The load tool's publisher alone, for `n` challenges (flat out or at `rate`) with
 /// `ttl` seconds to queue `queue`; nobody answers.
 fn publisher(queue: &str, n: u64, rate: Option<f64>, ttl: u64) -> Arc<Shared> {
-    publisher_of(queue, n, rate, ttl, 2)
+    publisher_of(queue, n, rate, ttl, 2, PLATFORMS)
 }
 
-/// [`publisher`] with `devices` devices per challenge.
-fn publisher_of(queue: &str, n: u64, rate: Option<f64>, ttl: u64, devices: usize) -> Arc<Shared> {
+/// [`publisher`] with `devices` devices per challenge from the mix `platforms`.
+fn publisher_of(
+    queue: &str,
+    n: u64,
+    rate: Option<f64>,
+    ttl: u64,
+    devices: usize,
+    platforms: &str,
+) -> Arc<Shared> {
     let mut o = LoadOptions::new(URL, "http://127.0.0.1:1");
     o.challenges_queue = queue.into();
     o.count = Some(n);
@@ -105,7 +117,7 @@ fn publisher_of(queue: &str, n: u64, rate: Option<f64>, ttl: u64, devices: usize
     o.rate = rate;
     o.ttl_seconds = ttl;
     o.devices_per_challenge = devices;
-    o.platforms = Shares::parse(PLATFORMS).expect("a valid device mix");
+    o.platforms = Shares::parse(platforms).expect("a valid device mix");
     o.max_in_flight = n as usize + 1;
     Shared::new(o, Vec::new())
 }
@@ -496,19 +508,38 @@ async fn relay_baseline(
     })
 }
 
-/// `total` POSTs over `conns` keep-alive connections; requests/s.
+/// Publish → push at `rate` (half the relay's), with the daemon's device mix and then
+/// with the relay's (iOS and Android only: the like-for-like figure).
+async fn at_half_relay(
+    d: &mut Daemon,
+    ns: &str,
+    sims: &Sims,
+    rate: f64,
+) -> anyhow::Result<(Lat, Lat)> {
+    let n = (rate * 10.0) as u64;
+    let (_, own, _) = daemon_run(d, ns, sims, n, Some(rate)).await?;
+    let mix = std::mem::replace(&mut d.platforms, RELAY_PLATFORMS);
+    let same = daemon_run(d, ns, sims, n, Some(rate)).await;
+    d.platforms = mix;
+    Ok((own, same?.1))
+}
+
+/// `total` POSTs over `conns` keep-alive connections; requests/s. Fails unless every
+/// one was answered `expect` (a run of refusals would measure the wrong work).
 async fn http_load(
     c: &Client,
     total: u64,
     conns: usize,
+    expect: u16,
     url: impl Fn(u64) -> String + Send + Sync + 'static,
-) -> f64 {
+) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
     let url = Arc::new(url);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (c, next, url) = (c.clone(), next.clone(), url.clone());
+        let (c, next, url, answered) = (c.clone(), next.clone(), url.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -523,6 +554,9 @@ async fn http_load(
                     )))
                     .unwrap();
                 if let Ok(r) = c.request(req).await {
+                    if r.status().as_u16() == expect {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = http_body_util::BodyExt::collect(r.into_body()).await;
                 }
             }
@@ -531,7 +565,303 @@ async fn http_load(
     for t in tasks {
         let _ = t.await;
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let per_s = total as f64 / started.elapsed().as_secs_f64();
+    let ok = answered.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        ok == total,
+        "only {ok} of {total} requests were answered {expect}"
+    );
+    Ok(per_s)
+}
+
+/// One phase-5 run, requests/s: as answered, and as completed — up to the moment the
+/// last of the work the requests set going was done (their outcomes read by the tap,
+/// their withdrawals received by the simulators). A daemon answers a decision before its
+/// withdrawal and outcome go out; only the second figure holds that work.
+#[derive(Clone, Copy)]
+struct Rate {
+    answered: f64,
+    completed: f64,
+}
+
+/// Phase 5's figures.
+struct Decisions {
+    /// The empty bare handler.
+    empty: Rate,
+    /// The bare handler publishing one message with a confirm per request.
+    baseline: Rate,
+    /// The relay's decision endpoint on challenges it holds.
+    relay: Rate,
+    /// The daemon's decisions on the challenges it holds.
+    decision: Rate,
+    /// The same requests again (409 each).
+    repeat: Rate,
+    /// Decisions on one-device challenges.
+    single: Rate,
+}
+
+/// Pushes the simulators have received so far.
+fn pushes(sims: &Sims) -> u64 {
+    sims.apns.total() + sims.fcm.send_requests() + sims.hms.send_requests()
+}
+
+/// A tap on `exchange` that counts what it reads.
+async fn counting_tap(
+    conn: &Connection,
+    exchange: &str,
+) -> anyhow::Result<(Arc<AtomicU64>, tokio::task::JoinHandle<()>)> {
+    let mut outcomes = sca_dispatch::amqp::client::tap(conn, exchange).await?;
+    let read = Arc::new(AtomicU64::new(0));
+    let count = read.clone();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(_)) = outcomes.next().await {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    Ok((read, task))
+}
+
+/// What one run of requests is to set going: `outcomes` more read by `read`, `pushes`
+/// more received by the simulators.
+struct Owed<'a> {
+    read: &'a AtomicU64,
+    outcomes: u64,
+    pushes: u64,
+}
+
+/// `n` decision requests from [`http_load`], each to be answered `expect`, then waits
+/// (at most 120 s) for the work they owe.
+async fn timed(
+    sims: &Sims,
+    owed: Owed<'_>,
+    n: u64,
+    load: impl Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<Rate> {
+    let (outcomes0, pushes0) = (owed.read.load(Ordering::Relaxed), pushes(sims));
+    let started = Instant::now();
+    let answered = load.await?;
+    let deadline = started + Duration::from_secs(120);
+    while owed.read.load(Ordering::Relaxed) < outcomes0 + owed.outcomes
+        || pushes(sims) < pushes0 + owed.pushes
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the work of {n} requests was not done within 120 s: {} of {} outcomes, {} of {} pushes",
+            owed.read.load(Ordering::Relaxed) - outcomes0,
+            owed.outcomes,
+            pushes(sims) - pushes0,
+            owed.pushes
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let completed = n as f64 / started.elapsed().as_secs_f64();
+    Ok(Rate {
+        answered,
+        completed,
+    })
+}
+
+/// Phase 5: the decision endpoint on `held`'s challenges, against the bare handlers and
+/// the relay's endpoint, under the same load tool (`http_n` requests over 64 keep-alive
+/// connections each).
+#[allow(clippy::too_many_arguments)]
+async fn decisions(
+    conn: &Connection,
+    c: &Client,
+    dir: &std::path::Path,
+    ns2: &str,
+    sims: &Sims,
+    pch: &lapin::Channel,
+    d: &Daemon,
+    held_run: &Arc<Shared>,
+    held: f64,
+    http_n: u64,
+) -> anyhow::Result<Decisions> {
+    // A backend reading the outcomes meanwhile, as in production: the decisions' outcomes
+    // and the baseline's publishes go to the same exchange and this queue.
+    let (read, reader) = counting_tap(conn, &format!("{ns2}.outcomes")).await?;
+    let owed = |outcomes: bool, pushes: bool| Owed {
+        read: &read,
+        outcomes: if outcomes { http_n } else { 0 },
+        pushes: if pushes { http_n } else { 0 },
+    };
+    // The bare handlers first, while the daemon sits idle holding its challenges: the
+    // decisions leave withdrawals and outcome publishes behind that would otherwise
+    // still be running during the baselines. Empty, then publishing one message with a
+    // confirm per request (the broker work of a decision).
+    let mut baselines = Vec::new();
+    for publish in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
+        cmd.args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"]);
+        if publish {
+            cmd.args(["--amqp-url", URL, "--exchange"])
+                .arg(format!("{ns2}.outcomes"));
+        }
+        let mut baseline = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut line = String::new();
+        BufReader::new(baseline.stdout.take().unwrap()).read_line(&mut line)?;
+        let addr = line.trim().to_string();
+        let load = http_load(c, http_n, 64, 200, move |i| {
+            format!("http://{addr}/v1/challenges/x{i}/decision")
+        });
+        let rate = timed(sims, owed(publish, false), http_n, load).await;
+        let _ = baseline.kill();
+        let _ = baseline.wait();
+        baselines.push(rate?);
+    }
+    let (empty, baseline) = (baselines[0], baselines[1]);
+    println!(
+        "HTTP bare handlers: empty {:.0}/s, publishing with a confirm {:.0}/s ({:.0}/s completed)",
+        empty.answered, baseline.answered, baseline.completed
+    );
+    let relay = relay_decisions(conn, dir, ns2, sims, c, http_n).await?;
+    println!(
+        "HTTP decisions on the relay (withdrawal push + confirmed outcome): {:.0}/s ({:.0}/s completed)",
+        relay.answered, relay.completed
+    );
+    let decision = timed(
+        sims,
+        owed(true, true),
+        http_n,
+        held_decisions(c, d, held_run, http_n, 200),
+    )
+    .await?;
+    // The same requests again: every one is now a 409, so this is the API layer and the
+    // table lookup without the decision's own work (withdrawal push, outcome publish).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let repeat = timed(
+        sims,
+        owed(false, false),
+        http_n,
+        held_decisions(c, d, held_run, http_n, 409),
+    )
+    .await?;
+    // The same decisions on challenges of one device each: no withdrawal to send, so
+    // the difference is what a decision's withdrawal push costs (daemon, TLS, simulator).
+    let single = publisher_of(
+        &format!("{ns2}.challenges"),
+        http_n,
+        None,
+        900,
+        1,
+        PLATFORMS,
+    );
+    publish(&single, pch).await?;
+    for _ in 0..600 {
+        if gauge(c, d, "sca_challenges_in_flight").await >= held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    let single = timed(
+        sims,
+        owed(true, false),
+        http_n,
+        held_decisions(c, d, &single, http_n, 200),
+    )
+    .await?;
+    reader.abort();
+    println!(
+        "HTTP decisions on one-device challenges (no withdrawal): {:.0}/s, {:.0}/s completed ({:.2}× the bare handler's)",
+        single.answered,
+        single.completed,
+        single.completed / baseline.completed
+    );
+    println!(
+        "HTTP decisions: {:.0}/s answered, {:.0}/s completed; vs bare hyper handler publishing with a confirm {:.2}× completed (target ≥ 0.8×; {:.2}× answered); vs the relay's {:.2}× completed ({:.2}× answered); 64 keep-alive connections; empty handler {:.0}/s",
+        decision.answered,
+        decision.completed,
+        decision.completed / baseline.completed,
+        decision.answered / baseline.answered,
+        decision.completed / relay.completed,
+        decision.answered / relay.answered,
+        empty.answered
+    );
+    println!(
+        "HTTP repeated decisions (409, no side effects): {:.0}/s ({:.2}× the bare handler)",
+        repeat.answered,
+        repeat.answered / baseline.answered
+    );
+    Ok(Decisions {
+        empty,
+        baseline,
+        relay,
+        decision,
+        repeat,
+        single,
+    })
+}
+
+/// `http_n` decisions from device `d0` on `run`'s challenges at `d`, each to be
+/// answered `expect`; requests/s.
+async fn held_decisions(
+    c: &Client,
+    d: &Daemon,
+    run: &Arc<Shared>,
+    http_n: u64,
+    expect: u16,
+) -> anyhow::Result<f64> {
+    let base = d.http.clone();
+    let prefix = run.prefix.clone();
+    http_load(c, http_n, 64, expect, move |i| {
+        format!("{base}/v1/challenges/{prefix}{i}/decision")
+    })
+    .await
+}
+
+/// The relay's decision endpoint on `n` challenges it holds (two devices each, iOS and
+/// Android, nobody answered their pushes): per request the same I/O as a daemon
+/// decision — the withdrawal push to the other device and the outcome published with a
+/// confirm — and nothing else.
+async fn relay_decisions(
+    conn: &Connection,
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    c: &Client,
+    n: u64,
+) -> anyhow::Result<Rate> {
+    let ns = format!("{ns}-relay");
+    let consumers = n.div_ceil(25_000).max(1) as u32;
+    let prefetch = n.div_ceil(consumers as u64) as u32;
+    let r = spawn_as(&["simulate", "relay"], dir, &ns, sims, prefetch, consumers)?;
+    wait_ready(c, &r).await?;
+    let (read, reader) = counting_tap(conn, &format!("{ns}.outcomes")).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = format!("{ns}.challenges");
+    let run = publisher_of(&queue, n, None, 900, 2, RELAY_PLATFORMS);
+    publish(&run, &ch).await?;
+    // All delivered (the prefetch covers every one) once none is ready.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for _ in 0..600 {
+        let q = ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await?;
+        if q.message_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    let owed = Owed {
+        read: &read,
+        outcomes: n,
+        pushes: n,
+    };
+    let rate = timed(sims, owed, n, held_decisions(c, &r, &run, n, 200)).await;
+    reader.abort();
+    drop(r);
+    for q in ["challenges", "responses", "dead"] {
+        let _ = ch
+            .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
+            .await;
+    }
+    rate
 }
 
 fn machine() -> String {
@@ -646,16 +976,51 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
     // `E2E_ONLY=memory`: phase 4 alone (a quick look at one change's effect on memory);
     // nothing is written to bench/results.
-    if std::env::var("E2E_ONLY").as_deref() == Ok("memory") {
+    // `E2E_ONLY=http`: phases 4 and 5 with `E2E_INFLIGHT` (default here 50,000) held.
+    let only = std::env::var("E2E_ONLY").ok();
+    if let Some(only @ ("memory" | "http")) = only.as_deref() {
         let pch = conn.create_channel().await?;
         pch.confirm_select(ConfirmSelectOptions::default()).await?;
         let ns = format!("{ns}-mem");
+        let inflight = match only {
+            "http" => env_u64("E2E_INFLIGHT", 50_000),
+            _ => inflight,
+        };
         let h = hold(&c, &dir, &ns, &sims, &pch, inflight).await?;
+        if only == "http" {
+            let n = inflight.min(50_000);
+            decisions(&conn, &c, &dir, &ns, &sims, &pch, &h.d, &h.run, h.held, n).await?;
+        }
         drop(h.d);
         for q in ["challenges", "responses", "dead"] {
             let q = format!("{ns}.{q}");
             let _ = pch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        return Ok(());
+    }
+
+    // `E2E_ONLY=latency`: the relay flat out and at half its rate, then the daemon at
+    // that rate (publish → push), printed and not written.
+    if only.as_deref() == Some("latency") {
+        let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
+        let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
+        wait_ready(&c, &d).await?;
+        daemon_run(&d, &ns, &sims, 2000, None).await?;
+        let (own, same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
+        println!(
+            "publish→push p50 / p99 / p99.9 at {:.0}/s: relay {:.1} / {:.1} / {:.1} ms; daemon {:.1} / {:.1} / {:.1} ms; daemon with the relay's devices {:.1} / {:.1} / {:.1} ms",
+            relay.half_rate,
+            relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2],
+            own.p2p[0], own.p2p[1], own.p2p[2],
+            same.p2p[0], same.p2p[1], same.p2p[2]
+        );
+        drop(d);
+        let ch = conn.create_channel().await?;
+        for q in ["challenges", "responses", "dead"] {
+            let _ = ch
+                .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
                 .await;
         }
         return Ok(());
@@ -680,7 +1045,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     );
 
     // 2. + 3. The daemon flat out, then at half the ceiling.
-    let d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
+    let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
     wait_ready(&c, &d).await?;
     // Warm-up: connections, provider tokens.
     daemon_run(&d, &ns, &sims, 2000, None).await?;
@@ -711,18 +1076,15 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         sl.p2p[0], sl.p2p[1], sl.p2p[2]
     );
     // At half the relay's rate: the latency figure compared with the relay's.
-    let (_, rl, _) = daemon_run(
-        &d,
-        &ns,
-        &sims,
-        (relay.half_rate * 10.0) as u64,
-        Some(relay.half_rate),
-    )
-    .await?;
+    let (rl, rl_same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
     let (relay_ratio, cpu_ratio) = (e2e_per_s / relay.per_s, cpu.daemon / relay.cpu.daemon);
     println!(
         "daemon vs relay: {relay_ratio:.2}× the relay's challenges/s (target ≥ 0.9×), {cpu_ratio:.2}× its CPU per challenge ({:.0} vs {:.0} µs; target ≤ 1.1×); at half the relay's rate ({:.0}/s) publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms (target p99 ≤ 10 ms)",
         cpu.daemon, relay.cpu.daemon, relay.half_rate, rl.p2p[0], rl.p2p[1], rl.p2p[2]
+    );
+    println!(
+        "  with the relay's devices (iOS and Android only): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
+        rl_same.p2p[0], rl_same.p2p[1], rl_same.p2p[2]
     );
     drop(d);
 
@@ -740,80 +1102,26 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     } = hold(&c, &dir, &ns2, &sims, &pch, inflight).await?;
 
     let http_n = inflight.min(50_000);
-    // A backend reading the outcomes meanwhile, as in production: the decisions' outcomes
-    // and the baseline's publishes go to the same exchange and this queue.
-    let mut outcomes = sca_dispatch::amqp::client::tap(&conn, &format!("{ns2}.outcomes")).await?;
-    let read = tokio::spawn(async move { while let Some(Ok(_)) = outcomes.next().await {} });
-    // The bare handlers first, while the daemon sits idle holding its challenges: the
-    // decisions leave withdrawals and outcome publishes behind that would otherwise
-    // still be running during the baselines. Empty, then publishing one message with a
-    // confirm per request (the broker work of a decision).
-    let mut baselines = [0.0f64; 2];
-    for (i, publish) in [false, true].into_iter().enumerate() {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
-        cmd.args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"]);
-        if publish {
-            cmd.args(["--amqp-url", URL, "--exchange"])
-                .arg(format!("{ns2}.outcomes"));
-        }
-        let mut baseline = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let mut line = String::new();
-        BufReader::new(baseline.stdout.take().unwrap()).read_line(&mut line)?;
-        let addr = line.trim().to_string();
-        baselines[i] = http_load(&c, http_n, 64, move |i| {
-            format!("http://{addr}/v1/challenges/x{i}/decision")
-        })
-        .await;
-        // Its publishes confirmed before it goes.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = baseline.kill();
-        let _ = baseline.wait();
-    }
-    let [http_empty_per_s, http_baseline_per_s] = baselines;
-    let base = d.http.clone();
-    let prefix = held_run.prefix.clone();
-    let http_decision_per_s = http_load(&c, http_n, 64, move |i| {
-        format!("{base}/v1/challenges/{prefix}{i}/decision")
-    })
-    .await;
-    // The same requests again: every one is now a 409, so this is the API layer and the
-    // table lookup without the decision's own work (withdrawal push, outcome publish).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let base = d.http.clone();
-    let prefix = held_run.prefix.clone();
-    let http_repeat_per_s = http_load(&c, http_n, 64, move |i| {
-        format!("{base}/v1/challenges/{prefix}{i}/decision")
-    })
-    .await;
-    // The same decisions on challenges of one device each: no withdrawal to send, so
-    // the difference is what a decision's withdrawal push costs (daemon, TLS, simulator).
-    let single = publisher_of(&format!("{ns2}.challenges"), http_n, None, 900, 1);
-    publish(&single, &pch).await?;
-    for _ in 0..600 {
-        if gauge(&c, &d, "sca_challenges_in_flight").await >= held {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
-    let base = d.http.clone();
-    let prefix = single.prefix.clone();
-    let http_single_per_s = http_load(&c, http_n, 64, move |i| {
-        format!("{base}/v1/challenges/{prefix}{i}/decision")
-    })
-    .await;
-    read.abort();
-    println!(
-        "HTTP decisions on one-device challenges (no withdrawal): {http_single_per_s:.0}/s ({:.2}× the bare handler)",
-        http_single_per_s / http_baseline_per_s
+    let Decisions {
+        empty: http_empty,
+        baseline: http_baseline,
+        relay: http_relay,
+        decision: http_decision,
+        repeat: http_repeat,
+        single: http_single,
+    } = decisions(
+        &conn, &c, &dir, &ns2, &sims, &pch, &d, &held_run, held, http_n,
+    )
+    .await?;
+    let (http_empty_per_s, http_baseline_per_s, http_relay_per_s) = (
+        http_empty.answered,
+        http_baseline.answered,
+        http_relay.answered,
     );
-    println!(
-        "HTTP decisions: {http_decision_per_s:.0}/s vs bare hyper handler publishing with a confirm {http_baseline_per_s:.0}/s ({:.2}×; target ≥ 0.8×), 64 keep-alive connections; empty handler {http_empty_per_s:.0}/s",
-        http_decision_per_s / http_baseline_per_s
-    );
-    println!(
-        "HTTP repeated decisions (409, no side effects): {http_repeat_per_s:.0}/s ({:.2}× the bare handler)",
-        http_repeat_per_s / http_baseline_per_s
+    let (http_decision_per_s, http_repeat_per_s, http_single_per_s) = (
+        http_decision.answered,
+        http_repeat.answered,
+        http_single.answered,
     );
     drop(d);
     for q in [
@@ -860,6 +1168,8 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "http_repeat_decision_per_s": http_repeat_per_s.round(),
         "http_repeat_decision_ratio": (http_repeat_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "http_decision_ratio": (http_decision_per_s / http_baseline_per_s * 100.0).round() / 100.0,
+        "http_relay_decision_per_s": http_relay_per_s.round(),
+        "http_decision_relay_ratio": (http_decision_per_s / http_relay_per_s * 100.0).round() / 100.0,
         "http_decision_single_device_per_s": http_single_per_s.round(),
         "http_decision_single_device_ratio": (http_single_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
@@ -876,10 +1186,25 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "half_relay_rate_per_s": relay.half_rate.round(),
         "relay_publish_to_push_ms_half_relay": {"p50": relay.half.p2p[0], "p99": relay.half.p2p[1], "p999": relay.half.p2p[2]},
         "daemon_publish_to_push_ms_half_relay": {"p50": rl.p2p[0], "p99": rl.p2p[1], "p999": rl.p2p[2]},
+        "daemon_publish_to_push_ms_half_relay_relay_devices": {"p50": rl_same.p2p[0], "p99": rl_same.p2p[1], "p999": rl_same.p2p[2]},
         "cpu_us_per_challenge_relay": {"relay": relay.cpu.daemon.round(), "broker": relay.cpu.broker.round(), "simulators_and_load_tool": relay.cpu.bench.round()},
     });
-    if let (Some(r), Some(k)) = (report.as_object_mut(), relay_keys.as_object()) {
-        r.extend(k.clone());
+    // Phase 5 as completed: the work the requests set going done.
+    let http_keys = json!({
+        "http_completed_per_s": {
+            "baseline": http_baseline.completed.round(),
+            "relay": http_relay.completed.round(),
+            "decision": http_decision.completed.round(),
+            "single_device": http_single.completed.round(),
+        },
+        "http_decision_completed_ratio": (http_decision.completed / http_baseline.completed * 100.0).round() / 100.0,
+        "http_decision_relay_completed_ratio": (http_decision.completed / http_relay.completed * 100.0).round() / 100.0,
+        "http_decision_single_device_completed_ratio": (http_single.completed / http_baseline.completed * 100.0).round() / 100.0,
+    });
+    for keys in [&relay_keys, &http_keys] {
+        if let (Some(r), Some(k)) = (report.as_object_mut(), keys.as_object()) {
+            r.extend(k.clone());
+        }
     }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&out)?;
@@ -901,6 +1226,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | daemon / relay: challenges/s | {:.2}× | ≥ 0.9× |\n\
          | daemon / relay: CPU per challenge | {:.0} / {:.0} µs ({:.2}×) | ≤ 1.1× |\n\
          | publish → push p50 / p99 / p99.9 at half the relay's rate ({:.0}/s): daemon · relay | {:.1} / {:.1} / {:.1} · {:.1} / {:.1} / {:.1} ms | daemon p99 ≤ 10 ms |\n\
+         | the same, the daemon with the relay's devices (iOS and Android only) | {:.1} / {:.1} / {:.1} ms | |\n\
          | daemon flat out | {:.0} challenges/s ({:.2}× ceiling) | ≥ 0.8× |\n\
          | publish → push p50 / p99 / p99.9 at half the ceiling ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | p99 ≤ 5 ms |\n\
          | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\
@@ -908,10 +1234,12 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | decision → outcome p50 / p99 (flat out) | {:.1} / {:.1} ms | |\n\
          | resident memory per in-flight challenge ({:.0} in flight; idle daemon settled, {:.0} right after the burst) | {:.0} bytes | ≤ 2048 |\n\
          | engine bytes per challenge: pending / retained after its outcome / retained rejection | {} / {} / {} bytes | |\n\
-         | HTTP decision endpoint vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
+         | HTTP decisions completed (answered, outcome read, withdrawal received) vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
+         | the same, as answered | {:.0} vs {:.0} req/s ({:.2}×) | |\n\
+         | HTTP decisions completed vs the relay's (same I/O: withdrawal push + confirmed outcome); as answered | {:.0} vs {:.0} req/s ({:.2}×); {:.0} vs {:.0} ({:.2}×) | |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\
-         | decisions on one-device challenges (no withdrawal push) | {:.0} req/s ({:.2}×) | |\n\n\
+         | decisions on one-device challenges (no withdrawal push), completed | {:.0} req/s ({:.2}×) | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per challenge, relay flat out: relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
@@ -920,16 +1248,20 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         ceiling_per_s,
         relay.per_s, relay_ratio, cpu.daemon, relay.cpu.daemon, cpu_ratio, relay.half_rate,
         rl.p2p[0], rl.p2p[1], rl.p2p[2], relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2],
+        rl_same.p2p[0], rl_same.p2p[1], rl_same.p2p[2],
         e2e_per_s, e2e_per_s / ceiling_per_s, half,
         hl.p2p[0], hl.p2p[1], hl.p2p[2],
         sustain, sl.p2p[0], sl.p2p[1], sl.p2p[2],
         flat.p2p[1],
         flat.d2o[0], flat.d2o[1], held, after_burst, bytes_per,
         footprint.pending, footprint.retained, footprint.rejected,
+        http_decision.completed, http_baseline.completed, http_decision.completed / http_baseline.completed,
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
+        http_decision.completed, http_relay.completed, http_decision.completed / http_relay.completed,
+        http_decision_per_s, http_relay_per_s, http_decision_per_s / http_relay_per_s,
         http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
-        http_single_per_s, http_single_per_s / http_baseline_per_s,
+        http_single.completed, http_single.completed / http_baseline.completed,
         cpu.daemon, cpu.broker, cpu.bench, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench,
         ccpu.broker, ccpu.bench
     );

@@ -467,6 +467,15 @@ async fn daemon_run(
 // with the daemon's configuration doing a challenge's I/O and nothing else, under the
 // same load-tool runs as the daemon. What the daemon costs beyond that I/O is the ratio.
 
+/// Deletes the queues of namespace `ns` (a run's daemon or relay topology).
+async fn delete_queues(ch: &lapin::Channel, ns: &str) {
+    for q in ["challenges", "responses", "dead"] {
+        let _ = ch
+            .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
 /// The relay's figures in this run.
 struct RelayRun {
     per_s: f64,
@@ -494,12 +503,7 @@ async fn relay_baseline(
     let (_, half, _) =
         daemon_run(&r, &ns, sims, (half_rate * 10.0) as u64, Some(half_rate)).await?;
     drop(r);
-    let ch = conn.create_channel().await?;
-    for q in ["challenges", "responses", "dead"] {
-        let _ = ch
-            .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete_queues(&conn.create_channel().await?, &ns).await;
     Ok(RelayRun {
         per_s,
         cpu,
@@ -856,11 +860,7 @@ async fn relay_decisions(
     let rate = timed(sims, owed, n, held_decisions(c, &r, &run, n, 200)).await;
     reader.abort();
     drop(r);
-    for q in ["challenges", "responses", "dead"] {
-        let _ = ch
-            .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete_queues(&ch, &ns).await;
     rate
 }
 
@@ -992,12 +992,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
             decisions(&conn, &c, &dir, &ns, &sims, &pch, &h.d, &h.run, h.held, n).await?;
         }
         drop(h.d);
-        for q in ["challenges", "responses", "dead"] {
-            let q = format!("{ns}.{q}");
-            let _ = pch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
+        delete_queues(&pch, &ns).await;
         return Ok(());
     }
 
@@ -1017,12 +1012,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
             same.p2p[0], same.p2p[1], same.p2p[2]
         );
         drop(d);
-        let ch = conn.create_channel().await?;
-        for q in ["challenges", "responses", "dead"] {
-            let _ = ch
-                .queue_delete(format!("{ns}.{q}").into(), QueueDeleteOptions::default())
-                .await;
-        }
+        delete_queues(&conn.create_channel().await?, &ns).await;
         return Ok(());
     }
 
@@ -1124,18 +1114,8 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         http_single.answered,
     );
     drop(d);
-    for q in [
-        format!("{ns}.challenges"),
-        format!("{ns}.responses"),
-        format!("{ns}.dead"),
-        format!("{ns2}.challenges"),
-        format!("{ns2}.responses"),
-        format!("{ns2}.dead"),
-    ] {
-        let _ = pch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete_queues(&pch, &ns).await;
+    delete_queues(&pch, &ns2).await;
 
     let mut report = json!({
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

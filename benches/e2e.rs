@@ -528,6 +528,20 @@ async fn at_half_relay(
     Ok((own, same?.1))
 }
 
+/// `n` challenges flat out with the device mix `platforms` (the daemon's own restored after).
+async fn flat_out_with(
+    d: &mut Daemon,
+    ns: &str,
+    sims: &Sims,
+    n: u64,
+    platforms: &'static str,
+) -> anyhow::Result<(f64, Lat, CpuSplit)> {
+    let mix = std::mem::replace(&mut d.platforms, platforms);
+    let r = daemon_run(d, ns, sims, n, None).await;
+    d.platforms = mix;
+    r
+}
+
 /// `total` POSTs over `conns` keep-alive connections; requests/s. Fails unless every
 /// one was answered `expect` (a run of refusals would measure the wrong work).
 async fn http_load(
@@ -1011,6 +1025,29 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
             own.p2p[0], own.p2p[1], own.p2p[2],
             same.p2p[0], same.p2p[1], same.p2p[2]
         );
+        drop(d);
+        delete_queues(&conn.create_channel().await?, &ns).await;
+        return Ok(());
+    }
+
+    // `E2E_ONLY=cpu`: the relay flat out, then the daemon flat out with the relay's
+    // devices and with its own mix, `E2E_ROUNDS` (default 2) times; printed, not written.
+    if only.as_deref() == Some("cpu") {
+        let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
+        let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
+        wait_ready(&c, &d).await?;
+        daemon_run(&d, &ns, &sims, 2000, None).await?;
+        for round in 1..=env_u64("E2E_ROUNDS", 2) {
+            let (same_per_s, _, same) =
+                flat_out_with(&mut d, &ns, &sims, n, RELAY_PLATFORMS).await?;
+            let (own_per_s, _, own) = daemon_run(&d, &ns, &sims, n, None).await?;
+            println!(
+                "round {round}: relay {:.0}/s {:.0} µs; daemon with the relay's devices {same_per_s:.0}/s {:.0} µs ({:.2}× the relay's CPU); daemon with its own mix {own_per_s:.0}/s {:.0} µs ({:.2}×)",
+                relay.per_s, relay.cpu.daemon,
+                same.daemon, same.daemon / relay.cpu.daemon,
+                own.daemon, own.daemon / relay.cpu.daemon
+            );
+        }
         drop(d);
         delete_queues(&conn.create_channel().await?, &ns).await;
         return Ok(());

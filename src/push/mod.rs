@@ -14,6 +14,11 @@ use crate::challenge::context::RequestContext;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::{AppName, Kind, Platform};
 use std::sync::Arc;
+
+/// The buffer a push body is serialized into starts this large: a challenge's alert
+/// with its title, body and number choices fits (about 400 bytes for APNs and FCM), so
+/// serializing it never grows the buffer; larger bodies (a request context) grow it.
+pub const BODY_CAPACITY: usize = 512;
 use std::time::Duration;
 
 /// Kept for callers that name it here; it is `futures_util`'s.

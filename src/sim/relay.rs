@@ -26,6 +26,7 @@ use crate::amqp::acks::{run_batcher, AckOp};
 use crate::config::Settings;
 use crate::push::apns::jwt;
 use crate::push::fcm::auth::{sign_assertion, ServiceAccount};
+use crate::wire::json::Json;
 use anyhow::Context;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -42,7 +43,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -93,20 +94,6 @@ enum Verdict {
 struct Decision {
     device_id: String,
     decision: Verdict,
-}
-
-#[derive(Serialize)]
-struct Outcome<'a> {
-    v: u8,
-    challenge_id: &'a str,
-    user_id: &'a str,
-    kind: &'static str,
-    outcome: &'static str,
-    channel: &'static str,
-    device_id: &'a str,
-    reason: Option<&'a str>,
-    decided_at: String,
-    elapsed_ms: u64,
 }
 
 /// A challenge awaiting its decision.
@@ -352,19 +339,23 @@ impl Relay {
             Verdict::Deny => "denied",
         };
         let publish = async {
-            let body = serde_json::to_vec(&Outcome {
-                v: 1,
-                challenge_id: &id,
-                user_id: &held.user_id,
-                kind: held.kind.as_str(),
-                outcome,
-                channel: "push",
-                device_id: &d.device_id,
-                reason: None,
-                decided_at: crate::wire::rfc3339_ms(crate::clock::now_ms()),
-                elapsed_ms: held.received.elapsed().as_millis() as u64,
-            })
-            .unwrap_or_default();
+            let mut j = Json::with_capacity(256);
+            j.raw("{\"v\":1,\"challenge_id\":")
+                .str(&id)
+                .raw(",\"user_id\":")
+                .str(&held.user_id)
+                .raw(",\"kind\":")
+                .str(held.kind.as_str())
+                .raw(",\"outcome\":")
+                .str(outcome)
+                .raw(",\"channel\":\"push\",\"device_id\":")
+                .str(&d.device_id)
+                .raw(",\"reason\":null,\"decided_at\":")
+                .str(&crate::wire::rfc3339_ms(crate::clock::now_ms()))
+                .raw(",\"elapsed_ms\":")
+                .int(held.received.elapsed().as_millis() as i64)
+                .raw("}");
+            let body = j.into_vec();
             let rk = format!("outcome.{}.{outcome}", held.kind.as_str());
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -422,44 +413,6 @@ struct Apns {
     topic: HeaderValue,
 }
 
-#[derive(Serialize)]
-struct ApnsAlert<'a> {
-    aps: AlertAps<'a>,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    challenge_id: &'a str,
-    kind: &'static str,
-    expires_at: String,
-}
-
-#[derive(Serialize)]
-struct AlertAps<'a> {
-    alert: Alert<'a>,
-    category: &'static str,
-    #[serde(rename = "interruption-level")]
-    interruption_level: &'static str,
-}
-
-#[derive(Serialize)]
-struct Alert<'a> {
-    title: &'a str,
-    body: &'a str,
-}
-
-#[derive(Serialize)]
-struct ApnsWithdraw<'a> {
-    aps: Background,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    challenge_id: &'a str,
-}
-
-#[derive(Serialize)]
-struct Background {
-    #[serde(rename = "content-available")]
-    content_available: u8,
-}
-
 const TITLE: &str = "Confirm it is you";
 const BODY: &str = "Open the app to approve or deny this request.";
 
@@ -509,38 +462,31 @@ impl Apns {
     }
 
     async fn push(&self, token: &str, id: &str, c: Content) {
-        let (push_type, priority, body) = match c {
-            Content::Challenge(kind, expires_at_ms) => (
-                "alert",
-                "10",
-                serde_json::to_vec(&ApnsAlert {
-                    aps: AlertAps {
-                        alert: Alert {
-                            title: TITLE,
-                            body: BODY,
-                        },
-                        category: "SCA_CHALLENGE",
-                        interruption_level: "time-sensitive",
-                    },
-                    ty: "challenge",
-                    challenge_id: id,
-                    kind: kind.as_str(),
-                    expires_at: crate::wire::rfc3339_ms(expires_at_ms),
-                }),
-            ),
-            Content::Withdraw => (
-                "background",
-                "5",
-                serde_json::to_vec(&ApnsWithdraw {
-                    aps: Background {
-                        content_available: 1,
-                    },
-                    ty: "withdraw",
-                    challenge_id: id,
-                }),
-            ),
+        // Written as the daemon writes its payloads (`wire::json`).
+        let mut j = Json::with_capacity(crate::push::BODY_CAPACITY);
+        let (push_type, priority) = match c {
+            Content::Challenge(kind, expires_at_ms) => {
+                j.raw("{\"aps\":{\"alert\":{\"title\":")
+                    .str(TITLE)
+                    .raw(",\"body\":")
+                    .str(BODY)
+                    .raw("},\"category\":\"SCA_CHALLENGE\",\"interruption-level\":\"time-sensitive\"},\"type\":\"challenge\",\"challenge_id\":")
+                    .str(id)
+                    .raw(",\"kind\":")
+                    .str(kind.as_str())
+                    .raw(",\"expires_at\":")
+                    .str(&crate::wire::rfc3339_ms(expires_at_ms))
+                    .raw("}");
+                ("alert", "10")
+            }
+            Content::Withdraw => {
+                j.raw("{\"aps\":{\"content-available\":1},\"type\":\"withdraw\",\"challenge_id\":")
+                    .str(id)
+                    .raw("}");
+                ("background", "5")
+            }
         };
-        let Ok(body) = body else { return };
+        let body = j.into_vec();
         let expiration = match c {
             Content::Challenge(_, at) => (at / 1000).to_string(),
             Content::Withdraw => "0".to_string(),
@@ -573,44 +519,6 @@ struct Fcm {
     client: crate::tls::JsonClient,
     send_uri: http::Uri,
     bearer: HeaderValue,
-}
-
-#[derive(Serialize)]
-struct FcmEnvelope<'a> {
-    message: FcmMessage<'a>,
-}
-
-#[derive(Serialize)]
-struct FcmMessage<'a> {
-    token: &'a str,
-    android: Android<'a>,
-    data: FcmData<'a>,
-}
-
-#[derive(Serialize)]
-struct Android<'a> {
-    priority: &'static str,
-    ttl: String,
-    collapse_key: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum FcmData<'a> {
-    Challenge {
-        #[serde(rename = "type")]
-        ty: &'static str,
-        challenge_id: &'a str,
-        kind: &'static str,
-        title: &'static str,
-        body: &'static str,
-        expires_at: String,
-    },
-    Withdraw {
-        #[serde(rename = "type")]
-        ty: &'static str,
-        challenge_id: &'a str,
-    },
 }
 
 #[derive(Deserialize)]
@@ -659,38 +567,43 @@ impl Fcm {
     }
 
     async fn push(&self, token: &str, id: &str, c: Content) {
-        let (ttl, data) = match c {
-            Content::Challenge(kind, expires_at_ms) => (
-                ((expires_at_ms - crate::clock::now_ms()).max(0) / 1000) as u64,
-                FcmData::Challenge {
-                    ty: "challenge",
-                    challenge_id: id,
-                    kind: kind.as_str(),
-                    title: TITLE,
-                    body: BODY,
-                    expires_at: crate::wire::rfc3339_ms(expires_at_ms),
-                },
-            ),
-            Content::Withdraw => (
-                60,
-                FcmData::Withdraw {
-                    ty: "withdraw",
-                    challenge_id: id,
-                },
-            ),
+        let ttl = match c {
+            Content::Challenge(_, expires_at_ms) => {
+                ((expires_at_ms - crate::clock::now_ms()).max(0) / 1000) as u64
+            }
+            Content::Withdraw => 60,
         };
-        let body = serde_json::to_vec(&FcmEnvelope {
-            message: FcmMessage {
-                token,
-                android: Android {
-                    priority: "HIGH",
-                    ttl: format!("{ttl}s"),
-                    collapse_key: id,
-                },
-                data,
-            },
-        });
-        let Ok(body) = body else { return };
+        // Written as the daemon writes its payloads (`wire::json`).
+        let mut j = Json::with_capacity(crate::push::BODY_CAPACITY);
+        j.raw("{\"message\":{\"token\":")
+            .str(token)
+            .raw(",\"android\":{\"priority\":\"HIGH\",\"ttl\":")
+            .str(&format!("{ttl}s"))
+            .raw(",\"collapse_key\":")
+            .str(id)
+            .raw("},\"data\":");
+        match c {
+            Content::Challenge(kind, expires_at_ms) => {
+                j.raw("{\"type\":\"challenge\",\"challenge_id\":")
+                    .str(id)
+                    .raw(",\"kind\":")
+                    .str(kind.as_str())
+                    .raw(",\"title\":")
+                    .str(TITLE)
+                    .raw(",\"body\":")
+                    .str(BODY)
+                    .raw(",\"expires_at\":")
+                    .str(&crate::wire::rfc3339_ms(expires_at_ms))
+                    .raw("}");
+            }
+            Content::Withdraw => {
+                j.raw("{\"type\":\"withdraw\",\"challenge_id\":")
+                    .str(id)
+                    .raw("}");
+            }
+        }
+        j.raw("}}");
+        let body = j.into_vec();
         let req = Request::post(self.send_uri.clone())
             .header(CONTENT_TYPE, "application/json; charset=UTF-8")
             .header(AUTHORIZATION, self.bearer.clone())

@@ -27,21 +27,6 @@ pub fn routing_key(kind: Option<Kind>, outcome: OutcomeKind) -> String {
     format!("outcome.{kind}.{}", outcome.as_str())
 }
 
-/// [`OutcomeMessage`] borrowing the challenge's fields, for [`OutcomeMessage::body_of`].
-#[derive(Serialize)]
-struct OutcomeBody<'a> {
-    v: u8,
-    challenge_id: &'a str,
-    user_id: Option<&'a str>,
-    kind: Option<Kind>,
-    outcome: OutcomeKind,
-    channel: Option<Channel>,
-    device_id: Option<&'a str>,
-    reason: Option<&'a str>,
-    decided_at: String,
-    elapsed_ms: i64,
-}
-
 /// The outcome event (CONTRACT §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeMessage {
@@ -81,21 +66,27 @@ impl OutcomeMessage {
     pub fn body_of(c: &Challenge) -> Option<Vec<u8>> {
         let o = c.outcome.as_ref()?;
         let s = &c.spec;
-        let body = OutcomeBody {
-            v: 1,
-            challenge_id: &s.challenge_id,
-            user_id: Some(&s.user_id),
-            kind: Some(s.kind),
-            outcome: o.kind,
-            channel: o.channel,
-            device_id: c.decided_device_id(),
-            reason: o.reason,
-            decided_at: rfc3339_ms(o.decided_at_ms),
-            elapsed_ms: (o.decided_at_ms - s.created_at_ms).max(0),
-        };
-        let mut out = Vec::with_capacity(256);
-        serde_json::to_writer(&mut out, &body).ok()?;
-        Some(out)
+        let mut j = super::json::Json::with_capacity(256);
+        j.raw("{\"v\":1,\"challenge_id\":")
+            .str(&s.challenge_id)
+            .raw(",\"user_id\":")
+            .str(&s.user_id)
+            .raw(",\"kind\":")
+            .str(s.kind.as_str())
+            .raw(",\"outcome\":")
+            .str(o.kind.as_str())
+            .raw(",\"channel\":")
+            .opt_str(o.channel.map(Channel::as_str))
+            .raw(",\"device_id\":")
+            .opt_str(c.decided_device_id())
+            .raw(",\"reason\":")
+            .opt_str(o.reason)
+            .raw(",\"decided_at\":")
+            .str(&rfc3339_ms(o.decided_at_ms))
+            .raw(",\"elapsed_ms\":")
+            .int((o.decided_at_ms - s.created_at_ms).max(0))
+            .raw("}");
+        Some(j.into_vec())
     }
 
     /// The `rejected` outcome of a message that could not be accepted.

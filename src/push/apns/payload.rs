@@ -2,14 +2,16 @@
 //! JSON payload, for a challenge alert or a withdrawal, and the size checks Apple
 //! enforces (payload ≤ 4096 bytes, collapse id ≤ 64 bytes), made before sending.
 //!
-//! The payload is serialized with our own serde structs rather than `a2`'s
-//! `Payload`/`APS`: `a2` 0.10's `APS` has no `interruption-level` field (we must send
-//! `"time-sensitive"`), and its custom-data map would not let the `aps` object carry it.
+//! The payload is written by hand (`wire::json`: the bytes serde would give for the
+//! same fields) rather than with `a2`'s `Payload`/`APS`: `a2` 0.10's `APS` has no
+//! `interruption-level` field (we must send `"time-sensitive"`), and its custom-data map
+//! would not let the `aps` object carry it.
 
+use crate::challenge::context::RequestContext;
 use crate::push::delivery::now_ms;
 use crate::push::{PushContent, PushMessage};
+use crate::wire::json::Json;
 use bytes::Bytes;
-use serde::Serialize;
 
 /// Apple's limit for a regular (non-VoIP) push payload.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -40,50 +42,6 @@ pub struct ApnsRequest {
     pub expiration: String,
     pub collapse_id: Option<String>,
     pub body: Bytes,
-}
-
-#[derive(Serialize)]
-struct Alert<'a> {
-    title: &'a str,
-    body: &'a str,
-}
-
-#[derive(Serialize)]
-struct AlertAps<'a> {
-    alert: Alert<'a>,
-    category: &'static str,
-    #[serde(rename = "interruption-level")]
-    interruption_level: &'static str,
-}
-
-#[derive(Serialize)]
-struct ChallengePayload<'a> {
-    aps: AlertAps<'a>,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    challenge_id: &'a str,
-    kind: &'static str,
-    expires_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    number_choices: Option<[u8; 3]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_label: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a crate::challenge::context::RequestContext>,
-}
-
-#[derive(Serialize)]
-struct BackgroundAps {
-    #[serde(rename = "content-available")]
-    content_available: u8,
-}
-
-#[derive(Serialize)]
-struct WithdrawPayload<'a> {
-    aps: BackgroundAps,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    challenge_id: &'a str,
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T19:42:00.000Z`.
@@ -117,39 +75,52 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
                 return Err(PayloadError::CollapseIdTooLong(msg.challenge_id.len()));
             }
             let extra = extra.as_deref();
-            let mut p = ChallengePayload {
-                aps: AlertAps {
-                    alert: Alert { title, body },
-                    category: "SCA_CHALLENGE",
-                    interruption_level: "time-sensitive",
-                },
-                ty: "challenge",
-                challenge_id: &msg.challenge_id,
-                kind: msg.kind.as_str(),
-                expires_at: rfc3339_ms(msg.expires_at_ms),
-                number_choices: *number_choices,
-                user_label: extra.and_then(|e| e.user_label.as_deref()),
-                context: extra.and_then(|e| e.context.as_ref()),
+            let alert = |context: Option<&RequestContext>| {
+                let mut j = Json::with_capacity(crate::push::BODY_CAPACITY);
+                j.raw("{\"aps\":{\"alert\":{\"title\":")
+                    .str(title)
+                    .raw(",\"body\":")
+                    .str(body)
+                    .raw("},\"category\":\"SCA_CHALLENGE\",\"interruption-level\":\"time-sensitive\"},\"type\":\"challenge\",\"challenge_id\":")
+                    .str(&msg.challenge_id)
+                    .raw(",\"kind\":")
+                    .str(msg.kind.as_str())
+                    .raw(",\"expires_at\":")
+                    .str(&rfc3339_ms(msg.expires_at_ms));
+                if let Some([a, b, c]) = number_choices {
+                    j.raw(",\"number_choices\":[")
+                        .int(i64::from(*a))
+                        .raw(",")
+                        .int(i64::from(*b))
+                        .raw(",")
+                        .int(i64::from(*c))
+                        .raw("]");
+                }
+                if let Some(label) = extra.and_then(|e| e.user_label.as_deref()) {
+                    j.raw(",\"user_label\":").str(label);
+                }
+                if let Some(context) = context {
+                    j.raw(",\"context\":").serde(context);
+                }
+                j.raw("}");
+                j.into_vec()
             };
-            let mut json = to_json(&p);
-            if json.len() > MAX_PAYLOAD_BYTES && p.context.is_some() {
+            let context = extra.and_then(|e| e.context.as_ref());
+            let mut json = alert(context);
+            if json.len() > MAX_PAYLOAD_BYTES && context.is_some() {
                 // The alert already shows client and location: rather than fail the
                 // push, the context data is left out (the app can list it from the
                 // pending-challenges endpoint).
-                p.context = None;
-                json = to_json(&p);
+                json = alert(None);
             }
             ("alert", "10", Some(msg.challenge_id.to_string()), json)
         }
         PushContent::Withdraw => {
-            let p = WithdrawPayload {
-                aps: BackgroundAps {
-                    content_available: 1,
-                },
-                ty: "withdraw",
-                challenge_id: &msg.challenge_id,
-            };
-            ("background", "5", None, to_json(&p))
+            let mut j = Json::with_capacity(96);
+            j.raw("{\"aps\":{\"content-available\":1},\"type\":\"withdraw\",\"challenge_id\":")
+                .str(&msg.challenge_id)
+                .raw("}");
+            ("background", "5", None, j.into_vec())
         }
     };
     if body.len() > MAX_PAYLOAD_BYTES {
@@ -170,11 +141,6 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
         collapse_id,
         body: Bytes::from(body),
     })
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serializing these plain structs of strings and integers cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,59 +5,14 @@
 //! replaces an older one still queued for an offline device.
 
 use crate::push::{PushContent, PushMessage};
+use crate::wire::json::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
-use serde::Serialize;
 use std::time::Duration;
 
 /// A withdrawal is worth delivering for a little while even when the challenge has
 /// already expired (expiry is one reason to withdraw): an app that comes back online
 /// within this window still clears the notification it shows.
 pub const WITHDRAW_MIN_TTL: Duration = Duration::from_secs(60);
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    message: Message<'a>,
-}
-
-#[derive(Serialize)]
-struct Message<'a> {
-    token: &'a str,
-    android: Android<'a>,
-    data: Data<'a>,
-}
-
-#[derive(Serialize)]
-struct Android<'a> {
-    priority: &'static str,
-    ttl: String,
-    collapse_key: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Data<'a> {
-    Challenge {
-        #[serde(rename = "type")]
-        kind_of_message: &'static str,
-        challenge_id: &'a str,
-        kind: &'static str,
-        title: &'a str,
-        body: &'a str,
-        expires_at: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        number_choices: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user_label: Option<&'a str>,
-        /// The request context as compact JSON (data values are strings).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        context: Option<String>,
-    },
-    Withdraw {
-        #[serde(rename = "type")]
-        kind_of_message: &'static str,
-        challenge_id: &'a str,
-    },
-}
 
 /// RFC 3339 in UTC, with fractional seconds only when there are some.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
@@ -76,55 +31,61 @@ fn ttl_string(ttl: Duration) -> String {
 }
 
 /// Serializes the `messages:send` body for `msg` at `now_ms` (the TTL is what is left of
-/// the challenge's life at that moment, so each retry sends a shorter one).
+/// the challenge's life at that moment, so each retry sends a shorter one). Written by
+/// hand (`wire::json`): the same bytes as serde would give for
+/// `{"message":{"token","android":{"priority","ttl","collapse_key"},"data":{..}}}`.
 pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
     let remaining = msg.remaining(now_ms);
-    let (ttl, data) = match &msg.content {
+    let ttl = match msg.content {
+        PushContent::Challenge { .. } => remaining,
+        PushContent::Withdraw => remaining.max(WITHDRAW_MIN_TTL),
+    };
+    let mut j = Json::with_capacity(crate::push::BODY_CAPACITY);
+    j.raw("{\"message\":{\"token\":")
+        .str(&msg.token)
+        .raw(",\"android\":{\"priority\":\"HIGH\",\"ttl\":")
+        .str(&ttl_string(ttl))
+        .raw(",\"collapse_key\":")
+        .str(&msg.challenge_id)
+        .raw("},\"data\":");
+    match &msg.content {
         PushContent::Challenge {
             title,
             body,
             number_choices,
             extra,
-        } => (
-            remaining,
-            Data::Challenge {
-                kind_of_message: "challenge",
-                challenge_id: &msg.challenge_id,
-                kind: msg.kind.as_str(),
-                title,
-                body,
-                expires_at: rfc3339_ms(msg.expires_at_ms),
-                number_choices: number_choices.map(|n| {
-                    n.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }),
-                user_label: extra.as_deref().and_then(|e| e.user_label.as_deref()),
-                context: extra.as_deref().and_then(|e| e.context_json()),
-            },
-        ),
-        PushContent::Withdraw => (
-            remaining.max(WITHDRAW_MIN_TTL),
-            Data::Withdraw {
-                kind_of_message: "withdraw",
-                challenge_id: &msg.challenge_id,
-            },
-        ),
-    };
-    let env = Envelope {
-        message: Message {
-            token: &msg.token,
-            android: Android {
-                priority: "HIGH",
-                ttl: ttl_string(ttl),
-                collapse_key: &msg.challenge_id,
-            },
-            data,
-        },
-    };
-    // Serializing plain strings into a Vec cannot fail.
-    serde_json::to_vec(&env).unwrap_or_default()
+        } => {
+            j.raw("{\"type\":\"challenge\",\"challenge_id\":")
+                .str(&msg.challenge_id)
+                .raw(",\"kind\":")
+                .str(msg.kind.as_str())
+                .raw(",\"title\":")
+                .str(title)
+                .raw(",\"body\":")
+                .str(body)
+                .raw(",\"expires_at\":")
+                .str(&rfc3339_ms(msg.expires_at_ms));
+            if let Some([a, b, c]) = number_choices {
+                j.raw(",\"number_choices\":").str(&format!("{a},{b},{c}"));
+            }
+            let extra = extra.as_deref();
+            if let Some(label) = extra.and_then(|e| e.user_label.as_deref()) {
+                j.raw(",\"user_label\":").str(label);
+            }
+            // The request context as compact JSON (data values are strings).
+            if let Some(context) = extra.and_then(|e| e.context_json()) {
+                j.raw(",\"context\":").str(&context);
+            }
+            j.raw("}");
+        }
+        PushContent::Withdraw => {
+            j.raw("{\"type\":\"withdraw\",\"challenge_id\":")
+                .str(&msg.challenge_id)
+                .raw("}");
+        }
+    }
+    j.raw("}}");
+    j.into_vec()
 }
 
 #[cfg(test)]

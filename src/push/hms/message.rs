@@ -125,7 +125,9 @@ pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
             token: [&msg.token],
         },
     };
-    serde_json::to_vec(&env).unwrap_or_default()
+    let mut out = Vec::with_capacity(2 * crate::push::BODY_CAPACITY);
+    let _ = serde_json::to_writer(&mut out, &env);
+    out
 }
 
 #[cfg(test)]

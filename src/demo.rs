@@ -44,6 +44,12 @@ impl Timeline {
         let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         l.entry(id.to_string()).or_default().push((at, what.into()));
     }
+    /// Whether `id` has a line starting with `prefix`.
+    fn has(&self, id: &str, prefix: &str) -> bool {
+        let l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(id)
+            .is_some_and(|e| e.iter().any(|(_, w)| w.starts_with(prefix)))
+    }
     fn print(&self, id: &str) {
         let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         let Some(events) = l.get_mut(id) else { return };
@@ -612,9 +618,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     ));
 
     // 5. A user hitting the rate limit (3 challenges in a burst are allowed).
-    println!("\n5. One user sends 4 challenges at once: the 4th is rate limited; the others are cancelled");
+    println!("\n5. One user sends 4 challenges in a row: the 4th is rate limited; the others are cancelled");
     let ids: Vec<String> = (1..=4).map(|i| format!("demo-{run_id}-busy-{i}")).collect();
-    for id in &ids {
+    for (i, id) in ids.iter().enumerate() {
+        if i == 3 {
+            // The daemon's consumers take deliveries in parallel: the 4th goes out once
+            // the first three are dispatched, so that it is the one over the limit.
+            until(10, || {
+                ids[..3]
+                    .iter()
+                    .all(|id| tl.has(id, "event challenge.dispatched"))
+            })
+            .await;
+        }
         broker
             .publish(
                 challenge(id, &format!("busy-{run_id}"), "login")

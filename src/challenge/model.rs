@@ -427,7 +427,13 @@ pub fn parse_challenge(
             ),
         ));
     }
-    let raw: RawChallenge = match serde_json::from_slice(body) {
+    // UTF-8 checked once for the whole body (a fast pass), so that the parser need not
+    // check each string again.
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return Err(unread("invalid_json", format!("body is not UTF-8: {e}"))),
+    };
+    let raw: RawChallenge = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) if e.is_data() => {
             return Err(unread(
@@ -825,6 +831,15 @@ mod tests {
         }
         let r = parse_challenge(b"not json", NOW, 0).unwrap_err();
         assert_eq!(r.code, "invalid_json");
+        // Bytes that are not UTF-8, inside a string value or outside one.
+        let mut body = sample().to_string().into_bytes();
+        let at = body.windows(4).position(|w| w == b"\"d1\"").unwrap() + 1;
+        body[at] = 0xff;
+        for b in [body, b"{\xff}".to_vec()] {
+            let r = parse_challenge(&b, NOW, 60_000).unwrap_err();
+            assert_eq!(r.code, "invalid_json", "{r}");
+            assert!(r.detail.starts_with("body is not UTF-8"), "{r}");
+        }
         let r = parse_challenge(&vec![b' '; MAX_BODY_BYTES + 1], NOW, 0).unwrap_err();
         assert_eq!(r.code, "body_too_large");
     }

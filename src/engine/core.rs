@@ -307,6 +307,11 @@ pub struct Core<A> {
 /// Effects of one call.
 pub type Effects<A> = Vec<Effect<A>>;
 
+/// Room for what an intake or a decision yields (a push per device, the timer, the
+/// counts; the withdrawals, the outcome, the wake-up): allocated once, not grown step
+/// by step.
+const EFFECTS_PER_CALL: usize = 8;
+
 impl<A> Core<A> {
     pub fn new(cfg: &Config, settings: Settings, entropy: Box<dyn Entropy>) -> Core<A> {
         Core {
@@ -355,7 +360,7 @@ impl<A> Core<A> {
 
     /// Takes one delivery from the challenges queue.
     pub fn intake(&self, now: i64, body: &[u8], meta: DeliveryMeta, ack: A) -> Effects<A> {
-        let mut fx = Effects::new();
+        let mut fx = Effects::with_capacity(EFFECTS_PER_CALL);
         let mut spec = match parse_challenge(body, now, self.settings.max_skew_ms) {
             Ok(s) => s,
             Err(rej) => {
@@ -573,7 +578,7 @@ impl<A> Core<A> {
         op: &Operation,
         authority: Authority,
     ) -> (OpOutcome, Effects<A>) {
-        let mut fx = Effects::new();
+        let mut fx = Effects::with_capacity(EFFECTS_PER_CALL);
         let Some(mut entry) = self.table.get_mut(id) else {
             return (OpOutcome::NotFound, fx);
         };

@@ -515,6 +515,22 @@ async fn relay_baseline(
     })
 }
 
+/// The relay's figures, then the daemon started and warmed up (the quick looks).
+async fn relay_then_daemon(
+    conn: &Connection,
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    c: &Client,
+    n: u64,
+) -> anyhow::Result<(RelayRun, Daemon)> {
+    let relay = relay_baseline(conn, dir, ns, sims, c, n).await?;
+    let d = spawn_daemon(dir, ns, sims, 5000, 4)?;
+    wait_ready(c, &d).await?;
+    daemon_run(&d, ns, sims, 2000, None).await?;
+    Ok((relay, d))
+}
+
 /// Publish → push at `rate` (half the relay's), with the daemon's device mix and then
 /// with the relay's (iOS and Android only: the like-for-like figure).
 async fn at_half_relay(
@@ -1016,10 +1032,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     // `E2E_ONLY=latency`: the relay flat out and at half its rate, then the daemon at
     // that rate (publish → push), printed and not written.
     if only.as_deref() == Some("latency") {
-        let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
-        let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
-        wait_ready(&c, &d).await?;
-        daemon_run(&d, &ns, &sims, 2000, None).await?;
+        let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
         let (own, same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
         println!(
             "publish→push p50 / p99 / p99.9 at {:.0}/s: relay {:.1} / {:.1} / {:.1} ms; daemon {:.1} / {:.1} / {:.1} ms; daemon with the relay's devices {:.1} / {:.1} / {:.1} ms",
@@ -1036,10 +1049,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     // `E2E_ONLY=cpu`: the relay flat out, then the daemon flat out with the relay's
     // devices and with its own mix, `E2E_ROUNDS` (default 2) times; printed, not written.
     if only.as_deref() == Some("cpu") {
-        let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
-        let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
-        wait_ready(&c, &d).await?;
-        daemon_run(&d, &ns, &sims, 2000, None).await?;
+        let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
         for round in 1..=env_u64("E2E_ROUNDS", 2) {
             let (same_per_s, _, same) =
                 flat_out_with(&mut d, &ns, &sims, n, RELAY_PLATFORMS).await?;

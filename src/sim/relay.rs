@@ -26,7 +26,7 @@ use crate::amqp::acks::{run_batcher, AckOp};
 use crate::config::Settings;
 use crate::push::apns::jwt;
 use crate::push::fcm::auth::{sign_assertion, ServiceAccount};
-use crate::wire::json::Json;
+use crate::wire::json::{Json, Millis};
 use anyhow::Context;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -351,7 +351,11 @@ impl Relay {
                 .raw(",\"channel\":\"push\",\"device_id\":")
                 .str(&d.device_id)
                 .raw(",\"reason\":null,\"decided_at\":")
-                .str(&crate::wire::rfc3339_ms(crate::clock::now_ms()))
+                .time(
+                    crate::clock::now_ms(),
+                    Millis::Always,
+                    crate::wire::rfc3339_ms,
+                )
                 .raw(",\"elapsed_ms\":")
                 .int(held.received.elapsed().as_millis() as i64)
                 .raw("}");
@@ -475,7 +479,7 @@ impl Apns {
                     .raw(",\"kind\":")
                     .str(kind.as_str())
                     .raw(",\"expires_at\":")
-                    .str(&crate::wire::rfc3339_ms(expires_at_ms))
+                    .time(expires_at_ms, Millis::Always, crate::wire::rfc3339_ms)
                     .raw("}");
                 ("alert", "10")
             }
@@ -593,7 +597,7 @@ impl Fcm {
                     .raw(",\"body\":")
                     .str(BODY)
                     .raw(",\"expires_at\":")
-                    .str(&crate::wire::rfc3339_ms(expires_at_ms))
+                    .time(expires_at_ms, Millis::Always, crate::wire::rfc3339_ms)
                     .raw("}");
             }
             Content::Withdraw => {

@@ -64,6 +64,18 @@ impl Json {
         self
     }
 
+    /// Appends `unix_ms` as an RFC 3339 UTC time string, as chrono writes it
+    /// (`SecondsFormat::Millis`, or `AutoSi` for [`Millis::IfAny`]), through `fallback`
+    /// for a time outside the years 0000–9999.
+    pub fn time(&mut self, unix_ms: i64, millis: Millis, fallback: fn(i64) -> String) -> &mut Json {
+        self.0.push(b'"');
+        if !rfc3339_into(&mut self.0, unix_ms, millis) {
+            self.0.extend_from_slice(fallback(unix_ms).as_bytes());
+        }
+        self.0.push(b'"');
+        self
+    }
+
     /// Appends `v` as serde serializes it (for nested values that are rare on the path).
     pub fn serde<T: Serialize + ?Sized>(&mut self, v: &T) -> &mut Json {
         // Serializing the daemon's own typed values into a Vec cannot fail.
@@ -106,6 +118,64 @@ impl Json {
         }
         self.0.extend_from_slice(&bytes[start..]);
     }
+}
+
+/// How a time's fraction of a second is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Millis {
+    /// Always three digits (`…:00.000Z`).
+    Always,
+    /// Three digits when they are not all zero (`…:00Z`, `…:00.113Z`).
+    IfAny,
+}
+
+/// Appends `unix_ms` as `YYYY-MM-DDTHH:MM:SS[.mmm]Z`; false (nothing written) outside
+/// the years 0000–9999. The date is the proleptic Gregorian calendar's, from the days
+/// since the epoch (H. Hinnant's `civil_from_days`).
+fn rfc3339_into(out: &mut Vec<u8>, unix_ms: i64, millis: Millis) -> bool {
+    let (secs, ms) = (unix_ms.div_euclid(1000), unix_ms.rem_euclid(1000));
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return false;
+    }
+    // Every part is in range here: each digit is `n / 10^k % 10` of a known width.
+    let digit = |n: i64| b'0' + (n % 10) as u8;
+    let (hour, minute, second) = (day_secs / 3600, day_secs / 60 % 60, day_secs % 60);
+    out.extend_from_slice(&[
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        b'-',
+        digit(month / 10),
+        digit(month),
+        b'-',
+        digit(day / 10),
+        digit(day),
+        b'T',
+        digit(hour / 10),
+        digit(hour),
+        b':',
+        digit(minute / 10),
+        digit(minute),
+        b':',
+        digit(second / 10),
+        digit(second),
+    ]);
+    if millis == Millis::Always || ms != 0 {
+        out.extend_from_slice(&[b'.', digit(ms / 100), digit(ms / 10), digit(ms)]);
+    }
+    out.push(b'Z');
+    true
 }
 
 #[cfg(test)]
@@ -162,6 +232,52 @@ mod tests {
         }
         for c in [Channel::Push, Channel::Sms, Channel::Offline] {
             assert_eq!(c.as_str(), serde(serde_json::to_value(c).unwrap()));
+        }
+    }
+
+    /// Every time written as chrono writes it, or through the fallback outside its range.
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        use chrono::{DateTime, SecondsFormat};
+        use rand::Rng;
+        let chrono = |ms: i64, f: SecondsFormat| {
+            DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(f, true))
+        };
+        let (first, last) = (-62_167_219_200_000i64, 253_402_300_799_999i64);
+        let mut rng = rand::thread_rng();
+        let mut cases = vec![
+            0,
+            -1,
+            1,
+            999,
+            1000,
+            first,
+            last,
+            951_782_400_000,
+            1_795_462_920_000,
+        ];
+        // Around leap days and year ends, then anywhere.
+        for y in [1900i64, 2000, 2024, 2100] {
+            let t = DateTime::parse_from_rfc3339(&format!("{y}-03-01T00:00:00Z")).unwrap();
+            let ms = t.timestamp_millis();
+            cases.extend([ms - 1, ms, ms - 86_400_000, ms - 86_400_001]);
+        }
+        cases.extend((0..20_000).map(|_| rng.gen_range(first..=last)));
+        for ms in cases {
+            for (m, f) in [
+                (Millis::Always, SecondsFormat::Millis),
+                (Millis::IfAny, SecondsFormat::AutoSi),
+            ] {
+                let mut j = Json::with_capacity(0);
+                j.time(ms, m, |_| "fallback".into());
+                let want = format!("\"{}\"", chrono(ms, f).unwrap());
+                assert_eq!(String::from_utf8(j.into_vec()).unwrap(), want, "{ms} {m:?}");
+            }
+        }
+        for ms in [first - 1, last + 1, i64::MIN, i64::MAX] {
+            let mut j = Json::with_capacity(0);
+            j.time(ms, Millis::Always, |_| "fallback".into());
+            assert_eq!(j.into_vec(), b"\"fallback\"", "{ms}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the daemon publishes and shows: the outcome (CONTRACT §4), the events on
 //! `sca.events` and the challenge view of `GET /v1/challenges/{id}`.
 
+use super::json::{Json, Millis};
 use crate::challenge::context::RequestContext;
 use crate::challenge::machine::Challenge;
 use crate::challenge::model::{ChallengeSpec, Channel, Kind, OutcomeKind, Platform};
@@ -66,7 +67,7 @@ impl OutcomeMessage {
     pub fn body_of(c: &Challenge) -> Option<Vec<u8>> {
         let o = c.outcome.as_ref()?;
         let s = &c.spec;
-        let mut j = super::json::Json::with_capacity(256);
+        let mut j = Json::with_capacity(256);
         j.raw("{\"v\":1,\"challenge_id\":")
             .str(&s.challenge_id)
             .raw(",\"user_id\":")
@@ -82,7 +83,7 @@ impl OutcomeMessage {
             .raw(",\"reason\":")
             .opt_str(o.reason)
             .raw(",\"decided_at\":")
-            .str(&rfc3339_ms(o.decided_at_ms))
+            .time(o.decided_at_ms, Millis::Always, rfc3339_ms)
             .raw(",\"elapsed_ms\":")
             .int((o.decided_at_ms - s.created_at_ms).max(0))
             .raw("}");

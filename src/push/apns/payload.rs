@@ -10,7 +10,7 @@
 use crate::challenge::context::RequestContext;
 use crate::push::delivery::now_ms;
 use crate::push::{PushContent, PushMessage};
-use crate::wire::json::Json;
+use crate::wire::json::{Json, Millis};
 use bytes::Bytes;
 
 /// Apple's limit for a regular (non-VoIP) push payload.
@@ -86,7 +86,7 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
                     .raw(",\"kind\":")
                     .str(msg.kind.as_str())
                     .raw(",\"expires_at\":")
-                    .str(&rfc3339_ms(msg.expires_at_ms));
+                    .time(msg.expires_at_ms, Millis::Always, rfc3339_ms);
                 if let Some([a, b, c]) = number_choices {
                     j.raw(",\"number_choices\":[")
                         .int(i64::from(*a))

@@ -5,7 +5,7 @@
 //! replaces an older one still queued for an offline device.
 
 use crate::push::{PushContent, PushMessage};
-use crate::wire::json::Json;
+use crate::wire::json::{Json, Millis};
 use chrono::{SecondsFormat, TimeZone, Utc};
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
                 .raw(",\"body\":")
                 .str(body)
                 .raw(",\"expires_at\":")
-                .str(&rfc3339_ms(msg.expires_at_ms));
+                .time(msg.expires_at_ms, Millis::IfAny, rfc3339_ms);
             if let Some([a, b, c]) = number_choices {
                 j.raw(",\"number_choices\":").str(&format!("{a},{b},{c}"));
             }

@@ -15,6 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use http::HeaderValue;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +87,8 @@ fn unix_now() -> u64 {
 struct Current {
     /// The `authorization` header value, `bearer <jwt>`.
     bearer: Arc<str>,
+    /// The same as a header value, checked once rather than at every request.
+    header: HeaderValue,
     minted: Instant,
 }
 
@@ -134,8 +137,11 @@ impl TokenCache {
         let iat = unix_now().max(self.last_iat.load(Ordering::Relaxed) + 1);
         self.last_iat.store(iat, Ordering::Relaxed);
         let jwt = sign(&self.key, &self.key_id, &self.team_id, iat);
+        let bearer = format!("bearer {jwt}");
         Current {
-            bearer: format!("bearer {jwt}").into(),
+            // Base64url parts and dots: always a valid header value.
+            header: HeaderValue::from_str(&bearer).unwrap_or(HeaderValue::from_static("")),
+            bearer: bearer.into(),
             minted: now,
         }
     }
@@ -143,11 +149,17 @@ impl TokenCache {
     /// The `authorization` header value to use now, renewing a token that reached its
     /// refresh age.
     pub fn bearer(&self) -> Arc<str> {
+        self.bearer_and_header().0
+    }
+
+    /// [`TokenCache::bearer`] and the same token as a ready header value.
+    pub fn bearer_and_header(&self) -> (Arc<str>, HeaderValue) {
         let now = Instant::now();
+        let both = |c: &Current| (c.bearer.clone(), c.header.clone());
         if let Ok(guard) = self.current.read() {
             if let Some(c) = guard.as_ref() {
                 if now.duration_since(c.minted) < self.refresh {
-                    return c.bearer.clone();
+                    return both(c);
                 }
             }
         }
@@ -156,12 +168,12 @@ impl TokenCache {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match guard.as_ref() {
-            Some(c) if now.duration_since(c.minted) < self.refresh => c.bearer.clone(),
+            Some(c) if now.duration_since(c.minted) < self.refresh => both(c),
             _ => {
                 let c = self.mint(now);
-                let bearer = c.bearer.clone();
+                let out = both(&c);
                 *guard = Some(c);
-                bearer
+                out
             }
         }
     }

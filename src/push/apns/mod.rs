@@ -166,7 +166,7 @@ impl Inner {
         &self,
         req: &payload::ApnsRequest,
         topic: &HeaderValue,
-        bearer: &str,
+        bearer: HeaderValue,
     ) -> Result<(u16, Option<String>), String> {
         // Names and fixed values as static headers: nothing parsed or copied for them.
         let request = http::Request::post(format!("{}{}", self.base, req.path))
@@ -231,9 +231,9 @@ impl Transport for ApnsProvider {
     }
 
     async fn attempt(&self, _msg: &PushMessage, push: &mut ApnsPush) -> Attempt {
-        let bearer = self.inner.token.bearer();
-        push.bearer = Some(bearer.clone());
-        let request = self.inner.request(&push.req, &self.topic, &bearer);
+        let (bearer, header) = self.inner.token.bearer_and_header();
+        push.bearer = Some(bearer);
+        let request = self.inner.request(&push.req, &self.topic, header);
         match tokio::time::timeout(self.inner.timeout, request).await {
             Ok(Ok((status, reason))) => {
                 if status == 403 && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN) {

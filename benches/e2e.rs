@@ -41,7 +41,8 @@
 //! `E2E_ONLY=memory` phase 4 alone, `E2E_ONLY=http` phases 4 and 5 with 50,000 held
 //! (`E2E_INFLIGHT`), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
 //! rate, `E2E_ONLY=cpu` the relay flat out and then the daemon flat out on the relay's
-//! challenges and on its own mix (`E2E_ROUNDS` times), printed and not written.
+//! challenges and on its own mix (`E2E_ROUNDS` times), printed and not written;
+//! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`.
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -245,6 +246,12 @@ fn spawn_as(
     cfg.limits.challenges_per_minute = 1_000_000;
     cfg.limits.challenge_burst = 1_000_000;
     cfg.http.api_tokens = TOKEN.into();
+    // `E2E_RETAIN_SECONDS`: how long decided challenges are kept (default the daemon's
+    // own, 600 s, which no run here outlasts: the retained table only grows). A short one
+    // measures the steady state, where as many expire as are decided.
+    if let Ok(v) = std::env::var("E2E_RETAIN_SECONDS") {
+        cfg.challenge.retain_completed_seconds = v.parse()?;
+    }
     sims.apply(&mut cfg);
     cfg.fcm.max_concurrent = 512;
     // The daemon's runtime flavor (the relay reads the same file but builds its own

@@ -336,6 +336,11 @@ pub struct ChallengeConfig {
     pub retain_completed_seconds: u64,
     /// Reject challenges whose `created_at` is further than this in the future.
     pub max_clock_skew_seconds: u64,
+    /// The most challenges held in memory at once, pending and retained after their
+    /// outcome. At the bound intake pauses: deliveries wait in the queue until retention
+    /// frees room (a retained record is never dropped early: a copy published again
+    /// would then get a second outcome).
+    pub max_held: u64,
 }
 
 impl Default for ChallengeConfig {
@@ -344,6 +349,7 @@ impl Default for ChallengeConfig {
             default_fallback_after_seconds: 30,
             retain_completed_seconds: 600,
             max_clock_skew_seconds: 60,
+            max_held: 2_000_000,
         }
     }
 }
@@ -653,6 +659,9 @@ impl Config {
                 "challenge.retain_completed_seconds",
                 "must be at least 1",
             ));
+        }
+        if !(1..=100_000_000).contains(&self.challenge.max_held) {
+            return Err(invalid("challenge.max_held", "must be 1..=100000000"));
         }
         let apns = self.apns.settings()?;
         let fcm = self.fcm.settings()?;
@@ -1641,6 +1650,8 @@ mod tests {
                 "[sms]\ngateway = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\nmax_per_minute_global = 0\n",
                 "sms.max_per_minute_global",
             ),
+            ("[challenge]\nmax_held = 0\n", "challenge.max_held"),
+            ("[challenge]\nmax_held = 100000001\n", "challenge.max_held"),
         ] {
             let e = Config::from_toml_with_env(toml, "t", &[]).unwrap_err();
             assert!(e.to_string().contains(key), "{key}: {e}");
@@ -1652,5 +1663,6 @@ mod tests {
         assert_eq!(c.http.idle_timeout_seconds, 60);
         assert_eq!(c.sms.max_per_phone_per_window, 3);
         assert_eq!(c.sms.max_per_minute_global, 600);
+        assert_eq!(c.challenge.max_held, 2_000_000);
     }
 }

@@ -337,17 +337,19 @@ impl Daemon {
             move |req, _| api.clone().handle(req),
             until(&close_tx.subscribe()),
         ));
+        let scraped = engine.clone();
         tokio::spawn(crate::http::serve_with(
             metrics_l,
             crate::http::Limits::from_config("metrics", &cfg.http).with_max_connections(64),
             move |req, _| {
                 let prom = prom.clone();
+                let held = scraped.held();
                 async move {
                     if req.uri().path() == "/metrics" {
                         hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(http_body_util::Full::new(bytes::Bytes::from(
-                                crate::telemetry::render(&prom),
+                                crate::telemetry::render(&prom, held),
                             )))
                             .unwrap_or_default()
                     } else {

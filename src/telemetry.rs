@@ -30,6 +30,8 @@ pub const AMQP_CHANNELS_REPLACED: &str = "sca_amqp_channels_replaced_total";
 pub const OFFLINE_VERIFICATIONS: &str = "sca_offline_verifications_total";
 pub const FRAUD_REPORTS: &str = "sca_fraud_reports_total";
 pub const RUNTIME_ALIVE_TASKS: &str = "sca_runtime_alive_tasks";
+pub const CHALLENGES_HELD: &str = "sca_challenges_held";
+pub const INTAKE_PAUSED: &str = "sca_intake_paused";
 pub const CONTROL_REJECTED: &str = "sca_control_rejected_total";
 pub const PARTITIONS_OWNED: &str = "sca_partitions_owned";
 pub const CLUSTER_TAKEOVERS: &str = "sca_partition_takeovers_total";
@@ -114,6 +116,14 @@ fn describe() {
         "From dispatch to decision, by channel."
     );
     describe_gauge!(AMQP_CONNECTED, "1 while connected to RabbitMQ, else 0.");
+    describe_gauge!(
+        CHALLENGES_HELD,
+        "Challenges held in memory, pending and retained after their outcome, read at each scrape (bounded by challenge.max_held)."
+    );
+    describe_gauge!(
+        INTAKE_PAUSED,
+        "1 while intake waits for room under challenge.max_held, else 0."
+    );
     describe_gauge!(
         RUNTIME_ALIVE_TASKS,
         "Tasks alive in the daemon's async runtime, read at each scrape (a leak shows as growth)."
@@ -236,8 +246,10 @@ pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     };
 }
 
-/// Renders the metrics for a scrape, with the runtime's live task count read now.
-pub fn render(prom: &PrometheusHandle) -> String {
+/// Renders the metrics for a scrape, with the runtime's live task count and the
+/// engine's `held` challenges read now.
+pub fn render(prom: &PrometheusHandle, held: usize) -> String {
+    metrics::gauge!(CHALLENGES_HELD).set(held as f64);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         metrics::gauge!(RUNTIME_ALIVE_TASKS).set(rt.metrics().num_alive_tasks() as f64);
     }

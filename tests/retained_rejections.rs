@@ -1,6 +1,7 @@
 //! A rejected challenge id is remembered: a later copy, valid or not, gets no second
 //! outcome and is never dispatched. Oversized `sca.responses` bodies are refused before
-//! any parsing.
+//! any parsing. The table's bound, `challenge.max_held`, pauses intake instead of dropping
+//! a retained record early.
 
 mod common;
 
@@ -128,5 +129,70 @@ async fn an_oversized_response_body_is_dead_lettered_and_answered_413() {
         .unwrap();
     let answer: Value = serde_json::from_slice(&d.data).unwrap();
     assert_eq!(answer["status"], 404, "{answer}");
+    h.cleanup().await;
+}
+
+/// The gauge `name`'s value in a scrape.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_held_intake_waits_for_retention_and_nothing_is_dropped() {
+    let h = Harness::start_with(|c| {
+        c.challenge.max_held = 2;
+        c.challenge.retain_completed_seconds = 5;
+    })
+    .await;
+    // Two rejected records fill the table (retained 5 s after their outcome's confirm).
+    for id in ["full-1", "full-2"] {
+        let mut bad = challenge(id);
+        bad["ttl_seconds"] = json!(5);
+        h.publish(&bad).await;
+        let (rk, out) = h.outcome(10).await;
+        assert_eq!(
+            (rk.as_str(), &out["challenge_id"]),
+            ("outcome.login.rejected", &json!(id))
+        );
+    }
+    let started = std::time::Instant::now();
+    h.publish(&challenge("full-3")).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let m = h.metrics().await;
+    if started.elapsed() < Duration::from_secs(4) {
+        // Still within the records' retention: the third waits in the queue.
+        assert!(
+            h.push.pushes.lock().unwrap().is_empty(),
+            "pushed while full"
+        );
+        assert_eq!(gauge(&m, "sca_intake_paused"), Some(1.0), "{m}");
+        assert_eq!(gauge(&m, "sca_challenges_held"), Some(2.0), "{m}");
+    }
+    // Retention over: room again, and the waiting challenge is dispatched.
+    let pushes = h.pushes(2, 20).await;
+    assert!(
+        pushes.iter().all(|p| &*p.challenge_id == "full-3"),
+        "{pushes:?}"
+    );
+    let m = h.metrics().await;
+    assert_eq!(gauge(&m, "sca_intake_paused"), Some(0.0), "{m}");
+    // Once the second record's retention is over too, only the pending one is held.
+    let mut held = None;
+    for _ in 0..100 {
+        held = gauge(&h.metrics().await, "sca_challenges_held");
+        if held == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, Some(1.0));
+    // The first two were forgotten, not the pending one.
+    let (status, _) = h.http("GET", "/v1/challenges/full-1", None, None).await;
+    assert_eq!(status, 404);
+    let (status, view) = h.http("GET", "/v1/challenges/full-3", None, None).await;
+    assert_eq!((status, &view["state"]), (200, &json!("pending")), "{view}");
     h.cleanup().await;
 }

@@ -389,6 +389,8 @@ async fn run_partition(
             part: Some(part),
             resume: resume_of(&d, &seal),
         };
+        // Operations queued behind a challenge waiting for room wait with it.
+        engine.room().await;
         engine.accept(&d.data, meta, Box::new(ack));
     }
     "partition consumer cancelled".into()
@@ -452,6 +454,7 @@ pub(crate) async fn run_reroute(
                 redelivered: d.redelivered,
                 ..Default::default()
             };
+            engine.room().await;
             engine.accept(&d.data, meta, Box::new(ack));
             continue;
         };

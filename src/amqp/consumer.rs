@@ -79,6 +79,8 @@ pub(crate) async fn run_challenges(
     while let Some(d) = consumer.next().await {
         match d {
             Ok(d) => {
+                // Held (unacked) until there is room for it.
+                engine.room().await;
                 let meta = DeliveryMeta {
                     reply_to: reply_to(&d),
                     redelivered: d.redelivered,

@@ -60,7 +60,15 @@ pub struct Engine {
     /// instance holds yet answers 503 `partition_moving`, not 404. Bounded.
     fenced: DashMap<Arc<str>, i64>,
     fenced_for_ms: i64,
+    /// `challenge.max_held`: at this many held, intake waits ([`Engine::room`]).
+    max_held: usize,
+    /// Intake is waiting for room (logged and counted once per pause).
+    intake_paused: std::sync::atomic::AtomicBool,
 }
+
+/// How often paused intake looks at the table again (room comes back as retention runs
+/// out, which the timers do on their own schedule).
+const ROOM_POLL: Duration = Duration::from_millis(50);
 
 /// The most ids remembered as recently fenced.
 const MAX_FENCED: usize = 100_000;
@@ -100,6 +108,8 @@ impl Engine {
             cluster: cfg.cluster.enabled,
             fenced: DashMap::new(),
             fenced_for_ms: cfg.cluster.takeover_seconds as i64 * 3000,
+            max_held: usize::try_from(cfg.challenge.max_held).unwrap_or(usize::MAX),
+            intake_paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -210,6 +220,39 @@ impl Engine {
 
     pub fn holds(&self, id: &str) -> bool {
         self.core.holds(id)
+    }
+
+    /// Challenges held in memory, pending and retained.
+    pub fn held(&self) -> usize {
+        self.core.held()
+    }
+
+    /// Returns once the table holds fewer than `challenge.max_held` challenges. The
+    /// consumers call it with each delivery in hand, before the engine takes it: at the
+    /// bound the deliveries wait, unacked, in the queue and the channels' prefetch until
+    /// retention frees room (consumers checking at the same moment may each take one, so
+    /// the table can pass the bound by at most one per consumer). A retained
+    /// record is never dropped early to make room — a copy published again would then
+    /// be taken as new and get a second outcome.
+    pub async fn room(&self) {
+        if self.core.held() < self.max_held {
+            return;
+        }
+        if !self.intake_paused.swap(true, Ordering::SeqCst) {
+            metrics::gauge!(t::INTAKE_PAUSED).set(1.0);
+            tracing::warn!(
+                held = self.core.held(),
+                max_held = self.max_held,
+                "challenge.max_held reached: intake paused until retention frees room"
+            );
+        }
+        while self.core.held() >= self.max_held {
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+        if self.intake_paused.swap(false, Ordering::SeqCst) {
+            metrics::gauge!(t::INTAKE_PAUSED).set(0.0);
+            tracing::info!(held = self.core.held(), "intake resumed");
+        }
     }
 
     /// Sets how other instances are reached (once).

@@ -44,13 +44,6 @@ pub struct ApnsRequest {
     pub body: Bytes,
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T19:42:00.000Z`.
-pub fn rfc3339_ms(unix_ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// Whether a device token can go in the request path as is.
 pub fn token_is_valid(token: &str) -> bool {
     !token.is_empty()
@@ -86,7 +79,7 @@ pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
                     .raw(",\"kind\":")
                     .str(msg.kind.as_str())
                     .raw(",\"expires_at\":")
-                    .time(msg.expires_at_ms, Millis::Always, rfc3339_ms);
+                    .time(msg.expires_at_ms, Millis::Always, crate::wire::rfc3339_ms);
                 if let Some([a, b, c]) = number_choices {
                     j.raw(",\"number_choices\":[")
                         .int(i64::from(*a))

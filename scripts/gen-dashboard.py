@@ -28,8 +28,9 @@ ROWS = [
             (f"histogram_quantile(0.99, sum by (le, channel) (rate(sca_decision_latency_seconds_bucket{{{I}}}[{RI}])))", "p99 {{channel}}")],
          "timeseries", "From dispatch to the user's decision (mostly human time)."),
         ("Challenges in flight", "short", [
-            (f"sum by (instance) (sca_challenges_in_flight{{{I}}})", "{{instance}}")],
-         "timeseries", "Held and undecided; bounded by amqp.prefetch x amqp.consumers per instance."),
+            (f"sum by (instance) (sca_challenges_in_flight{{{I}}})", "{{instance}}"),
+            (f"sum by (instance) (sca_challenges_held{{{I}}})", "held {{instance}}")],
+         "timeseries", "In flight: held and undecided, bounded by amqp.prefetch x amqp.consumers per instance. Held: pending plus retained after their outcome, bounded by challenge.max_held (intake pauses there)."),
         ("Challenges rejected by reason", "reqps", [
             (f"sum by (reason) (rate(sca_challenges_rejected_total{{{I}}}[{RI}]))", "{{reason}}")],
          "timeseries", "Messages dead-lettered to sca.dead."),

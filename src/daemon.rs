@@ -343,13 +343,16 @@ impl Daemon {
             crate::http::Limits::from_config("metrics", &cfg.http).with_max_connections(64),
             move |req, _| {
                 let prom = prom.clone();
-                let held = scraped.held();
+                let now = crate::telemetry::Scraped {
+                    held: scraped.held(),
+                    intake_paused: scraped.intake_paused(),
+                };
                 async move {
                     if req.uri().path() == "/metrics" {
                         hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(http_body_util::Full::new(bytes::Bytes::from(
-                                crate::telemetry::render(&prom, held),
+                                crate::telemetry::render(&prom, now),
                             )))
                             .unwrap_or_default()
                     } else {

@@ -122,7 +122,7 @@ fn describe() {
     );
     describe_gauge!(
         INTAKE_PAUSED,
-        "1 while intake waits for room under challenge.max_held, else 0."
+        "1 while intake waits for room under challenge.max_held, else 0; read at each scrape."
     );
     describe_gauge!(
         RUNTIME_ALIVE_TASKS,
@@ -246,10 +246,20 @@ pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     };
 }
 
+/// What the engine reports at each scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct Scraped {
+    /// Challenges held, pending and retained.
+    pub held: usize,
+    /// A consumer waits for room under `challenge.max_held`.
+    pub intake_paused: bool,
+}
+
 /// Renders the metrics for a scrape, with the runtime's live task count and the
-/// engine's `held` challenges read now.
-pub fn render(prom: &PrometheusHandle, held: usize) -> String {
-    metrics::gauge!(CHALLENGES_HELD).set(held as f64);
+/// engine's figures read now.
+pub fn render(prom: &PrometheusHandle, now: Scraped) -> String {
+    metrics::gauge!(CHALLENGES_HELD).set(now.held as f64);
+    metrics::gauge!(INTAKE_PAUSED).set(if now.intake_paused { 1.0 } else { 0.0 });
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         metrics::gauge!(RUNTIME_ALIVE_TASKS).set(rt.metrics().num_alive_tasks() as f64);
     }

@@ -62,8 +62,8 @@ pub struct Engine {
     fenced_for_ms: i64,
     /// `challenge.max_held`: at this many held, intake waits ([`Engine::room`]).
     max_held: usize,
-    /// Intake is waiting for room (logged and counted once per pause).
-    intake_paused: std::sync::atomic::AtomicBool,
+    /// Consumers waiting for room in [`Engine::room`] now.
+    waiting_for_room: AtomicUsize,
 }
 
 /// How often paused intake looks at the table again (room comes back as retention runs
@@ -109,7 +109,7 @@ impl Engine {
             fenced: DashMap::new(),
             fenced_for_ms: cfg.cluster.takeover_seconds as i64 * 3000,
             max_held: usize::try_from(cfg.challenge.max_held).unwrap_or(usize::MAX),
-            intake_paused: std::sync::atomic::AtomicBool::new(false),
+            waiting_for_room: AtomicUsize::new(0),
         })
     }
 
@@ -238,8 +238,7 @@ impl Engine {
         if self.core.held() < self.max_held {
             return;
         }
-        if !self.intake_paused.swap(true, Ordering::SeqCst) {
-            metrics::gauge!(t::INTAKE_PAUSED).set(1.0);
+        if self.waiting_for_room.fetch_add(1, Ordering::SeqCst) == 0 {
             tracing::warn!(
                 held = self.core.held(),
                 max_held = self.max_held,
@@ -249,10 +248,14 @@ impl Engine {
         while self.core.held() >= self.max_held {
             tokio::time::sleep(ROOM_POLL).await;
         }
-        if self.intake_paused.swap(false, Ordering::SeqCst) {
-            metrics::gauge!(t::INTAKE_PAUSED).set(0.0);
+        if self.waiting_for_room.fetch_sub(1, Ordering::SeqCst) == 1 {
             tracing::info!(held = self.core.held(), "intake resumed");
         }
+    }
+
+    /// Whether a consumer is waiting for room now (`sca_intake_paused`).
+    pub fn intake_paused(&self) -> bool {
+        self.waiting_for_room.load(Ordering::SeqCst) > 0
     }
 
     /// Sets how other instances are reached (once).

@@ -40,8 +40,8 @@
 //! (so that a change's effect on the ratios is measured in one run, on one machine),
 //! `E2E_ONLY=memory` phase 4 alone, `E2E_ONLY=http` phases 4 and 5 with 50,000 held
 //! (`E2E_INFLIGHT`), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
-//! rate, `E2E_ONLY=cpu` the relay flat out and then the daemon flat out on the relay's
-//! challenges and on its own mix (`E2E_ROUNDS` times), printed and not written;
+//! rate, `E2E_ONLY=cpu` `E2E_ROUNDS` times a fresh relay flat out and then the daemon
+//! flat out on the relay's challenges and on its own mix, printed and not written;
 //! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`, `E2E_PAIRS`
 //! how many relay/daemon pairs flat out the ratios are the medians of (default 3: the
 //! first from phases 1 and 2, the others run after phase 3, a fresh relay each).
@@ -604,10 +604,20 @@ async fn relay_then_daemon(
     n: u64,
 ) -> anyhow::Result<(RelayRun, Daemon)> {
     let relay = relay_baseline(conn, dir, ns, sims, c, n).await?;
+    Ok((relay, warm_daemon(dir, ns, sims, c).await?))
+}
+
+/// The daemon started and warmed up (connections, provider tokens).
+async fn warm_daemon(
+    dir: &std::path::Path,
+    ns: &str,
+    sims: &Sims,
+    c: &Client,
+) -> anyhow::Result<Daemon> {
     let d = spawn_daemon(dir, ns, sims, 5000, 4)?;
     wait_ready(c, &d).await?;
     daemon_run(&d, ns, sims, 2000, None).await?;
-    Ok((relay, d))
+    Ok(d)
 }
 
 /// Publish → push at `rate` (half the relay's), with the daemon's device mix and then
@@ -1125,19 +1135,23 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         return Ok(());
     }
 
-    // `E2E_ONLY=cpu`: the relay flat out, then the daemon flat out with the relay's
-    // devices and with its own mix, `E2E_ROUNDS` (default 2) times; printed, not written.
+    // `E2E_ONLY=cpu`: `E2E_ROUNDS` (default 2) times a fresh relay flat out, then the
+    // daemon flat out with the relay's devices and with its own mix; printed, not written.
     if only.as_deref() == Some("cpu") {
-        let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
+        let mut d = warm_daemon(&dir, &ns, &sims, &c).await?;
         for round in 1..=env_u64("E2E_ROUNDS", 2) {
+            // A fresh relay each round, right before the daemon's runs: a pair.
+            let (r, rns, relay_per_s, relay) = relay_flat_out(&dir, &ns, &sims, &c, n).await?;
+            drop(r);
+            delete_queues(&conn.create_channel().await?, &rns).await;
             let (same_per_s, _, same) =
                 flat_out_with(&mut d, &ns, &sims, n, RELAY_PLATFORMS).await?;
             let (own_per_s, _, own) = daemon_run(&d, &ns, &sims, n, None).await?;
             println!(
-                "round {round}: relay {:.0}/s {:.0} µs; daemon with the relay's devices {same_per_s:.0}/s {:.0} µs ({:.2}× the relay's CPU); daemon with its own mix {own_per_s:.0}/s {:.0} µs ({:.2}×)",
-                relay.per_s, relay.cpu.daemon,
-                same.daemon, same.daemon / relay.cpu.daemon,
-                own.daemon, own.daemon / relay.cpu.daemon
+                "round {round}: relay {relay_per_s:.0}/s {:.0} µs; daemon with the relay's devices {same_per_s:.0}/s {:.0} µs ({:.2}× the relay's CPU); daemon with its own mix {own_per_s:.0}/s {:.0} µs ({:.2}×)",
+                relay.daemon,
+                same.daemon, same.daemon / relay.daemon,
+                own.daemon, own.daemon / relay.daemon
             );
         }
         drop(d);
@@ -1164,10 +1178,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     );
 
     // 2. + 3. The daemon flat out, then at half the ceiling.
-    let mut d = spawn_daemon(&dir, &ns, &sims, 5000, 4)?;
-    wait_ready(&c, &d).await?;
-    // Warm-up: connections, provider tokens.
-    daemon_run(&d, &ns, &sims, 2000, None).await?;
+    let mut d = warm_daemon(&dir, &ns, &sims, &c).await?;
     let (e2e_per_s, flat, cpu) = daemon_run(&d, &ns, &sims, n, None).await?;
     println!(
         "daemon flat out: {e2e_per_s:.0} challenges/s ({:.2}× ceiling); publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms; decision→outcome p50 {:.1} p99 {:.1} ms",

@@ -27,6 +27,8 @@
 //! `valgrind --tool=callgrind` on the bench binary in `drain` mode, with two counts
 //! (the difference divided by the difference of the counts cancels the set-up).
 
+#[path = "stats/mod.rs"]
+mod stats;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -35,6 +37,7 @@ use sca_dispatch::loadgen::mix::Shares;
 use sca_dispatch::loadgen::pace::Pacer;
 use sca_dispatch::loadgen::player::Shared;
 use sca_dispatch::loadgen::{self, LoadOptions};
+use stats::median;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -151,15 +154,6 @@ impl Round {
     }
     fn per_s(&self) -> f64 {
         self.n as f64 / self.wall
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        l if l % 2 == 1 => v[l / 2],
-        l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
     }
 }
 

@@ -46,6 +46,8 @@
 //! how many relay/daemon pairs flat out the ratios are the medians of (default 3: the
 //! first from phases 1 and 2, the others run after phase 3, a fresh relay each).
 
+#[path = "stats/mod.rs"]
+mod stats;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -57,6 +59,7 @@ use sca_dispatch::loadgen::player::Shared;
 use sca_dispatch::loadgen::sims::{SimOptions, Sims};
 use sca_dispatch::loadgen::{self, LoadOptions};
 use serde_json::json;
+use stats::median;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -582,16 +585,6 @@ async fn more_pairs(
         });
     }
     Ok(pairs)
-}
-
-/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The relay's figures, then the daemon started and warmed up (the quick looks).

@@ -8,7 +8,8 @@
 //!    binary and configuration doing a challenge's I/O and nothing else) under the same
 //!    load-tool runs as the daemon: flat out, then at half its rate; the daemon is
 //!    measured at that rate too, and the ratios daemon / relay (throughput, CPU per
-//!    challenge) are the figures the daemon's own cost is judged by;
+//!    challenge) are the figures the daemon's own cost is judged by; at that rate the
+//!    broker alone too (publish → delivery to a bare consumer), its share of the latency;
 //! 2. the daemon flat out: N challenges (two devices each, APNs, FCM and Huawei mixed),
 //!    devices approving over HTTP 20 ms after their push: sustained challenges/s,
 //!    publish → push and decision → outcome latency; then N of the relay's challenges
@@ -22,7 +23,8 @@
 //!    the empty handler, and against the relay's decision endpoint on challenges it holds
 //!    (a decision's whole I/O: the withdrawal push and the confirmed outcome); then
 //!    decisions on one-device challenges, which send no withdrawal (what the withdrawal
-//!    push costs a decision);
+//!    push costs a decision); with the CPU per request of the server, the broker and
+//!    this process in each;
 //! 6. bytes the engine keeps per challenge — pending, retained after its outcome,
 //!    retained after a rejection — with a counting allocator, before anything else runs
 //!    (`sca_dispatch::engine::footprint`, the measurement the `retained_memory` test
@@ -359,6 +361,27 @@ struct CpuSplit {
     bench: f64,
 }
 
+impl CpuSplit {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "server": self.daemon.round(),
+            "broker": self.broker.round(),
+            "simulators_and_load_tool": self.bench.round(),
+        })
+    }
+}
+
+impl std::fmt::Display for CpuSplit {
+    /// `server · broker · this process`, in µs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} · {:.0} · {:.0} µs",
+            self.daemon, self.broker, self.bench
+        )
+    }
+}
+
 struct CpuMark {
     pids: [String; 3],
     at: [f64; 3],
@@ -613,6 +636,86 @@ async fn warm_daemon(
     Ok(d)
 }
 
+/// The broker's own share of publish → push: the load tool's publisher at `rate` to a
+/// fresh quorum queue and a bare consumer (4 channels, prefetch 5,000 each as the
+/// daemon's and the relay's, multiple-acks every 100), publish → delivery p50 / p99 /
+/// p99.9 in ms. No push, no parsing beyond the challenge id.
+async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<[f64; 3]> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        challenge_id: &'a str,
+    }
+    let queue = format!("{ns}-floor");
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum(),
+    )
+    .await?;
+    let n = (rate * 10.0) as u64;
+    let shared = publisher(&queue, n, Some(rate), 120);
+    let seen = Arc::new(AtomicU64::new(0));
+    let rec = Arc::new(loadgen::hist::Recorder::default());
+    let mut consumers = Vec::new();
+    for i in 0..4 {
+        let cch = conn.create_channel().await?;
+        cch.basic_qos(5000, BasicQosOptions::default()).await?;
+        let mut consumer = cch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("floor-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (shared, seen, rec) = (shared.clone(), seen.clone(), rec.clone());
+        consumers.push(tokio::spawn(async move {
+            let (mut unacked, mut last) = (0, 0);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    d = consumer.next() => {
+                        let Some(Ok(d)) = d else { return };
+                        let at = Instant::now();
+                        let seq = serde_json::from_slice::<Id>(&d.data)
+                            .ok()
+                            .and_then(|id| shared.seq(id.challenge_id));
+                        if let Some((_, f)) = seq.and_then(|s| shared.flights.remove(&s)) {
+                            rec.record(at.saturating_duration_since(f.published));
+                        }
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        (unacked, last) = (unacked + 1, d.delivery_tag);
+                        if unacked < 100 {
+                            continue;
+                        }
+                    }
+                    _ = tick.tick() => if unacked == 0 { continue },
+                }
+                let _ = cch
+                    .basic_ack(last, BasicAckOptions { multiple: true })
+                    .await;
+                unacked = 0;
+            }
+        }));
+    }
+    let pch = conn.create_channel().await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish(&shared, &pch).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumers.iter().for_each(|c| c.abort());
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let t = rec.total();
+    Ok([t.p50_ms, t.p99_ms, t.p999_ms])
+}
+
 /// Publish → push at `rate` (half the relay's), with the daemon's device mix and then
 /// with the relay's (iOS and Android only: the like-for-like figure).
 async fn at_half_relay(
@@ -701,6 +804,10 @@ async fn http_load(
 struct Rate {
     answered: f64,
     completed: f64,
+    /// CPU per request from its start until its work was done: the server (the
+    /// handler, the relay or the daemon), the broker, and this process (load tool and
+    /// simulators).
+    cpu: CpuSplit,
 }
 
 /// Phase 5's figures.
@@ -717,6 +824,8 @@ struct Decisions {
     repeat: Rate,
     /// Decisions on one-device challenges.
     single: Rate,
+    /// Decisions on challenges with the relay's devices (iOS and Android).
+    same: Rate,
 }
 
 /// Pushes the simulators have received so far.
@@ -748,15 +857,17 @@ struct Owed<'a> {
     pushes: u64,
 }
 
-/// `n` decision requests from [`http_load`], each to be answered `expect`, then waits
-/// (at most 120 s) for the work they owe.
+/// `n` decision requests from [`http_load`] to the server process `server`, each to be
+/// answered `expect`, then waits (at most 120 s) for the work they owe.
 async fn timed(
     sims: &Sims,
     owed: Owed<'_>,
     n: u64,
+    server: u32,
     load: impl Future<Output = anyhow::Result<f64>>,
 ) -> anyhow::Result<Rate> {
     let (outcomes0, pushes0) = (owed.read.load(Ordering::Relaxed), pushes(sims));
+    let cpu = CpuMark::new(Some(server));
     let started = Instant::now();
     let answered = load.await?;
     let deadline = started + Duration::from_secs(120);
@@ -777,6 +888,7 @@ async fn timed(
     Ok(Rate {
         answered,
         completed,
+        cpu: cpu.per(n),
     })
 }
 
@@ -823,7 +935,7 @@ async fn decisions(
         let load = http_load(c, http_n, 64, 200, move |i| {
             format!("http://{addr}/v1/challenges/x{i}/decision")
         });
-        let rate = timed(sims, owed(publish, false), http_n, load).await;
+        let rate = timed(sims, owed(publish, false), http_n, baseline.id(), load).await;
         let _ = baseline.kill();
         let _ = baseline.wait();
         baselines.push(rate?);
@@ -842,6 +954,7 @@ async fn decisions(
         sims,
         owed(true, true),
         http_n,
+        d.child.id(),
         held_decisions(c, d, held_run, http_n, 200),
     )
     .await?;
@@ -852,32 +965,30 @@ async fn decisions(
         sims,
         owed(false, false),
         http_n,
+        d.child.id(),
         held_decisions(c, d, held_run, http_n, 409),
     )
     .await?;
     // The same decisions on challenges of one device each: no withdrawal to send, so
     // the difference is what a decision's withdrawal push costs (daemon, TLS, simulator).
-    let single = publisher_of(
-        &format!("{ns2}.challenges"),
-        http_n,
-        None,
-        900,
-        1,
-        PLATFORMS,
-    );
-    publish(&single, pch).await?;
-    for _ in 0..600 {
-        if gauge(c, d, "sca_challenges_in_flight").await >= held {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    let single = held_more(c, d, pch, ns2, held, http_n, 1, PLATFORMS).await?;
     let single = timed(
         sims,
         owed(true, false),
         http_n,
+        d.child.id(),
         held_decisions(c, d, &single, http_n, 200),
+    )
+    .await?;
+    // Like for like with the relay: two devices each, iOS and Android (the held set's
+    // mix has Huawei devices too).
+    let same = held_more(c, d, pch, ns2, held, http_n, 2, RELAY_PLATFORMS).await?;
+    let same = timed(
+        sims,
+        owed(true, true),
+        http_n,
+        d.child.id(),
+        held_decisions(c, d, &same, http_n, 200),
     )
     .await?;
     reader.abort();
@@ -902,6 +1013,17 @@ async fn decisions(
         repeat.answered,
         repeat.answered / baseline.answered
     );
+    println!(
+        "HTTP decisions on the relay's device mix (iOS and Android, two each): {:.0}/s, {:.0}/s completed ({:.2}× the bare handler's, {:.2}× the relay's)",
+        same.answered,
+        same.completed,
+        same.completed / baseline.completed,
+        same.completed / relay.completed
+    );
+    println!(
+        "HTTP CPU per request, server · broker · load tool and simulators: bare handler publishing {}; relay {}; daemon {}; daemon, relay's devices {}; daemon, one-device challenges {}; daemon, 409 {}",
+        baseline.cpu, relay.cpu, decision.cpu, same.cpu, single.cpu, repeat.cpu
+    );
     Ok(Decisions {
         empty,
         baseline,
@@ -909,7 +1031,41 @@ async fn decisions(
         decision,
         repeat,
         single,
+        same,
     })
+}
+
+/// `n` more challenges of `devices` devices each from the mix `platforms` published to
+/// the daemon `d`, returned once it holds `held` (its held set's size) again and their
+/// pushes have settled.
+#[allow(clippy::too_many_arguments)]
+async fn held_more(
+    c: &Client,
+    d: &Daemon,
+    pch: &lapin::Channel,
+    ns: &str,
+    held: f64,
+    n: u64,
+    devices: usize,
+    platforms: &str,
+) -> anyhow::Result<Arc<Shared>> {
+    let run = publisher_of(
+        &format!("{ns}.challenges"),
+        n,
+        None,
+        900,
+        devices,
+        platforms,
+    );
+    publish(&run, pch).await?;
+    for _ in 0..600 {
+        if gauge(c, d, "sca_challenges_in_flight").await >= held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // pushes settle
+    Ok(run)
 }
 
 /// `http_n` decisions from device `d0` on `run`'s challenges at `d`, each to be
@@ -972,7 +1128,14 @@ async fn relay_decisions(
         outcomes: n,
         pushes: n,
     };
-    let rate = timed(sims, owed, n, held_decisions(c, &r, &run, n, 200)).await;
+    let rate = timed(
+        sims,
+        owed,
+        n,
+        r.child.id(),
+        held_decisions(c, &r, &run, n, 200),
+    )
+    .await;
     reader.abort();
     drop(r);
     delete_queues(&ch, &ns).await;
@@ -1116,12 +1279,14 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     if only.as_deref() == Some("latency") {
         let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
         let (own, same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
+        let floor = broker_floor(&conn, &ns, relay.half_rate).await?;
         println!(
-            "publish→push p50 / p99 / p99.9 at {:.0}/s: relay {:.1} / {:.1} / {:.1} ms; daemon {:.1} / {:.1} / {:.1} ms; daemon with the relay's devices {:.1} / {:.1} / {:.1} ms",
+            "publish→push p50 / p99 / p99.9 at {:.0}/s: relay {:.1} / {:.1} / {:.1} ms; daemon {:.1} / {:.1} / {:.1} ms; daemon with the relay's devices {:.1} / {:.1} / {:.1} ms; the broker alone (publish → delivery) {:.1} / {:.1} / {:.1} ms",
             relay.half_rate,
             relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2],
             own.p2p[0], own.p2p[1], own.p2p[2],
-            same.p2p[0], same.p2p[1], same.p2p[2]
+            same.p2p[0], same.p2p[1], same.p2p[2],
+            floor[0], floor[1], floor[2]
         );
         drop(d);
         delete_queues(&conn.create_channel().await?, &ns).await;
@@ -1207,6 +1372,12 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     );
     // At half the relay's rate: the latency figure compared with the relay's.
     let (rl, rl_same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
+    // What the broker alone takes of that: publish → delivery to a bare consumer.
+    let floor = broker_floor(&conn, &ns, relay.half_rate).await?;
+    println!(
+        "the broker alone at {:.0}/s (publish → delivery to a bare consumer): p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
+        relay.half_rate, floor[0], floor[1], floor[2]
+    );
     // Like for like: the daemon on the relay's challenges, in pairs run side by side
     // (phases 1 and 2 the first, `E2E_PAIRS` − 1 more after): one pair's ratio moves by
     // up to ±0.2 on a shared machine, so the ratios reported are the pairs' medians.
@@ -1269,6 +1440,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         decision: http_decision,
         repeat: http_repeat,
         single: http_single,
+        same: http_same,
     } = decisions(
         &conn, &c, &dir, &ns2, &sims, &pch, &d, &held_run, held, http_n,
     )
@@ -1353,6 +1525,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "relay_publish_to_push_ms_half_relay": {"p50": relay.half.p2p[0], "p99": relay.half.p2p[1], "p999": relay.half.p2p[2]},
         "daemon_publish_to_push_ms_half_relay": {"p50": rl.p2p[0], "p99": rl.p2p[1], "p999": rl.p2p[2]},
         "daemon_publish_to_push_ms_half_relay_relay_devices": {"p50": rl_same.p2p[0], "p99": rl_same.p2p[1], "p999": rl_same.p2p[2]},
+        "broker_publish_to_delivery_ms_half_relay": {"p50": floor[0], "p99": floor[1], "p999": floor[2]},
         "cpu_us_per_challenge_relay": {"relay": relay.cpu.daemon.round(), "broker": relay.cpu.broker.round(), "simulators_and_load_tool": relay.cpu.bench.round()},
     });
     // Phase 5 as completed: the work the requests set going done.
@@ -1362,10 +1535,21 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
             "relay": http_relay.completed.round(),
             "decision": http_decision.completed.round(),
             "single_device": http_single.completed.round(),
+            "relay_devices": http_same.completed.round(),
         },
         "http_decision_completed_ratio": (http_decision.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_relay_completed_ratio": (http_decision.completed / http_relay.completed * 100.0).round() / 100.0,
         "http_decision_single_device_completed_ratio": (http_single.completed / http_baseline.completed * 100.0).round() / 100.0,
+        "http_decision_relay_devices_completed_ratio": (http_same.completed / http_baseline.completed * 100.0).round() / 100.0,
+        "http_decision_relay_devices_relay_completed_ratio": (http_same.completed / http_relay.completed * 100.0).round() / 100.0,
+        "http_cpu_us_per_request": {
+            "baseline": http_baseline.cpu.json(),
+            "relay": http_relay.cpu.json(),
+            "decision": http_decision.cpu.json(),
+            "single_device": http_single.cpu.json(),
+            "relay_devices": http_same.cpu.json(),
+            "repeat": http_repeat.cpu.json(),
+        },
     });
     for keys in [&relay_keys, &http_keys] {
         if let (Some(r), Some(k)) = (report.as_object_mut(), keys.as_object()) {
@@ -1394,6 +1578,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | the same with the daemon's own device mix (Huawei devices too): challenges/s; CPU | {:.2}×; {:.0} µs ({:.2}×) | |\n\
          | publish → push p50 / p99 / p99.9 at half the relay's rate ({:.0}/s): daemon · relay | {:.1} / {:.1} / {:.1} · {:.1} / {:.1} / {:.1} ms | daemon p99 ≤ 10 ms |\n\
          | the same, the daemon with the relay's devices (iOS and Android only) | {:.1} / {:.1} / {:.1} ms | |\n\
+         | the broker alone at that rate: publish → delivery to a bare consumer (prefetch 5,000 × 4) | {:.1} / {:.1} / {:.1} ms | |\n\
          | daemon flat out | {:.0} challenges/s ({:.2}× ceiling) | ≥ 0.8× |\n\
          | publish → push p50 / p99 / p99.9 at half the ceiling ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | p99 ≤ 5 ms |\n\
          | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\
@@ -1406,7 +1591,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | HTTP decisions completed vs the relay's (same I/O: withdrawal push + confirmed outcome); as answered | {:.0} vs {:.0} req/s ({:.2}×); {:.0} vs {:.0} ({:.2}×) | |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\
-         | decisions on one-device challenges (no withdrawal push), completed | {:.0} req/s ({:.2}×) | |\n\n\
+         | decisions on one-device challenges (no withdrawal push), completed | {:.0} req/s ({:.2}×) | |\n\
+         | decisions on the relay's device mix (iOS and Android, two each), completed: vs bare handler; vs relay | {:.0} req/s ({:.2}×; {:.2}×) | |\n\
+         | CPU per HTTP request, server · broker · simulators and load tool: bare handler publishing; relay; daemon; daemon on the relay's devices; daemon on one-device challenges | {}; {}; {}; {}; {} | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per challenge, relay flat out (the first pair): relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
@@ -1417,6 +1604,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         relay_ratio_own, cpu.daemon, cpu_ratio_own, relay.half_rate,
         rl.p2p[0], rl.p2p[1], rl.p2p[2], relay.half.p2p[0], relay.half.p2p[1], relay.half.p2p[2],
         rl_same.p2p[0], rl_same.p2p[1], rl_same.p2p[2],
+        floor[0], floor[1], floor[2],
         e2e_per_s, e2e_per_s / ceiling_per_s, half,
         hl.p2p[0], hl.p2p[1], hl.p2p[2],
         sustain, sl.p2p[0], sl.p2p[1], sl.p2p[2],
@@ -1430,6 +1618,8 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
         http_single.completed, http_single.completed / http_baseline.completed,
+        http_same.completed, http_same.completed / http_baseline.completed, http_same.completed / http_relay.completed,
+        http_baseline.cpu, http_relay.cpu, http_decision.cpu, http_same.cpu, http_single.cpu,
         cpu.daemon, cpu.broker, cpu.bench, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench,
         ccpu.broker, ccpu.bench
     );

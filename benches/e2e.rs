@@ -660,9 +660,10 @@ async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<
     let shared = publisher(&queue, n, Some(rate), 120);
     let seen = Arc::new(AtomicU64::new(0));
     let rec = Arc::new(loadgen::hist::Recorder::default());
-    let mut consumers = Vec::new();
+    let (mut consumers, mut channels) = (Vec::new(), Vec::new());
     for i in 0..4 {
         let cch = conn.create_channel().await?;
+        channels.push(cch.clone());
         cch.basic_qos(5000, BasicQosOptions::default()).await?;
         let mut consumer = cch
             .basic_consume(
@@ -708,6 +709,11 @@ async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.load(Ordering::Relaxed) < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The consumers' channels closed before the queue goes: a consumer cancelled by the
+    // queue's deletion while lapin drops it makes a frame lapin does not expect.
+    for c in &channels {
+        let _ = c.close(200, "done".into()).await;
     }
     consumers.iter().for_each(|c| c.abort());
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

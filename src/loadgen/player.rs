@@ -443,10 +443,9 @@ pub fn start(
         let s = shared.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(p) = recv(&s, &mut rx).await {
-                let at = Instant::now();
                 if p.status == 200 && p.payload["type"] != "withdraw" {
                     if let Some(id) = p.payload["challenge_id"].as_str() {
-                        s.on_push(id, at);
+                        s.on_push(id, p.received_at);
                     }
                 }
             }

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -119,6 +119,8 @@ pub struct RecordedPush {
     pub reason: Option<String>,
     /// Which TLS connection carried it (1, 2, … in accept order).
     pub connection: u64,
+    /// When the simulator had read and checked it (what latency is measured to).
+    pub received_at: Instant,
 }
 
 impl RecordedPush {
@@ -879,6 +881,7 @@ fn recorded(
         status,
         reason,
         connection,
+        received_at: Instant::now(),
     }
 }
 

@@ -20,6 +20,8 @@
 //!    the idle daemon's resident size has stopped falling;
 //! 5. the HTTP decision endpoint against a bare hyper handler under the same load tool
 //!    that does a decision's broker work (one message published with a confirm), against
+//!    that handler also acking, alone, one of as many held deliveries as the daemon holds,
+//!    behind as many left unacked as the later decision runs lie behind, against
 //!    the empty handler, and against the relay's decision endpoint on challenges it holds
 //!    (a decision's whole I/O: the withdrawal push and the confirmed outcome); then
 //!    decisions on one-device challenges, which send no withdrawal (what the withdrawal
@@ -41,7 +43,8 @@
 //! `E2E_DAEMON_BIN` a daemon binary from another build to run against this build's relay
 //! (so that a change's effect on the ratios is measured in one run, on one machine),
 //! `E2E_ONLY=memory` phase 4 alone, `E2E_ONLY=http` phases 4 and 5 with 50,000 held
-//! (`E2E_INFLIGHT`), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
+//! (`E2E_INFLIGHT`; 100,000 as in a full run leaves 50,000 undecided behind the
+//! decisions), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
 //! rate, `E2E_ONLY=cpu` `E2E_ROUNDS` times a fresh relay flat out and then the daemon
 //! flat out on the relay's challenges and on its own mix, printed and not written;
 //! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`, `E2E_PAIRS`
@@ -817,11 +820,21 @@ struct Rate {
 }
 
 /// Phase 5's figures.
+/// The bare handlers' modes (see [`decisions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bare {
+    Empty,
+    Publish,
+    PublishAck,
+}
+
 struct Decisions {
     /// The empty bare handler.
     empty: Rate,
     /// The bare handler publishing one message with a confirm per request.
     baseline: Rate,
+    /// The same, then acking one held delivery alone per request.
+    acking: Rate,
     /// The relay's decision endpoint on challenges it holds.
     relay: Rate,
     /// The daemon's decisions on the challenges it holds.
@@ -924,32 +937,105 @@ async fn decisions(
     };
     // The bare handlers first, while the daemon sits idle holding its challenges: the
     // decisions leave withdrawals and outcome publishes behind that would otherwise
-    // still be running during the baselines. Empty, then publishing one message with a
-    // confirm per request (the broker work of a decision).
+    // still be running during the baselines. Empty; publishing one message with a
+    // confirm per request (the broker work of a decision); and that plus, of as many
+    // held deliveries as the daemon holds, one acked alone, in delivery order behind
+    // `held_n - http_n` left unacked — as the one-device and relay-device decisions lie
+    // behind the undecided half of the first held set (an ack behind older unacked
+    // deliveries cannot be a multiple-ack, and the broker walks to its tag).
+    let held_queue = format!("{ns2}-bare-held");
+    let held_n = (held as u64).max(http_n);
     let mut baselines = Vec::new();
-    for publish in [false, true] {
+    for mode in [Bare::Empty, Bare::Publish, Bare::PublishAck] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
         cmd.args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"]);
-        if publish {
+        if mode != Bare::Empty {
             cmd.args(["--amqp-url", URL, "--exchange"])
                 .arg(format!("{ns2}.outcomes"));
+        }
+        if mode == Bare::PublishAck {
+            pch.queue_declare(
+                held_queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                quorum(),
+            )
+            .await?;
+            publish(&publisher(&held_queue, held_n, None, 900), pch).await?;
+            cmd.args(["--ack-queue", &held_queue, "--held", &held_n.to_string()])
+                .args(["--skip", &(held_n - http_n).to_string()]);
         }
         let mut baseline = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let mut line = String::new();
         BufReader::new(baseline.stdout.take().unwrap()).read_line(&mut line)?;
         let addr = line.trim().to_string();
+        anyhow::ensure!(
+            !addr.is_empty(),
+            "the bare handler ({mode:?}) did not start"
+        );
         let load = http_load(c, http_n, 64, 200, move |i| {
             format!("http://{addr}/v1/challenges/x{i}/decision")
         });
-        let rate = timed(sims, owed(publish, false), http_n, baseline.id(), load).await;
+        let rate = timed(
+            sims,
+            owed(mode != Bare::Empty, false),
+            http_n,
+            baseline.id(),
+            load,
+        )
+        .await;
+        if mode == Bare::PublishAck {
+            // Interrupted, it waits for the broker to have handled its acks, then
+            // closes its connection.
+            Command::new("kill")
+                .args(["-INT", &baseline.id().to_string()])
+                .status()?;
+            for _ in 0..1200 {
+                if baseline.try_wait()?.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let _ = baseline.kill();
         let _ = baseline.wait();
         baselines.push(rate?);
+        if mode == Bare::PublishAck {
+            // Its acks were handled: the deliveries it did not ack are back in the queue.
+            let left = held_n - http_n;
+            let mut back = 0;
+            for _ in 0..100 {
+                back = pch
+                    .queue_declare(
+                        held_queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?
+                    .message_count() as u64;
+                if back == left {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::ensure!(
+                back == left,
+                "the acking bare handler left {back} deliveries in {held_queue}, not {left}"
+            );
+        }
     }
-    let (empty, baseline) = (baselines[0], baselines[1]);
+    let _ = pch
+        .queue_delete(held_queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let (empty, baseline, acking) = (baselines[0], baselines[1], baselines[2]);
     println!(
-        "HTTP bare handlers: empty {:.0}/s, publishing with a confirm {:.0}/s ({:.0}/s completed)",
-        empty.answered, baseline.answered, baseline.completed
+        "HTTP bare handlers: empty {:.0}/s, publishing with a confirm {:.0}/s ({:.0}/s completed), and acking one of {held_n} held deliveries alone behind {} unacked {:.0}/s ({:.0}/s completed)",
+        empty.answered, baseline.answered, baseline.completed, held_n - http_n, acking.answered, acking.completed
     );
     let relay = relay_decisions(conn, dir, ns2, sims, c, http_n).await?;
     println!(
@@ -999,10 +1085,11 @@ async fn decisions(
     .await?;
     reader.abort();
     println!(
-        "HTTP decisions on one-device challenges (no withdrawal): {:.0}/s, {:.0}/s completed ({:.2}× the bare handler's)",
+        "HTTP decisions on one-device challenges (no withdrawal): {:.0}/s, {:.0}/s completed ({:.2}× the bare handler's; {:.2}× the bare handler's acking a held delivery too: the same broker work)",
         single.answered,
         single.completed,
-        single.completed / baseline.completed
+        single.completed / baseline.completed,
+        single.completed / acking.completed
     );
     println!(
         "HTTP decisions: {:.0}/s answered, {:.0}/s completed; vs bare hyper handler publishing with a confirm {:.2}× completed (target ≥ 0.8×; {:.2}× answered); vs the relay's {:.2}× completed ({:.2}× answered); 64 keep-alive connections; empty handler {:.0}/s",
@@ -1027,12 +1114,13 @@ async fn decisions(
         same.completed / relay.completed
     );
     println!(
-        "HTTP CPU per request, server · broker · load tool and simulators: bare handler publishing {}; relay {}; daemon {}; daemon, relay's devices {}; daemon, one-device challenges {}; daemon, 409 {}",
-        baseline.cpu, relay.cpu, decision.cpu, same.cpu, single.cpu, repeat.cpu
+        "HTTP CPU per request, server · broker · load tool and simulators: bare handler publishing {}; the same acking a held delivery {}; relay {}; daemon {}; daemon, relay's devices {}; daemon, one-device challenges {}; daemon, 409 {}",
+        baseline.cpu, acking.cpu, relay.cpu, decision.cpu, same.cpu, single.cpu, repeat.cpu
     );
     Ok(Decisions {
         empty,
         baseline,
+        acking,
         relay,
         decision,
         repeat,
@@ -1442,6 +1530,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     let Decisions {
         empty: http_empty,
         baseline: http_baseline,
+        acking: http_acking,
         relay: http_relay,
         decision: http_decision,
         repeat: http_repeat,
@@ -1538,6 +1627,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     let http_keys = json!({
         "http_completed_per_s": {
             "baseline": http_baseline.completed.round(),
+            "baseline_acking": http_acking.completed.round(),
             "relay": http_relay.completed.round(),
             "decision": http_decision.completed.round(),
             "single_device": http_single.completed.round(),
@@ -1546,10 +1636,12 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "http_decision_completed_ratio": (http_decision.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_relay_completed_ratio": (http_decision.completed / http_relay.completed * 100.0).round() / 100.0,
         "http_decision_single_device_completed_ratio": (http_single.completed / http_baseline.completed * 100.0).round() / 100.0,
+        "http_decision_single_device_acking_completed_ratio": (http_single.completed / http_acking.completed * 100.0).round() / 100.0,
         "http_decision_relay_devices_completed_ratio": (http_same.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_relay_devices_relay_completed_ratio": (http_same.completed / http_relay.completed * 100.0).round() / 100.0,
         "http_cpu_us_per_request": {
             "baseline": http_baseline.cpu.json(),
+            "baseline_acking": http_acking.cpu.json(),
             "relay": http_relay.cpu.json(),
             "decision": http_decision.cpu.json(),
             "single_device": http_single.cpu.json(),
@@ -1597,9 +1689,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | HTTP decisions completed vs the relay's (same I/O: withdrawal push + confirmed outcome); as answered | {:.0} vs {:.0} req/s ({:.2}×); {:.0} vs {:.0} ({:.2}×) | |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\
-         | decisions on one-device challenges (no withdrawal push), completed | {:.0} req/s ({:.2}×) | |\n\
+         | decisions on one-device challenges (no withdrawal push), completed: vs bare handler; vs bare handler also acking one of as many held deliveries alone (the same broker work) | {:.0} req/s ({:.2}×; {:.2}× of {:.0}) | |\n\
          | decisions on the relay's device mix (iOS and Android, two each), completed: vs bare handler; vs relay | {:.0} req/s ({:.2}×; {:.2}×) | |\n\
-         | CPU per HTTP request, server · broker · simulators and load tool: bare handler publishing; relay; daemon; daemon on the relay's devices; daemon on one-device challenges | {}; {}; {}; {}; {} | |\n\n\
+         | CPU per HTTP request, server · broker · simulators and load tool: bare handler publishing; the same acking a held delivery; relay; daemon; daemon on the relay's devices; daemon on one-device challenges | {}; {}; {}; {}; {}; {} | |\n\n\
          CPU per challenge, flat out: daemon {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per challenge, relay flat out (the first pair): relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs.\n\
          CPU per message for the ceiling: broker {:.0} µs, bare publisher + consumer {:.0} µs.\n\n\
@@ -1624,8 +1716,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
         http_single.completed, http_single.completed / http_baseline.completed,
+        http_single.completed / http_acking.completed, http_acking.completed,
         http_same.completed, http_same.completed / http_baseline.completed, http_same.completed / http_relay.completed,
-        http_baseline.cpu, http_relay.cpu, http_decision.cpu, http_same.cpu, http_single.cpu,
+        http_baseline.cpu, http_acking.cpu, http_relay.cpu, http_decision.cpu, http_same.cpu, http_single.cpu,
         cpu.daemon, cpu.broker, cpu.bench, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench,
         ccpu.broker, ccpu.bench
     );

@@ -127,6 +127,17 @@ struct BaselineArgs {
     exchange: String,
     #[arg(long, default_value = "outcome.login.approved")]
     routing_key: String,
+    /// Hold this queue's deliveries unacked and ack one alone per request (needs
+    /// `--amqp-url` and `--held`).
+    #[arg(long, requires_all = ["amqp_url", "held"])]
+    ack_queue: Option<String>,
+    /// How many deliveries of `--ack-queue` to hold before listening.
+    #[arg(long, requires = "ack_queue")]
+    held: Option<u64>,
+    /// How many of the held deliveries to leave unacked before acking the rest in
+    /// delivery order.
+    #[arg(long, requires = "ack_queue")]
+    skip: Option<u64>,
 }
 
 #[cfg(feature = "tools")]
@@ -297,12 +308,17 @@ fn main() -> anyhow::Result<()> {
                     Sim::Hms(a) => sca_dispatch::sim::hms::run_standalone(a.addr, a.dir).await,
                     Sim::Sms(a) => sca_dispatch::sim::sms::run_standalone(a.addr, a.dir).await,
                     Sim::HttpBaseline(a) => {
+                        let skip = a.skip.unwrap_or(0);
+                        let held = a.ack_queue.zip(a.held).map(|(queue, count)| {
+                            sca_dispatch::sim::http_baseline::HeldAcks { queue, count, skip }
+                        });
                         let publish =
                             a.amqp_url
                                 .map(|amqp_url| sca_dispatch::sim::http_baseline::Publish {
                                     amqp_url,
                                     exchange: a.exchange,
                                     routing_key: a.routing_key,
+                                    held,
                                 });
                         sca_dispatch::sim::http_baseline::run_standalone(a.addr, publish).await
                     }

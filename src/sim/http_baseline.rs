@@ -5,14 +5,27 @@
 //! persistent, mandatory message published on a confirm-mode channel it holds, the
 //! confirm awaited in a task of its own as the daemon's publisher does, at most
 //! [`WINDOW`] awaiting their confirm (the daemon's default `amqp.publish_window`).
-//! Without one it is the empty handler.
+//! With [`HeldAcks`] it also holds a queue's deliveries unacked, as the daemon holds its
+//! undecided challenges, and acks one of them alone (not `multiple`) after each
+//! request's confirm, in delivery order after the first `skip` (left unacked), as the
+//! benchmark's decisions on challenges behind older undecided ones are acked. The
+//! broker finds a single ack's tag by walking the channel's unacked deliveries from the
+//! oldest, so where the acked delivery lies behind undecided ones matters.
+//! Without a broker it is the empty handler.
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Publishes awaiting their confirm at once.
@@ -25,6 +38,78 @@ pub struct Publish {
     /// An existing exchange (the daemon's outcomes exchange, in the benchmark).
     pub exchange: String,
     pub routing_key: String,
+    /// Deliveries to hold and ack one per request, if any.
+    pub held: Option<HeldAcks>,
+}
+
+/// A queue whose deliveries the handler holds unacked: `count` of them, all delivered
+/// before it listens (it consumes with a prefetch covering them, over channels of at
+/// most [`PER_CHANNEL`] each as the benchmark's daemon does). The first `skip` stay
+/// unacked; each request acks the oldest one of the rest still held, alone.
+#[derive(Debug, Clone)]
+pub struct HeldAcks {
+    pub queue: String,
+    pub count: u64,
+    pub skip: u64,
+}
+
+/// Unacked deliveries per consumer channel.
+pub const PER_CHANNEL: u64 = 25_000;
+
+/// The held deliveries to ack: the channel each came on and its tag, oldest first.
+type Held = Mutex<VecDeque<(Channel, u64)>>;
+
+/// Consumes `h.count` deliveries from `h.queue` without acking them (over the channels
+/// returned); fails after 120 s.
+async fn hold(conn: &Connection, h: &HeldAcks) -> anyhow::Result<(Held, Vec<Channel>)> {
+    let channels = h.count.div_ceil(PER_CHANNEL).max(1);
+    let prefetch = h.count.div_ceil(channels);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut opened = Vec::new();
+    for i in 0..channels {
+        let ch = conn.create_channel().await?;
+        opened.push(ch.clone());
+        ch.basic_qos(prefetch as u16, BasicQosOptions::default())
+            .await?;
+        let mut consumer = ch
+            .basic_consume(
+                h.queue.as_str().into(),
+                format!("http-baseline-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                if tx.send((ch.clone(), d.delivery_tag)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut held = VecDeque::with_capacity(h.count as usize);
+    let all = async {
+        while (held.len() as u64) < h.count {
+            match rx.recv().await {
+                Some(d) => held.push_back(d),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} of {} deliveries from {} held after 120 s",
+                held.len(),
+                h.count,
+                h.queue
+            )
+        })?;
+    // The skipped ones stay unacked: their channels live on in the consumer tasks.
+    held.drain(..(h.skip.min(h.count) as usize));
+    Ok((Mutex::new(held), opened))
 }
 
 /// An outcome's size and shape (CONTRACT §4), published by every request.
@@ -32,14 +117,28 @@ const BODY: &[u8] = br#"{"v":1,"challenge_id":"http-baseline-0000000","user_id":
 
 struct Publisher {
     /// Held for as long as the channel is used.
-    _conn: Connection,
+    conn: Connection,
     channel: Channel,
     exchange: String,
     routing_key: String,
     window: Arc<Semaphore>,
+    held: Option<Held>,
+    /// The channels the held deliveries came on.
+    held_channels: Vec<Channel>,
 }
 
 impl Publisher {
+    /// Waits for the publishes in flight, then for the broker to have handled every ack
+    /// sent (a synchronous method on each channel is answered after the acks before it),
+    /// then closes the connection: what was not acked goes back to its queue.
+    async fn settle(&self) {
+        let _ = self.window.acquire_many(WINDOW as u32).await;
+        for ch in &self.held_channels {
+            let _ = ch.basic_qos(1, BasicQosOptions::default()).await;
+        }
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+
     /// Takes a window slot (waiting when full), then publishes and awaits the confirm in
     /// a task holding it.
     async fn publish(self: &Arc<Self>) {
@@ -68,12 +167,20 @@ impl Publisher {
             {
                 let _ = confirm.await;
             }
+            let next = me
+                .held
+                .as_ref()
+                .and_then(|h| h.lock().ok().and_then(|mut h| h.pop_front()));
+            if let Some((channel, tag)) = next {
+                let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+            }
             drop(slot);
         });
     }
 }
 
-/// Serves until Ctrl-C; prints the bound address on the first line.
+/// Serves until Ctrl-C (then settles its acks, see `Publisher::settle`); prints the
+/// bound address on the first line.
 pub async fn run_standalone(addr: SocketAddr, publish: Option<Publish>) -> anyhow::Result<()> {
     let publisher = match publish {
         Some(p) => {
@@ -83,18 +190,28 @@ pub async fn run_standalone(addr: SocketAddr, publish: Option<Publish>) -> anyho
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
+            let (held, held_channels) = match &p.held {
+                Some(h) => {
+                    let (held, channels) = hold(&conn, h).await?;
+                    (Some(held), channels)
+                }
+                None => (None, Vec::new()),
+            };
             Some(Arc::new(Publisher {
-                _conn: conn,
+                conn,
                 channel,
                 exchange: p.exchange,
                 routing_key: p.routing_key,
                 window: Arc::new(Semaphore::new(WINDOW)),
+                held,
+                held_channels,
             }))
         }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("{}", listener.local_addr()?);
+    let served = publisher.clone();
     let serve = crate::http::serve(
         listener,
         10_000,
@@ -116,5 +233,8 @@ pub async fn run_standalone(addr: SocketAddr, publish: Option<Publish>) -> anyho
         },
     );
     serve.await;
+    if let Some(p) = served {
+        p.settle().await;
+    }
     Ok(())
 }

@@ -92,6 +92,16 @@ async fn connect() -> anyhow::Result<Connection> {
     Ok(sca_dispatch::amqp::client::connect(URL, "sca-dispatch e2e bench").await?)
 }
 
+/// Declares the durable quorum queue `queue`.
+async fn declare_quorum(ch: &lapin::Channel, queue: &str) -> anyhow::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, quorum()).await?;
+    Ok(())
+}
+
 fn quorum() -> FieldTable {
     let mut t = FieldTable::default();
     t.insert(
@@ -145,15 +155,7 @@ async fn publish(shared: &Arc<Shared>, ch: &lapin::Channel) -> anyhow::Result<()
 async fn ceiling(conn: &Connection, ns: &str, n: u64) -> anyhow::Result<(f64, CpuSplit)> {
     let queue = format!("{ns}-ceiling");
     let ch = conn.create_channel().await?;
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        quorum(),
-    )
-    .await?;
+    declare_quorum(&ch, &queue).await?;
     let cch = conn.create_channel().await?;
     cch.basic_qos(250, BasicQosOptions::default()).await?;
     let mut consumer = cch
@@ -650,15 +652,7 @@ async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<
     }
     let queue = format!("{ns}-floor");
     let ch = conn.create_channel().await?;
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        quorum(),
-    )
-    .await?;
+    declare_quorum(&ch, &queue).await?;
     let n = (rate * 10.0) as u64;
     let shared = publisher(&queue, n, Some(rate), 120);
     let seen = Arc::new(AtomicU64::new(0));
@@ -954,15 +948,7 @@ async fn decisions(
                 .arg(format!("{ns2}.outcomes"));
         }
         if mode == Bare::PublishAck {
-            pch.queue_declare(
-                held_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                quorum(),
-            )
-            .await?;
+            declare_quorum(pch, &held_queue).await?;
             publish(&publisher(&held_queue, held_n, None, 900), pch).await?;
             cmd.args(["--ack-queue", &held_queue, "--held", &held_n.to_string()])
                 .args(["--skip", &(held_n - http_n).to_string()]);

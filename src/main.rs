@@ -131,8 +131,8 @@ struct BaselineArgs {
     /// `--amqp-url` and `--held`).
     #[arg(long, requires_all = ["amqp_url", "held"])]
     ack_queue: Option<String>,
-    /// How many deliveries of `--ack-queue` to hold before listening.
-    #[arg(long, requires = "ack_queue")]
+    /// How many deliveries of `--ack-queue` to hold before listening (at least 1).
+    #[arg(long, requires = "ack_queue", value_parser = clap::value_parser!(u64).range(1..))]
     held: Option<u64>,
     /// How many of the held deliveries to leave unacked before acking the rest in
     /// delivery order.

@@ -1,8 +1,8 @@
 //! The bare HTTP handler the e2e benchmark compares decisions with
 //! (`sca-dispatch simulate http-baseline`), acking held deliveries: against the real
 //! RabbitMQ, each request acks exactly one held delivery, in delivery order after the
-//! first `--skip`, and
-//! once interrupted the handler leaves every delivery it did not ack back in the queue.
+//! first `--skip`; once interrupted, the handler leaves every delivery it did not ack
+//! back in the queue; holding none is refused.
 
 mod common;
 
@@ -145,4 +145,16 @@ async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
+}
+
+#[test]
+fn holding_nothing_is_refused_naming_the_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
+        .args(["simulate", "http-baseline", "--amqp-url", common::AMQP_URL])
+        .args(["--ack-queue", "q", "--held", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--held"), "{err}");
 }

@@ -813,7 +813,6 @@ struct Rate {
     cpu: CpuSplit,
 }
 
-/// Phase 5's figures.
 /// The bare handlers' modes (see [`decisions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bare {
@@ -822,6 +821,7 @@ enum Bare {
     PublishAck,
 }
 
+/// Phase 5's figures.
 struct Decisions {
     /// The empty bare handler.
     empty: Rate,

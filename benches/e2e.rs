@@ -49,7 +49,11 @@
 //! flat out on the relay's challenges and on its own mix, printed and not written;
 //! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`, `E2E_PAIRS`
 //! how many relay/daemon pairs flat out the ratios are the medians of (default 3: the
-//! first from phases 1 and 2, the others run after phase 3, a fresh relay each).
+//! first from phases 1 and 2, the others run after phase 3, a fresh relay each);
+//! `E2E_PER_CHANNEL` the deliveries held per consumer channel (default 25,000: with
+//! 100,000 in flight, 4 consumers) by the daemon, the relay and the acking bare handler;
+//! `E2E_BROKER_PROFILE=1` prints, for each timed HTTP run, the broker's work split over
+//! its processes (`scripts/broker-reductions.sh`).
 
 #[path = "stats/mod.rs"]
 mod stats;
@@ -870,15 +874,37 @@ struct Owed<'a> {
     pushes: u64,
 }
 
-/// `n` decision requests from [`http_load`] to the server process `server`, each to be
+/// Deliveries held per consumer channel at most, by the daemon, the relay and the acking
+/// bare handler alike (`E2E_PER_CHANNEL`, default 25,000; the consumer count follows).
+fn per_channel() -> u64 {
+    env_u64("E2E_PER_CHANNEL", 25_000).clamp(1, 65_535)
+}
+
+/// `E2E_BROKER_PROFILE=1`: `scripts/broker-reductions.sh` with `args` (a mark before a
+/// timed run, a report after it and another once its channels are idle again: which of the
+/// broker's processes the run loaded). Run outside the timed window and after its CPU
+/// was read; its output goes to this process's stdout.
+fn broker_reductions(args: &[&str]) {
+    if std::env::var_os("E2E_BROKER_PROFILE").is_none() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker-reductions.sh");
+    if let Err(e) = Command::new("bash").arg(script).args(args).status() {
+        eprintln!("broker-reductions.sh: {e}");
+    }
+}
+
+/// `n` decision requests from [`http_load`] (run `label`) to the server process `server`, each to be
 /// answered `expect`, then waits (at most 120 s) for the work they owe.
 async fn timed(
+    label: &str,
     sims: &Sims,
     owed: Owed<'_>,
     n: u64,
     server: u32,
     load: impl Future<Output = anyhow::Result<f64>>,
 ) -> anyhow::Result<Rate> {
+    broker_reductions(&["mark"]);
     let (outcomes0, pushes0) = (owed.read.load(Ordering::Relaxed), pushes(sims));
     let cpu = CpuMark::new(Some(server));
     let started = Instant::now();
@@ -898,11 +924,18 @@ async fn timed(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let completed = n as f64 / started.elapsed().as_secs_f64();
-    Ok(Rate {
+    let rate = Rate {
         answered,
         completed,
         cpu: cpu.per(n),
-    })
+    };
+    broker_reductions(&["report", &n.to_string(), label]);
+    if std::env::var_os("E2E_BROKER_PROFILE").is_some() {
+        // Work the broker still had to do (single acks are not waited for), once done.
+        broker_reductions(&["settle"]);
+        broker_reductions(&["report", &n.to_string(), &format!("{label}, once idle")]);
+    }
+    Ok(rate)
 }
 
 /// Phase 5: the decision endpoint on `held`'s challenges, against the bare handlers and
@@ -948,10 +981,14 @@ async fn decisions(
                 .arg(format!("{ns2}.outcomes"));
         }
         if mode == Bare::PublishAck {
+            // It fills the queue itself once its consumers are up, so the deliveries
+            // lie over its channels in turn, as the daemon's challenges over its
+            // consumers: every single ack lies behind its channel's share of the
+            // skipped ones.
             declare_quorum(pch, &held_queue).await?;
-            publish(&publisher(&held_queue, held_n, None, 900), pch).await?;
             cmd.args(["--ack-queue", &held_queue, "--held", &held_n.to_string()])
-                .args(["--skip", &(held_n - http_n).to_string()]);
+                .args(["--skip", &(held_n - http_n).to_string(), "--fill"])
+                .args(["--per-channel", &per_channel().to_string()]);
         }
         let mut baseline = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let mut line = String::new();
@@ -965,6 +1002,7 @@ async fn decisions(
             format!("http://{addr}/v1/challenges/x{i}/decision")
         });
         let rate = timed(
+            &format!("bare handler {mode:?}"),
             sims,
             owed(mode != Bare::Empty, false),
             http_n,
@@ -1029,6 +1067,7 @@ async fn decisions(
         relay.answered, relay.completed
     );
     let decision = timed(
+        "daemon, held mix",
         sims,
         owed(true, true),
         http_n,
@@ -1040,6 +1079,7 @@ async fn decisions(
     // table lookup without the decision's own work (withdrawal push, outcome publish).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let repeat = timed(
+        "daemon, 409",
         sims,
         owed(false, false),
         http_n,
@@ -1051,6 +1091,7 @@ async fn decisions(
     // the difference is what a decision's withdrawal push costs (daemon, TLS, simulator).
     let single = held_more(c, d, pch, ns2, held, http_n, 1, PLATFORMS).await?;
     let single = timed(
+        "daemon, one device",
         sims,
         owed(true, false),
         http_n,
@@ -1062,6 +1103,7 @@ async fn decisions(
     // mix has Huawei devices too).
     let same = held_more(c, d, pch, ns2, held, http_n, 2, RELAY_PLATFORMS).await?;
     let same = timed(
+        "daemon, relay's devices",
         sims,
         owed(true, true),
         http_n,
@@ -1178,7 +1220,7 @@ async fn relay_decisions(
     n: u64,
 ) -> anyhow::Result<Rate> {
     let ns = format!("{ns}-relay");
-    let consumers = n.div_ceil(25_000).max(1) as u32;
+    let consumers = n.div_ceil(per_channel()).max(1) as u32;
     let prefetch = n.div_ceil(consumers as u64) as u32;
     let r = spawn_as(&["simulate", "relay"], dir, &ns, sims, prefetch, consumers)?;
     wait_ready(c, &r).await?;
@@ -1209,6 +1251,7 @@ async fn relay_decisions(
         pushes: n,
     };
     let rate = timed(
+        "relay",
         sims,
         owed,
         n,
@@ -1277,7 +1320,7 @@ async fn hold(
     pch: &lapin::Channel,
     inflight: u64,
 ) -> anyhow::Result<Held> {
-    let consumers = inflight.div_ceil(25_000).max(1) as u32;
+    let consumers = inflight.div_ceil(per_channel()).max(1) as u32;
     let prefetch = inflight.div_ceil(consumers as u64) as u32;
     let d = spawn_daemon(dir, ns, sims, prefetch, consumers)?;
     wait_ready(c, &d).await?;

@@ -138,6 +138,15 @@ struct BaselineArgs {
     /// delivery order.
     #[arg(long, requires = "ack_queue")]
     skip: Option<u64>,
+    /// Publish the `--held` messages to `--ack-queue` itself once its consumers are all
+    /// registered, so the queue spreads them over its channels in turn as over a
+    /// daemon's consumers (else the queue must already hold them).
+    #[arg(long, requires = "ack_queue")]
+    fill: bool,
+    /// Held deliveries per consumer channel at most (1–65535).
+    #[arg(long, requires = "ack_queue", default_value_t = sca_dispatch::sim::http_baseline::PER_CHANNEL,
+          value_parser = clap::value_parser!(u64).range(1..=65_535))]
+    per_channel: u64,
 }
 
 #[cfg(feature = "tools")]
@@ -310,7 +319,13 @@ fn main() -> anyhow::Result<()> {
                     Sim::HttpBaseline(a) => {
                         let skip = a.skip.unwrap_or(0);
                         let held = a.ack_queue.zip(a.held).map(|(queue, count)| {
-                            sca_dispatch::sim::http_baseline::HeldAcks { queue, count, skip }
+                            sca_dispatch::sim::http_baseline::HeldAcks {
+                                queue,
+                                count,
+                                skip,
+                                fill: a.fill,
+                                per_channel: a.per_channel,
+                            }
                         });
                         let publish =
                             a.amqp_url

@@ -1,8 +1,9 @@
 //! The bare HTTP handler the e2e benchmark compares decisions with
 //! (`sca-dispatch simulate http-baseline`), acking held deliveries: against the real
 //! RabbitMQ, each request acks exactly one held delivery, in delivery order after the
-//! first `--skip`; once interrupted, the handler leaves every delivery it did not ack
-//! back in the queue; holding none is refused.
+//! first `--skip` (with `--fill`, of the messages it published itself, in publish
+//! order); once interrupted, the handler leaves every delivery it did not ack back in
+//! the queue; holding none is refused.
 
 mod common;
 
@@ -47,6 +48,20 @@ async fn post(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
+    acks_one_per_request(false).await;
+}
+
+/// `--fill`: the handler publishes the held messages itself, after its consumers are
+/// registered, and acks them in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filling_its_own_queue_it_acks_in_publish_order() {
+    acks_one_per_request(true).await;
+}
+
+/// Holds `HELD` of the queue's messages (published by the test, `QUEUED` of them, or by
+/// the handler with `fill`, `HELD`), answers `REQUESTS`, is interrupted; checks which
+/// messages are back.
+async fn acks_one_per_request(fill: bool) {
     let (_conn, ch) = common::amqp().await;
     let queue = common::unique("http-baseline-held");
     let mut args = FieldTable::default();
@@ -61,28 +76,35 @@ async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
     ch.queue_declare(queue.as_str().into(), durable, args)
         .await
         .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    for i in 0..QUEUED {
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            format!("{i}").as_bytes(),
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let queued = if fill { HELD } else { QUEUED };
+    if !fill {
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in 0..QUEUED {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
-        .args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"));
+    cmd.args(["simulate", "http-baseline", "--addr", "127.0.0.1:0"])
         .args(["--amqp-url", common::AMQP_URL, "--exchange", "amq.topic"])
         .args(["--ack-queue", &queue, "--held", &HELD.to_string()])
-        .args(["--skip", &SKIP.to_string()])
+        .args(["--skip", &SKIP.to_string()]);
+    if fill {
+        cmd.arg("--fill");
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -94,7 +116,7 @@ async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
     let addr = addr.trim().to_string();
     assert!(!addr.is_empty(), "the handler did not start");
     // Listening means it holds HELD deliveries: only the rest are ready.
-    assert_eq!(ready_count(&ch, &queue).await, QUEUED - HELD);
+    assert_eq!(ready_count(&ch, &queue).await, queued - HELD);
     for _ in 0..REQUESTS {
         let answer = post(&addr).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -120,13 +142,13 @@ async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
     let mut back = 0;
     for _ in 0..100 {
         back = ready_count(&ch, &queue).await;
-        if back == QUEUED - REQUESTS {
+        if back == queued - REQUESTS {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(back, QUEUED - REQUESTS);
-    // The acked ones are those right after the skipped, in delivery order.
+    assert_eq!(back, queued - REQUESTS);
+    // The acked ones are those right after the skipped, in delivery (or publish) order.
     let mut left = Vec::new();
     while let Some(m) = ch
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
@@ -140,7 +162,7 @@ async fn each_request_acks_one_held_delivery_and_the_rest_go_back() {
         );
     }
     left.sort_unstable();
-    let expected: Vec<u64> = (0..SKIP).chain(SKIP + REQUESTS..QUEUED).collect();
+    let expected: Vec<u64> = (0..SKIP).chain(SKIP + REQUESTS..queued).collect();
     assert_eq!(left, expected);
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await

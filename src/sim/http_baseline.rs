@@ -44,16 +44,26 @@ pub struct Publish {
 
 /// A queue whose deliveries the handler holds unacked: `count` of them, all delivered
 /// before it listens (it consumes with a prefetch covering them, over channels of at
-/// most [`PER_CHANNEL`] each as the benchmark's daemon does). The first `skip` stay
+/// most `per_channel` each as the benchmark's daemon does). The first `skip` stay
 /// unacked; each request acks the oldest one of the rest still held, alone.
+///
+/// With `fill`, the handler publishes the `count` messages itself once all its
+/// consumers are registered: the queue then hands them out over the channels in turn,
+/// as it does to a running daemon's consumers, so each channel holds its share of the
+/// skipped ones ahead of the rest and every single ack lies behind them on its channel.
+/// Without it, the queue already holds them and the first consumer takes a whole
+/// channel's worth before the next one is registered. Filled, "oldest" is publish order.
 #[derive(Debug, Clone)]
 pub struct HeldAcks {
     pub queue: String,
     pub count: u64,
     pub skip: u64,
+    pub fill: bool,
+    /// Unacked deliveries per consumer channel at most (default [`PER_CHANNEL`]).
+    pub per_channel: u64,
 }
 
-/// Unacked deliveries per consumer channel.
+/// Unacked deliveries per consumer channel, by default.
 pub const PER_CHANNEL: u64 = 25_000;
 
 /// The held deliveries to ack: the channel each came on and its tag, oldest first.
@@ -62,7 +72,7 @@ type Held = Mutex<VecDeque<(Channel, u64)>>;
 /// Consumes `h.count` deliveries from `h.queue` without acking them (over the channels
 /// returned); fails after 120 s.
 async fn hold(conn: &Connection, h: &HeldAcks) -> anyhow::Result<(Held, Vec<Channel>)> {
-    let channels = h.count.div_ceil(PER_CHANNEL).max(1);
+    let channels = h.count.div_ceil(h.per_channel.max(1)).max(1);
     let prefetch = h.count.div_ceil(channels);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut opened = Vec::new();
@@ -82,17 +92,23 @@ async fn hold(conn: &Connection, h: &HeldAcks) -> anyhow::Result<(Held, Vec<Chan
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
-                if tx.send((ch.clone(), d.delivery_tag)).is_err() {
+                let seq = std::str::from_utf8(&d.data)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                if tx.send((seq, ch.clone(), d.delivery_tag)).is_err() {
                     return;
                 }
             }
         });
     }
-    let mut held = VecDeque::with_capacity(h.count as usize);
+    if h.fill {
+        fill(conn, &h.queue, h.count).await?;
+    }
+    let mut held = Vec::with_capacity(h.count as usize);
     let all = async {
         while (held.len() as u64) < h.count {
             match rx.recv().await {
-                Some(d) => held.push_back(d),
+                Some(d) => held.push(d),
                 None => break,
             }
         }
@@ -107,9 +123,48 @@ async fn hold(conn: &Connection, h: &HeldAcks) -> anyhow::Result<(Held, Vec<Chan
                 h.queue
             )
         })?;
+    if h.fill {
+        // Publish order: every message carries its sequence number.
+        held.sort_by_key(|(seq, _, _)| *seq);
+    }
     // The skipped ones stay unacked: their channels live on in the consumer tasks.
-    held.drain(..(h.skip.min(h.count) as usize));
+    let held: VecDeque<_> = held
+        .into_iter()
+        .skip(h.skip.min(h.count) as usize)
+        .map(|(_, ch, tag)| (ch, tag))
+        .collect();
     Ok((Mutex::new(held), opened))
+}
+
+/// Publishes `count` messages to `queue`, each its sequence number from 0, with
+/// confirms (at most [`FILL_WINDOW`] unconfirmed).
+async fn fill(conn: &Connection, queue: &str, count: u64) -> anyhow::Result<()> {
+    const FILL_WINDOW: usize = 2_000;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut pending: VecDeque<lapin::PublisherConfirm> = VecDeque::with_capacity(FILL_WINDOW);
+    for seq in 0..count {
+        if pending.len() >= FILL_WINDOW {
+            if let Some(c) = pending.pop_front() {
+                anyhow::ensure!(c.await?.is_ack(), "{queue} refused a held message");
+            }
+        }
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                seq.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        pending.push_back(confirm);
+    }
+    for c in pending {
+        anyhow::ensure!(c.await?.is_ack(), "{queue} refused a held message");
+    }
+    let _ = ch.close(200, "filled".into()).await;
+    Ok(())
 }
 
 /// An outcome's size and shape (CONTRACT §4), published by every request.

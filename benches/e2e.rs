@@ -880,22 +880,25 @@ fn per_channel() -> u64 {
     env_u64("E2E_PER_CHANNEL", 25_000).clamp(1, 65_535)
 }
 
-/// `E2E_BROKER_PROFILE=1`: `scripts/broker-reductions.sh` with `args` (a mark before a
-/// timed run, a report after it and another once its channels are idle again: which of the
-/// broker's processes the run loaded). Run outside the timed window and after its CPU
-/// was read; its output goes to this process's stdout.
+/// `E2E_BROKER_PROFILE=1`: each timed run is profiled on the broker's side.
+fn broker_profiling() -> bool {
+    std::env::var_os("E2E_BROKER_PROFILE").is_some()
+}
+
+/// `scripts/broker-reductions.sh` with `args` (a mark before a timed run, a report after
+/// it and another once the broker's channels are idle again: which of its processes the
+/// run loaded). Run outside the timed window and after its CPU was read; its output goes
+/// to this process's stdout.
 fn broker_reductions(args: &[&str]) {
-    if std::env::var_os("E2E_BROKER_PROFILE").is_none() {
-        return;
-    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker-reductions.sh");
     if let Err(e) = Command::new("bash").arg(script).args(args).status() {
         eprintln!("broker-reductions.sh: {e}");
     }
 }
 
-/// `n` decision requests from [`http_load`] (run `label`) to the server process `server`, each to be
-/// answered `expect`, then waits (at most 120 s) for the work they owe.
+/// `n` decision requests from [`http_load`] (run `label`) to the server process
+/// `server`, each to be answered `expect`, then waits (at most 120 s) for the work they
+/// owe.
 async fn timed(
     label: &str,
     sims: &Sims,
@@ -904,7 +907,9 @@ async fn timed(
     server: u32,
     load: impl Future<Output = anyhow::Result<f64>>,
 ) -> anyhow::Result<Rate> {
-    broker_reductions(&["mark"]);
+    if broker_profiling() {
+        broker_reductions(&["mark"]);
+    }
     let (outcomes0, pushes0) = (owed.read.load(Ordering::Relaxed), pushes(sims));
     let cpu = CpuMark::new(Some(server));
     let started = Instant::now();
@@ -929,8 +934,8 @@ async fn timed(
         completed,
         cpu: cpu.per(n),
     };
-    broker_reductions(&["report", &n.to_string(), label]);
-    if std::env::var_os("E2E_BROKER_PROFILE").is_some() {
+    if broker_profiling() {
+        broker_reductions(&["report", &n.to_string(), label]);
         // Work the broker still had to do (single acks are not waited for), once done.
         broker_reductions(&["settle"]);
         broker_reductions(&["report", &n.to_string(), &format!("{label}, once idle")]);

@@ -137,7 +137,7 @@ async fn hold(conn: &Connection, h: &HeldAcks) -> anyhow::Result<(Held, Vec<Chan
 }
 
 /// Publishes `count` messages to `queue`, each its sequence number from 0, with
-/// confirms (at most [`FILL_WINDOW`] unconfirmed).
+/// confirms (at most `FILL_WINDOW` unconfirmed).
 async fn fill(conn: &Connection, queue: &str, count: u64) -> anyhow::Result<()> {
     const FILL_WINDOW: usize = 2_000;
     let ch = conn.create_channel().await?;

@@ -180,3 +180,15 @@ fn holding_nothing_is_refused_naming_the_option() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--held"), "{err}");
 }
+
+#[test]
+fn a_channel_holding_nothing_is_refused_naming_the_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sca-dispatch"))
+        .args(["simulate", "http-baseline", "--amqp-url", common::AMQP_URL])
+        .args(["--ack-queue", "q", "--held", "10", "--per-channel", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--per-channel"), "{err}");
+}

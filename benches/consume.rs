@@ -1,6 +1,6 @@
 //! Consume cost (not a test): CPU time of this process per message consumed and acked
 //! from a quorum queue, the daemon's way — manual acks, `basic.qos` prefetch of
-//! `amqp.prefetch` (default 5,000), one `multiple` ack per 256 deliveries (the ack
+//! `amqp.prefetch` (default 1,000), one `multiple` ack per 256 deliveries (the ack
 //! batcher's `FLUSH_AT`, `src/amqp/acks.rs`) — on the daemon's own connection set-up
 //! (`sca_dispatch::amqp::client::connect`), against the RabbitMQ on 127.0.0.1:5672.
 //!

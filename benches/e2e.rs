@@ -50,11 +50,16 @@
 //! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`, `E2E_PAIRS`
 //! how many relay/daemon pairs flat out the ratios are the medians of (default 3: the
 //! first from phases 1 and 2, the others run after phase 3, a fresh relay each);
-//! `E2E_PER_CHANNEL` the deliveries held per consumer channel (default 25,000: with
-//! 100,000 in flight, 4 consumers) by the daemon, the relay and the acking bare handler;
+//! `E2E_PER_CHANNEL` the deliveries held per consumer channel (default the daemon's
+//! `amqp.prefetch`, 1,000: with 100,000 in flight, 100 consumers) by the daemon, the relay
+//! and the acking bare handler;
 //! `E2E_BROKER_PROFILE=1` prints, for each timed HTTP run, the broker's work split over
-//! its processes (`scripts/broker-reductions.sh`).
+//! its processes (`scripts/broker-reductions.sh`); `E2E_ONLY=layouts` consumer layouts
+//! (`E2E_LAYOUTS`, `E2E_PENDING`) side by side, printed and not written (see
+//! `layouts/mod.rs`).
 
+#[path = "layouts/mod.rs"]
+mod layouts;
 #[path = "stats/mod.rs"]
 mod stats;
 use futures_util::StreamExt;
@@ -564,7 +569,8 @@ async fn relay_flat_out(
     n: u64,
 ) -> anyhow::Result<(Daemon, String, f64, CpuSplit)> {
     let ns = format!("{ns}-relay");
-    let r = spawn_as(&["simulate", "relay"], dir, &ns, sims, 5000, 4)?;
+    let (prefetch, consumers) = default_layout();
+    let r = spawn_as(&["simulate", "relay"], dir, &ns, sims, prefetch, consumers)?;
     wait_ready(c, &r).await?;
     // Warm-up: connections.
     daemon_run(&r, &ns, sims, 2000, None).await?;
@@ -639,14 +645,15 @@ async fn warm_daemon(
     sims: &Sims,
     c: &Client,
 ) -> anyhow::Result<Daemon> {
-    let d = spawn_daemon(dir, ns, sims, 5000, 4)?;
+    let (prefetch, consumers) = default_layout();
+    let d = spawn_daemon(dir, ns, sims, prefetch, consumers)?;
     wait_ready(c, &d).await?;
     daemon_run(&d, ns, sims, 2000, None).await?;
     Ok(d)
 }
 
 /// The broker's own share of publish → push: the load tool's publisher at `rate` to a
-/// fresh quorum queue and a bare consumer (4 channels, prefetch 5,000 each as the
+/// fresh quorum queue and a bare consumer (the daemon's default layout, as the
 /// daemon's and the relay's, multiple-acks every 100), publish → delivery p50 / p99 /
 /// p99.9 in ms. No push, no parsing beyond the challenge id.
 async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<[f64; 3]> {
@@ -662,10 +669,12 @@ async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<
     let seen = Arc::new(AtomicU64::new(0));
     let rec = Arc::new(loadgen::hist::Recorder::default());
     let (mut consumers, mut channels) = (Vec::new(), Vec::new());
-    for i in 0..4 {
+    let (prefetch, count) = default_layout();
+    for i in 0..count {
         let cch = conn.create_channel().await?;
         channels.push(cch.clone());
-        cch.basic_qos(5000, BasicQosOptions::default()).await?;
+        cch.basic_qos(prefetch as u16, BasicQosOptions::default())
+            .await?;
         let mut consumer = cch
             .basic_consume(
                 queue.as_str().into(),
@@ -874,10 +883,18 @@ struct Owed<'a> {
     pushes: u64,
 }
 
+/// The daemon's default consumer layout (`amqp.prefetch`, `amqp.consumers`), which the
+/// flat-out and latency runs of the daemon and the relay use.
+fn default_layout() -> (u32, u32) {
+    let a = sca_dispatch::Config::default().amqp;
+    (a.prefetch, a.consumers)
+}
+
 /// Deliveries held per consumer channel at most, by the daemon, the relay and the acking
-/// bare handler alike (`E2E_PER_CHANNEL`, default 25,000; the consumer count follows).
+/// bare handler alike (`E2E_PER_CHANNEL`, default the daemon's `amqp.prefetch`: more in
+/// flight over more channels, as operators are told to; the consumer count follows).
 fn per_channel() -> u64 {
-    env_u64("E2E_PER_CHANNEL", 25_000).clamp(1, 65_535)
+    env_u64("E2E_PER_CHANNEL", default_layout().0 as u64).clamp(1, 65_535)
 }
 
 /// `E2E_BROKER_PROFILE=1`: each timed run is profiled on the broker's side.
@@ -1421,6 +1438,12 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         return Ok(());
     }
 
+    // `E2E_ONLY=layouts`: consumer layouts side by side, printed and not written.
+    if only.as_deref() == Some("layouts") {
+        layouts::run(&conn, &dir, &ns, &sims, &c, n).await?;
+        return Ok(());
+    }
+
     // `E2E_ONLY=cpu`: `E2E_ROUNDS` (default 2) times a fresh relay flat out, then the
     // daemon flat out with the relay's devices and with its own mix; printed, not written.
     if only.as_deref() == Some("cpu") {
@@ -1625,7 +1648,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         "http_decision_single_device_ratio": (http_single_per_s / http_baseline_per_s * 100.0).round() / 100.0,
         "cpu_us_per_challenge": {"daemon": cpu.daemon.round(), "broker": cpu.broker.round(), "simulators_and_load_tool": cpu.bench.round()},
         "cpu_us_per_message_ceiling": {"broker": ccpu.broker.round(), "publisher_and_consumer": ccpu.bench.round()},
-        "config": "daemon and relay: release build, prefetch 5000 x 4 consumers, dispatched_events = false, log level warn; devices approve 20 ms after their push; HTTP baseline publishes one confirmed message per request to the outcomes exchange, read by a tap as the decisions' outcomes are; broker, daemon, simulators and load tool share the machine",
+        "config": format!("daemon and relay: release build, prefetch {} x {} consumers (the defaults), dispatched_events = false, log level warn; devices approve 20 ms after their push; HTTP baseline publishes one confirmed message per request to the outcomes exchange, read by a tap as the decisions' outcomes are; broker, daemon, simulators and load tool share the machine", default_layout().0, default_layout().1),
     });
     // The relay baseline and the ratios to it.
     let pair_list: Vec<_> = pairs
@@ -1710,7 +1733,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | the same with the daemon's own device mix (Huawei devices too): challenges/s; CPU | {:.2}×; {:.0} µs ({:.2}×) | |\n\
          | publish → push p50 / p99 / p99.9 at half the relay's rate ({:.0}/s): daemon · relay | {:.1} / {:.1} / {:.1} · {:.1} / {:.1} / {:.1} ms | daemon p99 ≤ 10 ms |\n\
          | the same, the daemon with the relay's devices (iOS and Android only) | {:.1} / {:.1} / {:.1} ms | |\n\
-         | the broker alone at that rate: publish → delivery to a bare consumer (prefetch 5,000 × 4) | {:.1} / {:.1} / {:.1} ms | |\n\
+         | the broker alone at that rate: publish → delivery to a bare consumer (the default layout) | {:.1} / {:.1} / {:.1} ms | |\n\
          | daemon flat out | {:.0} challenges/s ({:.2}× ceiling) | ≥ 0.8× |\n\
          | publish → push p50 / p99 / p99.9 at half the ceiling ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | p99 ≤ 5 ms |\n\
          | publish → push p50 / p99 / p99.9 at half the daemon's flat-out rate ({:.0}/s) | {:.1} / {:.1} / {:.1} ms | |\n\

@@ -143,9 +143,12 @@ impl Default for RuntimeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     pub url: String,
-    /// Unacked deliveries per consumer channel (AMQP `basic.qos`), 1–65535.
+    /// Unacked deliveries per consumer channel (AMQP `basic.qos`), 1–65535. Kept small: an
+    /// ack behind older undecided deliveries on its channel costs the broker work that
+    /// grows with that channel's unacked deliveries.
     pub prefetch: u32,
-    /// Consumer channels on `challenges_queue`. In-flight challenges ≤ prefetch × consumers.
+    /// Consumer channels on `challenges_queue`, 1–256. In-flight challenges ≤ prefetch ×
+    /// consumers.
     pub consumers: u32,
     pub challenges_queue: String,
     pub responses_queue: String,
@@ -182,8 +185,8 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            prefetch: 5000,
-            consumers: 4,
+            prefetch: 1000,
+            consumers: 20,
             challenges_queue: "sca.challenges".into(),
             responses_queue: "sca.responses".into(),
             outcomes_exchange: "sca.outcomes".into(),
@@ -508,6 +511,10 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Consumer channels per instance at most (`amqp.consumers`): well inside the broker's
+/// default `channel_max` of 2,047 beside the daemon's other channels.
+const MAX_CONSUMERS: u32 = 256;
+
 /// Keys whose values are secrets: never shown in an error message.
 const SECRET_KEYS: &[&str] = &["url", "auth_token", "api_tokens", "otp_key", "secret"];
 
@@ -585,8 +592,8 @@ impl Config {
         if a.prefetch == 0 || a.prefetch > 65_535 {
             return Err(invalid("amqp.prefetch", "must be 1..=65535"));
         }
-        if a.consumers == 0 || a.consumers > 64 {
-            return Err(invalid("amqp.consumers", "must be 1..=64"));
+        if a.consumers == 0 || a.consumers > MAX_CONSUMERS {
+            return Err(invalid("amqp.consumers", "must be 1..=256"));
         }
         if a.publish_window == 0 {
             return Err(invalid("amqp.publish_window", "must be at least 1"));
@@ -1370,6 +1377,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.config.amqp.prefetch, 20);
         assert_eq!(c.http.auth.tokens(), ["a", "b"]);
+    }
+
+    #[test]
+    fn consumer_channels_are_bounded_and_the_default_layout_holds_20000() {
+        let t = env(&[TOKEN]);
+        let d = AmqpConfig::default();
+        assert_eq!(d.prefetch * d.consumers, 20_000);
+        for bad in [0, MAX_CONSUMERS + 1] {
+            let toml = format!("[amqp]\nconsumers = {bad}\n");
+            let e = Config::from_toml_with_env(&toml, "t", &t).unwrap_err();
+            assert!(e.to_string().contains("amqp.consumers"), "{bad}: {e}");
+        }
+        let toml = format!("[amqp]\nconsumers = {MAX_CONSUMERS}\n");
+        let c = Config::from_toml_with_env(&toml, "t", &t).unwrap();
+        assert_eq!(c.config.amqp.consumers, MAX_CONSUMERS);
     }
 
     #[test]

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long stopping waits for the broker to confirm the consumers' cancels.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
 /// Broker connection state, for `/readyz` and the gauge.
 #[derive(Default)]
 pub struct BrokerStatus {
@@ -271,17 +274,18 @@ async fn session(
             }
             _ = until_true(&mut signals.stop_consuming), if !cancelled => {
                 cancelled = true;
-                for r in &running {
-                    let _ = r.channel.basic_cancel(r.tag.as_str().into(), BasicCancelOptions::default()).await;
-                }
+                // All channels at once, bounded: a broker that stops answering must not
+                // hold the stop up once per consumer channel.
+                let cancels = running.iter().map(|r| {
+                    r.channel.basic_cancel(r.tag.as_str().into(), BasicCancelOptions::default())
+                });
+                let _ = tokio::time::timeout(CANCEL_WAIT, futures_util::future::join_all(cancels)).await;
                 tracing::info!("stopped consuming; finishing what is decided");
             }
             _ = until_true(&mut signals.close) => {
                 // Acks queued for outcomes confirmed just before the close must reach
                 // the broker first, or those challenges would come back.
-                for r in &running {
-                    acks::flush(&r.acks).await;
-                }
+                futures_util::future::join_all(running.iter().map(|r| acks::flush(&r.acks))).await;
                 publisher.set_channel(None);
                 status.set(false);
                 let _ = conn.close(200, "sca-dispatch shutting down".into()).await;

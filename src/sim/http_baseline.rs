@@ -63,8 +63,8 @@ pub struct HeldAcks {
     pub per_channel: u64,
 }
 
-/// Unacked deliveries per consumer channel, by default.
-pub const PER_CHANNEL: u64 = 25_000;
+/// Unacked deliveries per consumer channel, by default: the daemon's default `amqp.prefetch`.
+pub const PER_CHANNEL: u64 = 1_000;
 
 /// The held deliveries to ack: the channel each came on and its tag, oldest first.
 type Held = Mutex<VecDeque<(Channel, u64)>>;
@@ -292,4 +292,13 @@ pub async fn run_standalone(addr: SocketAddr, publish: Option<Publish>) -> anyho
         p.settle().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_channel_holds_by_default_what_a_daemon_channel_does() {
+        let daemon = crate::Config::default().amqp.prefetch as u64;
+        assert_eq!(super::PER_CHANNEL, daemon);
+    }
 }

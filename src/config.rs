@@ -593,7 +593,10 @@ impl Config {
             return Err(invalid("amqp.prefetch", "must be 1..=65535"));
         }
         if a.consumers == 0 || a.consumers > MAX_CONSUMERS {
-            return Err(invalid("amqp.consumers", "must be 1..=256"));
+            return Err(invalid(
+                "amqp.consumers",
+                format!("must be 1..={MAX_CONSUMERS}"),
+            ));
         }
         if a.publish_window == 0 {
             return Err(invalid("amqp.publish_window", "must be at least 1"));

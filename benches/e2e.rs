@@ -56,8 +56,15 @@
 //! `E2E_BROKER_PROFILE=1` prints, for each timed HTTP run, the broker's work split over
 //! its processes (`scripts/broker-reductions.sh`); `E2E_ONLY=layouts` consumer layouts
 //! (`E2E_LAYOUTS`, `E2E_PENDING`) side by side, printed and not written (see
-//! `layouts/mod.rs`).
+//! `layouts/mod.rs`); `E2E_ONLY=binding` publish → push with the broker's schedulers
+//! bound to cores and unbound, side by side (`binding/mod.rs`,
+//! `bench/results/broker-binding.json`); `E2E_PROBE_RATE` (with `E2E_ONLY=latency`) the
+//! broker alone at that rate beside the daemon at half the relay's; `E2E_PRINT_SECONDS=1`
+//! the load tool's line each second of every run; `E2E_PACED_SECONDS` the length of
+//! each run at a set rate (default 10 s).
 
+#[path = "binding/mod.rs"]
+mod binding;
 #[path = "layouts/mod.rs"]
 mod layouts;
 #[path = "stats/mod.rs"]
@@ -95,6 +102,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Challenges in a run at `rate`: `E2E_PACED_SECONDS` of it (default 10). A p99 over
+/// 10 s is set by the worst 100 ms; longer runs weigh single stalls less.
+fn paced_n(rate: f64) -> u64 {
+    (rate * env_u64("E2E_PACED_SECONDS", 10).max(1) as f64) as u64
 }
 
 async fn connect() -> anyhow::Result<Connection> {
@@ -474,7 +487,8 @@ async fn daemon_run(
     // gets its `expired` outcome inside the drain.
     o.drain = Duration::from_secs(150);
     o.pids = vec![d.child.id()];
-    o.print_seconds = false;
+    // `E2E_PRINT_SECONDS=1`: the load tool's line each second (where a tail comes from).
+    o.print_seconds = std::env::var_os("E2E_PRINT_SECONDS").is_some();
     let cpu = CpuMark::new(Some(d.child.id()));
     let report = loadgen::run(o, sims.feeds()).await?;
     let split = cpu.per(n);
@@ -547,8 +561,7 @@ async fn relay_baseline(
 ) -> anyhow::Result<RelayRun> {
     let (r, ns, per_s, cpu) = relay_flat_out(dir, ns, sims, c, n).await?;
     let half_rate = per_s / 2.0;
-    let (_, half, _) =
-        daemon_run(&r, &ns, sims, (half_rate * 10.0) as u64, Some(half_rate)).await?;
+    let (_, half, _) = daemon_run(&r, &ns, sims, paced_n(half_rate), Some(half_rate)).await?;
     drop(r);
     delete_queues(&conn.create_channel().await?, &ns).await;
     Ok(RelayRun {
@@ -664,7 +677,7 @@ async fn broker_floor(conn: &Connection, ns: &str, rate: f64) -> anyhow::Result<
     let queue = format!("{ns}-floor");
     let ch = conn.create_channel().await?;
     declare_quorum(&ch, &queue).await?;
-    let n = (rate * 10.0) as u64;
+    let n = paced_n(rate);
     let shared = publisher(&queue, n, Some(rate), 120);
     let seen = Arc::new(AtomicU64::new(0));
     let rec = Arc::new(loadgen::hist::Recorder::default());
@@ -740,7 +753,7 @@ async fn at_half_relay(
     sims: &Sims,
     rate: f64,
 ) -> anyhow::Result<(Lat, Lat)> {
-    let n = (rate * 10.0) as u64;
+    let n = paced_n(rate);
     let (_, own, _) = daemon_run(d, ns, sims, n, Some(rate)).await?;
     let mix = std::mem::replace(&mut d.platforms, RELAY_PLATFORMS);
     let same = daemon_run(d, ns, sims, n, Some(rate)).await;
@@ -1425,6 +1438,24 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
         let (own, same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
         let floor = broker_floor(&conn, &ns, relay.half_rate).await?;
+        // `E2E_PROBE_RATE`: the broker alone again, at that rate, while the daemon runs
+        // at half the relay's rate beside it — the broker's share under the same load.
+        if let Some(probe) = std::env::var("E2E_PROBE_RATE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            let rn = paced_n(relay.half_rate);
+            let pns = format!("{ns}-probe");
+            let (run, under) = tokio::join!(
+                daemon_run(&d, &ns, &sims, rn, Some(relay.half_rate)),
+                broker_floor(&conn, &pns, probe)
+            );
+            let (run, under) = (run?.1, under?);
+            println!(
+                "under load: daemon publish→push {:.1} / {:.1} / {:.1} ms; the broker alone at {probe:.0}/s beside it {:.1} / {:.1} / {:.1} ms",
+                run.p2p[0], run.p2p[1], run.p2p[2], under[0], under[1], under[2]
+            );
+        }
         println!(
             "publish→push p50 / p99 / p99.9 at {:.0}/s: relay {:.1} / {:.1} / {:.1} ms; daemon {:.1} / {:.1} / {:.1} ms; daemon with the relay's devices {:.1} / {:.1} / {:.1} ms; the broker alone (publish → delivery) {:.1} / {:.1} / {:.1} ms",
             relay.half_rate,
@@ -1435,6 +1466,12 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         );
         drop(d);
         delete_queues(&conn.create_channel().await?, &ns).await;
+        return Ok(());
+    }
+
+    // `E2E_ONLY=binding`: the broker's schedulers bound and unbound, side by side.
+    if only.as_deref() == Some("binding") {
+        binding::run(&conn, &dir, &ns, &sims, &c, n).await?;
         return Ok(());
     }
 
@@ -1507,7 +1544,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         same_cpu.daemon
     );
     let half = ceiling_per_s / 2.0;
-    let half_n = (half * 10.0) as u64;
+    let half_n = paced_n(half);
     let (half_rate, hl, _) = daemon_run(&d, &ns, &sims, half_n, Some(half)).await?;
     println!(
         "daemon at half the ceiling ({half:.0}/s offered, {half_rate:.0}/s done): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms; decision→outcome p99 {:.1} ms",
@@ -1516,7 +1553,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     // The ceiling's half can be beyond what the whole pipeline sustains on this machine;
     // latency is then queueing. Also measure at half of the daemon's own flat-out rate.
     let sustain = e2e_per_s / 2.0;
-    let (_, sl, _) = daemon_run(&d, &ns, &sims, (sustain * 10.0) as u64, Some(sustain)).await?;
+    let (_, sl, _) = daemon_run(&d, &ns, &sims, paced_n(sustain), Some(sustain)).await?;
     println!(
         "daemon at half its flat-out rate ({sustain:.0}/s): publish→push p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
         sl.p2p[0], sl.p2p[1], sl.p2p[2]

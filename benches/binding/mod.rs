@@ -7,10 +7,13 @@
 //! delivery it holds waits with it. The rounds alternate the two bind types on the
 //! running broker (`erlang:system_flag(scheduler_bind_type, _)`, what
 //! `SCHEDULER_BIND_TYPE` in `rabbitmq-env.conf` sets at start) and put back the broker's
-//! own at the end, or when the bench stops early. For each: the relay and the daemon
-//! (its own device mix, then the relay's), and how long the broker's schedulers waited
-//! for a core per second of the runs (`/proc/PID/task/*/schedstat`). Printed and written
-//! to `bench/results/broker-binding.json`.
+//! own at the end, or when the bench fails early (a bench killed by a signal leaves the
+//! last round's: `rabbitmqctl eval 'erlang:system_flag(scheduler_bind_type,
+//! thread_no_node_processor_spread).'` puts RabbitMQ's default back). For each: the
+//! relay and the daemon (its own device mix, then the relay's), and how long the
+//! broker's schedulers waited for a core per second of the runs
+//! (`/proc/PID/task/*/schedstat`). Printed and written to
+//! `bench/results/broker-binding.json`.
 
 use super::*;
 

@@ -551,19 +551,22 @@ struct RelayRun {
     half: Lat,
 }
 
-async fn relay_baseline(
-    conn: &Connection,
-    dir: &std::path::Path,
-    ns: &str,
-    sims: &Sims,
-    c: &Client,
-    n: u64,
-) -> anyhow::Result<RelayRun> {
-    let (r, ns, per_s, cpu) = relay_flat_out(dir, ns, sims, c, n).await?;
+/// What the relay and daemon runs of one bench share: the broker connection, the
+/// working directory, the run's queue namespace, the simulators and the HTTP client.
+struct Ctx<'a> {
+    conn: &'a Connection,
+    dir: &'a std::path::Path,
+    ns: &'a str,
+    sims: &'a Sims,
+    c: &'a Client,
+}
+
+async fn relay_baseline(b: &Ctx<'_>, n: u64) -> anyhow::Result<RelayRun> {
+    let (r, ns, per_s, cpu) = relay_flat_out(b.dir, b.ns, b.sims, b.c, n).await?;
     let half_rate = per_s / 2.0;
-    let (_, half, _) = daemon_run(&r, &ns, sims, paced_n(half_rate), Some(half_rate)).await?;
+    let (_, half, _) = daemon_run(&r, &ns, b.sims, paced_n(half_rate), Some(half_rate)).await?;
     drop(r);
-    delete_queues(&conn.create_channel().await?, &ns).await;
+    delete_queues(&b.conn.create_channel().await?, &ns).await;
     Ok(RelayRun {
         per_s,
         cpu,
@@ -611,23 +614,14 @@ impl Pair {
 }
 
 /// `rounds` more [`Pair`]s (a fresh relay each time, the same daemon `d`).
-#[allow(clippy::too_many_arguments)]
-async fn more_pairs(
-    conn: &Connection,
-    dir: &std::path::Path,
-    ns: &str,
-    sims: &Sims,
-    c: &Client,
-    d: &mut Daemon,
-    n: u64,
-    rounds: u64,
-) -> anyhow::Result<Vec<Pair>> {
+async fn more_pairs(b: &Ctx<'_>, d: &mut Daemon, n: u64, rounds: u64) -> anyhow::Result<Vec<Pair>> {
     let mut pairs = Vec::new();
     for _ in 0..rounds {
-        let (r, rns, relay_per_s, relay_cpu) = relay_flat_out(dir, ns, sims, c, n).await?;
+        let (r, rns, relay_per_s, relay_cpu) = relay_flat_out(b.dir, b.ns, b.sims, b.c, n).await?;
         drop(r);
-        delete_queues(&conn.create_channel().await?, &rns).await;
-        let (daemon_per_s, _, daemon_cpu) = flat_out_with(d, ns, sims, n, RELAY_PLATFORMS).await?;
+        delete_queues(&b.conn.create_channel().await?, &rns).await;
+        let (daemon_per_s, _, daemon_cpu) =
+            flat_out_with(d, b.ns, b.sims, n, RELAY_PLATFORMS).await?;
         pairs.push(Pair {
             relay_per_s,
             relay_cpu: relay_cpu.daemon,
@@ -639,16 +633,9 @@ async fn more_pairs(
 }
 
 /// The relay's figures, then the daemon started and warmed up (the quick looks).
-async fn relay_then_daemon(
-    conn: &Connection,
-    dir: &std::path::Path,
-    ns: &str,
-    sims: &Sims,
-    c: &Client,
-    n: u64,
-) -> anyhow::Result<(RelayRun, Daemon)> {
-    let relay = relay_baseline(conn, dir, ns, sims, c, n).await?;
-    Ok((relay, warm_daemon(dir, ns, sims, c).await?))
+async fn relay_then_daemon(b: &Ctx<'_>, n: u64) -> anyhow::Result<(RelayRun, Daemon)> {
+    let relay = relay_baseline(b, n).await?;
+    Ok((relay, warm_daemon(b.dir, b.ns, b.sims, b.c).await?))
 }
 
 /// The daemon started and warmed up (connections, provider tokens).
@@ -1410,6 +1397,13 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     );
 
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let ctx = Ctx {
+        conn: &conn,
+        dir: &dir,
+        ns: &ns,
+        sims: &sims,
+        c: &c,
+    };
     // `E2E_ONLY=memory`: phase 4 alone (a quick look at one change's effect on memory);
     // nothing is written to bench/results.
     // `E2E_ONLY=http`: phases 4 and 5 with `E2E_INFLIGHT` (default here 50,000) held.
@@ -1435,7 +1429,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     // `E2E_ONLY=latency`: the relay flat out and at half its rate, then the daemon at
     // that rate (publish → push), printed and not written.
     if only.as_deref() == Some("latency") {
-        let (relay, mut d) = relay_then_daemon(&conn, &dir, &ns, &sims, &c, n).await?;
+        let (relay, mut d) = relay_then_daemon(&ctx, n).await?;
         let (own, same) = at_half_relay(&mut d, &ns, &sims, relay.half_rate).await?;
         let floor = broker_floor(&conn, &ns, relay.half_rate).await?;
         // `E2E_PROBE_RATE`: the broker alone again, at that rate, while the daemon runs
@@ -1471,13 +1465,13 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
 
     // `E2E_ONLY=binding`: the broker's schedulers bound and unbound, side by side.
     if only.as_deref() == Some("binding") {
-        binding::run(&conn, &dir, &ns, &sims, &c, n).await?;
+        binding::run(&ctx, n).await?;
         return Ok(());
     }
 
     // `E2E_ONLY=layouts`: consumer layouts side by side, printed and not written.
     if only.as_deref() == Some("layouts") {
-        layouts::run(&conn, &dir, &ns, &sims, &c, n).await?;
+        layouts::run(&ctx, n).await?;
         return Ok(());
     }
 
@@ -1513,7 +1507,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
     );
 
     // The bare relay, flat out and at half its rate.
-    let relay = relay_baseline(&conn, &dir, &ns, &sims, &c, n).await?;
+    let relay = relay_baseline(&ctx, n).await?;
     println!(
         "relay (bare I/O: consume, 2 pushes, HTTP decision, withdrawal, confirmed outcome, multiple-ack): {:.0} challenges/s; CPU per challenge: relay {:.0} µs, broker {:.0} µs, simulators + load tool {:.0} µs",
         relay.per_s, relay.cpu.daemon, relay.cpu.broker, relay.cpu.bench
@@ -1576,7 +1570,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         daemon_cpu: same_cpu.daemon,
     }];
     let extra = env_u64("E2E_PAIRS", 3).saturating_sub(1);
-    pairs.extend(more_pairs(&conn, &dir, &ns, &sims, &c, &mut d, n, extra).await?);
+    pairs.extend(more_pairs(&ctx, &mut d, n, extra).await?);
     for (i, p) in pairs.iter().enumerate() {
         println!(
             "pair {}: relay {:.0}/s {:.0} µs, daemon {:.0}/s {:.0} µs: {:.2}× the challenges/s, {:.2}× the CPU",

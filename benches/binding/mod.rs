@@ -120,14 +120,8 @@ fn lat_json(l: &Lat) -> serde_json::Value {
 
 /// The relay flat out once for the rate, then `E2E_ROUNDS` rounds (default 2) of both
 /// bind types at half that rate.
-pub async fn run(
-    conn: &Connection,
-    dir: &std::path::Path,
-    ns: &str,
-    sims: &Sims,
-    c: &Client,
-    n: u64,
-) -> anyhow::Result<()> {
+pub async fn run(b: &Ctx<'_>, n: u64) -> anyhow::Result<()> {
+    let (conn, dir, ns, sims, c) = (b.conn, b.dir, b.ns, b.sims, b.c);
     let own = bind_type()?;
     let _restore = Restore(own.clone());
     let (relay, rns, relay_per_s, _) = relay_flat_out(dir, ns, sims, c, n).await?;

@@ -82,14 +82,8 @@ async fn flat_out(d: &Daemon, ns: &str, sims: &Sims, n: u64) -> anyhow::Result<F
 }
 
 /// `E2E_ROUNDS` rounds (default 2) of every layout, each a fresh daemon; printed.
-pub async fn run(
-    conn: &Connection,
-    dir: &std::path::Path,
-    ns: &str,
-    sims: &Sims,
-    c: &Client,
-    n: u64,
-) -> anyhow::Result<()> {
+pub async fn run(b: &Ctx<'_>, n: u64) -> anyhow::Result<()> {
+    let (conn, dir, ns, sims, c) = (b.conn, b.dir, b.ns, b.sims, b.c);
     let layouts = layouts()?;
     let pending = env_u64("E2E_PENDING", 10_000);
     let pch = conn.create_channel().await?;

@@ -46,7 +46,8 @@
 //! (`E2E_INFLIGHT`; 100,000 as in a full run leaves 50,000 undecided behind the
 //! decisions), `E2E_ONLY=latency` the relay and then the daemon at half the relay's
 //! rate, `E2E_ONLY=cpu` `E2E_ROUNDS` times a fresh relay flat out and then the daemon
-//! flat out on the relay's challenges and on its own mix, printed and not written;
+//! flat out on the relay's challenges and on its own mix (`E2E_CPU_OWN_MIX=0`: not on its
+//! own mix), printed and not written;
 //! `E2E_RETAIN_SECONDS` the daemon's `challenge.retain_completed_seconds`, `E2E_PAIRS`
 //! how many relay/daemon pairs flat out the ratios are the medians of (default 3: the
 //! first from phases 1 and 2, the others run after phase 3, a fresh relay each);
@@ -1486,13 +1487,20 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
             delete_queues(&conn.create_channel().await?, &rns).await;
             let (same_per_s, _, same) =
                 flat_out_with(&mut d, &ns, &sims, n, RELAY_PLATFORMS).await?;
-            let (own_per_s, _, own) = daemon_run(&d, &ns, &sims, n, None).await?;
             println!(
-                "round {round}: relay {relay_per_s:.0}/s {:.0} µs; daemon with the relay's devices {same_per_s:.0}/s {:.0} µs ({:.2}× the relay's CPU); daemon with its own mix {own_per_s:.0}/s {:.0} µs ({:.2}×)",
+                "round {round}: relay {relay_per_s:.0}/s {:.0} µs; daemon with the relay's devices {same_per_s:.0}/s {:.0} µs ({:.2}× the relay's CPU)",
                 relay.daemon,
-                same.daemon, same.daemon / relay.daemon,
-                own.daemon, own.daemon / relay.daemon
+                same.daemon,
+                same.daemon / relay.daemon,
             );
+            if env_u64("E2E_CPU_OWN_MIX", 1) != 0 {
+                let (own_per_s, _, own) = daemon_run(&d, &ns, &sims, n, None).await?;
+                println!(
+                    "round {round}: daemon with its own mix {own_per_s:.0}/s {:.0} µs ({:.2}×)",
+                    own.daemon,
+                    own.daemon / relay.daemon
+                );
+            }
         }
         drop(d);
         delete_queues(&conn.create_channel().await?, &ns).await;

@@ -9,13 +9,15 @@
 #   live_daemon                writes $dir/config.toml from the simulators' lines the
 #                              load tool printed, starts the daemon (daemon_pid): $bin,
 #                              or $daemon_bin when set (another build of the daemon
-#                              under the same load tool)
+#                              under the same load tool); LIVE_DAEMON_CMD replaces its
+#                              `run` (e.g. `simulate relay`), LIVE_WRAP goes before it
+#                              (e.g. `valgrind --tool=callgrind`)
 #   live_stop_daemon           stops the daemon and waits for it
 #
 # Environment: LIVE_KEEP=1 keeps the work directory (config, logs); LIVE_AMQP_URL, another
 # broker than the local one (its queues are then left to it); LIVE_EXTRA_TOML, sections
 # appended to the daemon's configuration (`[runtime]`, `[limits]`: ones the simulators'
-# lines do not write).
+# lines do not write); LIVE_AMQP_TOML, lines added to its `[amqp]` section.
 
 live_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -67,6 +69,7 @@ events_exchange = "$ns.events"
 dead_exchange = "$ns.dead"
 dead_queue = "$ns.dead"
 control_exchange = "$ns.control"
+${LIVE_AMQP_TOML:-}
 
 [http]
 addr = "127.0.0.1:$http_port"
@@ -83,7 +86,8 @@ TOML
     sed -n '/^Configure the daemon/,/^Waiting for/p' "$dir/load.log" | sed '1d;$d'
     printf '%s\n' "${LIVE_EXTRA_TOML:-}"
   } >"$dir/config.toml"
-  RUST_BACKTRACE=1 "${daemon_bin:-$bin}" run --config "$dir/config.toml" >"$dir/daemon.log" 2>&1 &
+  # shellcheck disable=SC2086 # LIVE_WRAP and LIVE_DAEMON_CMD are split into words.
+  RUST_BACKTRACE=1 ${LIVE_WRAP:-} "${daemon_bin:-$bin}" ${LIVE_DAEMON_CMD:-run} --config "$dir/config.toml" >"$dir/daemon.log" 2>&1 &
   daemon_pid=$!
 }
 

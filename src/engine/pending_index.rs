@@ -38,10 +38,11 @@ fn add<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: K, id: 
 }
 
 fn remove<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: &str, id: &str) {
-    if let Some(mut ids) = map.get_mut(key) {
+    // One lookup: the id goes, and the key with it once its list is empty.
+    map.remove_if_mut(key, |_, ids| {
         ids.retain(|i| &**i != id);
-    }
-    map.remove_if(key, |_, ids| ids.is_empty());
+        ids.is_empty()
+    });
 }
 
 fn read<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: &str) -> Vec<Arc<str>> {

@@ -3,6 +3,9 @@
 //! labels) and looks it up in the recorder's registry on every call; here the handle is
 //! looked up in a small thread-local map by the addresses of the name and of the
 //! `&'static str` label values, so a challenge's counters cost a hash of a few words.
+//! That hash is foldhash's fixed-seed one rather than the std SipHash: the keys are
+//! addresses of static strings and app names of the configuration, never input, so a
+//! keyed hash buys nothing there (SipHash was about a third of these lookups' cost).
 //!
 //! Bounded: the label values are static strings from fixed sets (kinds, outcomes,
 //! channels, results, providers) and the app names of the configuration. Handles are
@@ -10,6 +13,7 @@
 //! ([`super::prometheus`]); before that every call goes to whatever recorder there is.
 //! Every call site of one metric uses the same label names.
 
+use foldhash::fast::FixedState;
 use metrics::{Counter, Gauge, Histogram, Label};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,14 +30,17 @@ fn id(name: &'static str, values: &[&'static str]) -> Id {
     (name.as_ptr() as usize, v)
 }
 
+/// A map of this module's, hashed by [`FixedState`].
+type Map<K, V> = HashMap<K, V, FixedState>;
+
 /// Cached handles: the simple ones, and the push counter whose `app` label is an
 /// app name of the configuration.
 #[derive(Default)]
 struct Handles {
-    counters: HashMap<Id, Counter>,
-    histograms: HashMap<Id, Histogram>,
-    gauges: HashMap<Id, Gauge>,
-    push: HashMap<(Id, Option<Arc<str>>), Counter>,
+    counters: Map<Id, Counter>,
+    histograms: Map<Id, Histogram>,
+    gauges: Map<Id, Gauge>,
+    push: Map<(Id, Option<Arc<str>>), Counter>,
 }
 
 thread_local! {
@@ -51,7 +58,7 @@ fn labels(names: &[&'static str], values: &[&'static str]) -> Vec<Label> {
 /// The handle under `key` in the map `pick` chooses, made by `make` on first use (or
 /// every time, before the recorder is installed).
 fn cached<H: Clone, K: std::hash::Hash + Eq>(
-    pick: impl FnOnce(&mut Handles) -> &mut HashMap<K, H>,
+    pick: impl FnOnce(&mut Handles) -> &mut Map<K, H>,
     key: K,
     make: impl FnOnce() -> H,
 ) -> H {

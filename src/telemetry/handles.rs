@@ -5,7 +5,9 @@
 //! `&'static str` label values, so a challenge's counters cost a hash of a few words.
 //! That hash is foldhash's fixed-seed one rather than the std SipHash: the keys are
 //! addresses of static strings and app names of the configuration, never input, so a
-//! keyed hash buys nothing there (SipHash was about a third of these lookups' cost).
+//! keyed hash buys nothing there (measured with `scripts/callgrind-live.sh`: the
+//! daemon's SipHash instructions per challenge went from 6,410 to 3,487, with the
+//! pending index's one-lookup removal beside it).
 //!
 //! Bounded: the label values are static strings from fixed sets (kinds, outcomes,
 //! channels, results, providers) and the app names of the configuration. Handles are

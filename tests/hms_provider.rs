@@ -6,7 +6,7 @@
 
 use sca_dispatch::challenge::machine::PushResult;
 use sca_dispatch::challenge::model::{Kind, Platform};
-use sca_dispatch::push::delivery::{Attempt, Transport};
+use sca_dispatch::push::delivery::{Attempt, Bounds, Transport};
 use sca_dispatch::push::hms::HmsProvider;
 use sca_dispatch::push::{Classification, PushContent, PushMessage, PushProvider};
 use sca_dispatch::sim::hms::{Behaviour, HmsSim, HmsSimOptions};
@@ -251,6 +251,12 @@ async fn withdrawals_are_data_messages() {
     assert_eq!(got[1].data["challenge_id"], "c10");
 }
 
+/// One attempt's bounds, as the delivery loop gives them: 10 s, within a minute.
+fn bounds() -> Bounds {
+    let horizon = tokio::time::Instant::now() + Duration::from_secs(60);
+    Bounds::starting_now(Duration::from_secs(10), horizon)
+}
+
 #[tokio::test]
 async fn one_attempt_answers_a_class_and_renews_a_refused_token() {
     let s = setup().await;
@@ -258,12 +264,12 @@ async fn one_attempt_answers_a_class_and_renews_a_refused_token() {
         .script("hms-auth", Behaviour::AuthExpired { times: 1 });
     let m = challenge("c1", "hms-auth", 60_000);
     let mut push = s.provider.prepare(&m).unwrap();
-    let a = s.provider.attempt(&m, &mut push).await;
+    let a = s.provider.attempt(&m, &mut push, bounds()).await;
     assert!(matches!(a, Attempt::AuthExpired), "{a:?}");
     s.provider.renew(&mut push).await.unwrap();
     // The refused token was renewed, once.
     assert_eq!(s.sim.token_mints(), 2);
-    let a = s.provider.attempt(&m, &mut push).await;
+    let a = s.provider.attempt(&m, &mut push, bounds()).await;
     assert!(
         matches!(
             a,
@@ -277,7 +283,7 @@ async fn one_attempt_answers_a_class_and_renews_a_refused_token() {
     s.sim.script("hms-gone", Behaviour::Invalid);
     let m = challenge("c2", "hms-gone", 60_000);
     let mut push = s.provider.prepare(&m).unwrap();
-    let a = s.provider.attempt(&m, &mut push).await;
+    let a = s.provider.attempt(&m, &mut push, bounds()).await;
     assert!(
         matches!(
             a,

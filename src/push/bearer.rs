@@ -4,9 +4,12 @@
 //! attempt sent, so that a renewal replaces exactly the refused token (the caches collapse
 //! every refusal of one token into one request).
 
+use crate::push::delivery::Attempt;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 
 /// One push's access tokens across attempts (the transports' [`Transport::Push`]).
 ///
@@ -40,6 +43,33 @@ impl<T> BearerPush<T> {
         };
         self.used = Some(t.clone());
         Ok(t)
+    }
+
+    /// What an attempt needs before its request: the token (as [`token`](Self::token))
+    /// and one of the provider's concurrency `permits`, neither waited for past the
+    /// delivery's `horizon` ([`Attempt::TimedOut`]). A token that cannot be had is
+    /// [`Attempt::Unreachable`]: nothing was sent.
+    pub async fn admit<'p, F, Fut, E>(
+        &mut self,
+        cached: F,
+        permits: &'p Semaphore,
+        horizon: Instant,
+    ) -> Result<(Arc<T>, SemaphorePermit<'p>), Attempt>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<T>, E>>,
+        E: Display,
+    {
+        let token = match tokio::time::timeout_at(horizon, self.token(cached)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(Attempt::Unreachable(e.to_string())),
+            Err(_) => return Err(Attempt::TimedOut),
+        };
+        match tokio::time::timeout_at(horizon, permits.acquire()).await {
+            Ok(Ok(permit)) => Ok((token, permit)),
+            Ok(Err(_)) => Err(Attempt::Unreachable("provider is shutting down".into())),
+            Err(_) => Err(Attempt::TimedOut),
+        }
     }
 
     /// After the provider refused the token last sent: `renew(refused)` gives its
@@ -100,5 +130,39 @@ mod tests {
         assert_eq!(e.unwrap_err(), "still down");
         // The failed renewal left nothing behind: the next attempt asks the cache.
         assert_eq!(*p.token(|| cached("again")).await.unwrap(), "again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_waits_no_longer_than_the_horizon() {
+        let mut p: BearerPush<&str> = BearerPush::default();
+        let permits = Semaphore::new(1);
+        let horizon = Instant::now() + std::time::Duration::from_secs(2);
+        let (t, held) = p.admit(|| cached("t"), &permits, horizon).await.unwrap();
+        assert_eq!(*t, "t");
+        // The only permit is taken: the next attempt waits until the horizon, no longer.
+        let a = p.admit(|| cached("t"), &permits, horizon).await;
+        assert!(matches!(a, Err(Attempt::TimedOut)), "{a:?}");
+        assert_eq!(Instant::now(), horizon);
+        drop(held);
+        // A token that never comes is cut at the horizon too.
+        let horizon = Instant::now() + std::time::Duration::from_secs(1);
+        let a = p
+            .admit(
+                std::future::pending::<Result<Arc<&str>, String>>,
+                &permits,
+                horizon,
+            )
+            .await;
+        assert!(matches!(a, Err(Attempt::TimedOut)), "{a:?}");
+        let a = p
+            .admit(|| async { Err::<Arc<&str>, _>("down") }, &permits, horizon)
+            .await;
+        assert!(
+            matches!(a, Err(Attempt::Unreachable(ref e)) if e == "down"),
+            "{a:?}"
+        );
+        permits.close();
+        let a = p.admit(|| cached("t"), &permits, horizon).await;
+        assert!(matches!(a, Err(Attempt::Unreachable(_))), "{a:?}");
     }
 }

@@ -48,9 +48,32 @@ pub struct Unsendable {
     pub reason: String,
 }
 
+/// What bounds one attempt, as instants of tokio's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The request's own end: one request timeout after the attempt began, never past
+    /// the horizon.
+    pub request: Instant,
+    /// The delivery's end: the challenge's expiry plus one request timeout (one request
+    /// timeout from the start for a late withdrawal). It bounds the waits that are not
+    /// the request's: a concurrency permit, a token being taken.
+    pub horizon: Instant,
+}
+
+impl Bounds {
+    /// The bounds of an attempt that begins now.
+    pub fn starting_now(request_timeout: Duration, horizon: Instant) -> Bounds {
+        Bounds {
+            request: (Instant::now() + request_timeout).min(horizon),
+            horizon,
+        }
+    }
+}
+
 /// One provider's wire protocol. Implementations make exactly one request per
-/// [`attempt`](Transport::attempt), bounded by their request timeout, and never retry,
-/// sleep or record metrics: [`deliver`] does that.
+/// [`attempt`](Transport::attempt), bounded by its [`Bounds`] (a timer is only armed by
+/// a wait that does not end at once), and never retry, sleep or record metrics:
+/// [`deliver`] does that.
 pub trait Transport: Send + Sync + 'static {
     /// Per-push state kept across attempts: the prepared request, the credential last
     /// sent (so that [`renew`](Transport::renew) replaces exactly that one).
@@ -65,11 +88,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Builds what every attempt sends, or says why the push can never be sent.
     fn prepare(&self, msg: &PushMessage) -> Result<Self::Push, Unsendable>;
 
-    /// One request and its classified answer.
+    /// One request and its classified answer: [`Attempt::TimedOut`] once `bounds.request`
+    /// passes, and nothing it waits for outlives `bounds.horizon`.
     fn attempt(
         &self,
         msg: &PushMessage,
         push: &mut Self::Push,
+        bounds: Bounds,
     ) -> impl Future<Output = Attempt> + Send;
 
     /// Replaces the credential the last attempt used, after the provider refused it as
@@ -113,24 +138,21 @@ pub use crate::clock::now_ms;
 
 /// Delivers one push: resolves once it is delivered, known to be impossible, or the
 /// challenge's life ran out while retrying — never later than `expires_at_ms` plus one
-/// request timeout (one request timeout from now for a late withdrawal).
+/// request timeout (one request timeout from now for a late withdrawal). Every wait in
+/// it ends by that horizon: an attempt by its [`Bounds`], a renewal by the horizon
+/// itself, a retry's pause by the expiry and the horizon. One timer per attempt, armed only while the
+/// request is outstanding: the horizon is not a timer of its own around the whole.
 pub async fn deliver<T: Transport>(t: &T, msg: PushMessage) -> PushResult {
     let remaining = msg.remaining(now_ms());
     if remaining.is_zero() && !msg.is_withdraw() {
         tracing::info!(provider = t.name(), challenge_id = %msg.challenge_id, "push not sent: challenge expired");
         return PushResult::Failed;
     }
-    let horizon = remaining + t.request_timeout();
-    match tokio::time::timeout(horizon, attempts(t, &msg)).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!(provider = t.name(), challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %MaskedToken(&msg.token), "push gave up: the challenge's life ran out");
-            PushResult::Failed
-        }
-    }
+    let horizon = Instant::now() + remaining + t.request_timeout();
+    attempts(t, &msg, horizon).await
 }
 
-async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
+async fn attempts<T: Transport>(t: &T, msg: &PushMessage, horizon: Instant) -> PushResult {
     let name = t.name();
     let masked = MaskedToken(&msg.token);
     let mut push = match t.prepare(msg) {
@@ -158,7 +180,11 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
             return PushResult::Failed;
         }
         let started = Instant::now();
-        let answer = t.attempt(msg, &mut push).await;
+        if started >= horizon {
+            return gave_up(name, msg);
+        }
+        let bounds = Bounds::starting_now(t.request_timeout(), horizon);
+        let answer = t.attempt(msg, &mut push, bounds).await;
         crate::telemetry::record_push(name, &msg.app, label(&answer), started.elapsed());
         let hint = match answer {
             Attempt::Answered {
@@ -190,7 +216,10 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
                 tracing::warn!(provider = name, challenge_id = %msg.challenge_id, "push refused: a renewed credential was refused as expired too");
                 return PushResult::Failed;
             }
-            Attempt::AuthExpired => match t.renew(&mut push).await {
+            Attempt::AuthExpired => match tokio::time::timeout_at(horizon, t.renew(&mut push))
+                .await
+                .unwrap_or_else(|_| Err(HORIZON_PASSED.into()))
+            {
                 Ok(()) => {
                     tracing::warn!(provider = name, challenge_id = %msg.challenge_id, "auth credential refused as expired; renewed, retrying");
                     renewed = true;
@@ -207,7 +236,11 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
                 None
             }
         };
-        match crate::retry::next_delay(attempt, hint, msg.remaining(now_ms())) {
+        // A pause ends before the expiry and before the horizon.
+        let left = msg
+            .remaining(now_ms())
+            .min(horizon.saturating_duration_since(Instant::now()));
+        match crate::retry::next_delay(attempt, hint, left) {
             Some(delay) => {
                 tracing::debug!(provider = name, challenge_id = %msg.challenge_id, token = %masked, attempt, ?delay, "push retrying");
                 tokio::time::sleep(delay).await;
@@ -219,6 +252,15 @@ async fn attempts<T: Transport>(t: &T, msg: &PushMessage) -> PushResult {
             }
         }
     }
+}
+
+/// Why a renewal cut off at the horizon failed.
+const HORIZON_PASSED: &str = "the challenge's life ran out while renewing";
+
+/// The end of a delivery whose horizon has passed.
+fn gave_up(provider: &'static str, msg: &PushMessage) -> PushResult {
+    tracing::warn!(provider, challenge_id = %msg.challenge_id, device_id = %msg.device_id, token = %MaskedToken(&msg.token), "push gave up: the challenge's life ran out");
+    PushResult::Failed
 }
 
 #[cfg(test)]
@@ -235,6 +277,7 @@ mod tests {
         attempts: Mutex<u32>,
         renewals: Mutex<u32>,
         renew_fails: bool,
+        renew_hangs: bool,
     }
 
     impl Scripted {
@@ -244,6 +287,7 @@ mod tests {
                 attempts: Mutex::new(0),
                 renewals: Mutex::new(0),
                 renew_fails: false,
+                renew_hangs: false,
             }
         }
         fn attempts(&self) -> u32 {
@@ -271,13 +315,23 @@ mod tests {
             }
             Ok(())
         }
-        async fn attempt(&self, _: &PushMessage, _: &mut ()) -> Attempt {
+        async fn attempt(&self, _: &PushMessage, _: &mut (), bounds: Bounds) -> Attempt {
             *self.attempts.lock().unwrap() += 1;
             let next = self.answers.lock().unwrap().pop_front();
-            next.unwrap_or(Attempt::TimedOut)
+            match next {
+                Some(a) => a,
+                // A provider that never answers: the attempt ends at its bound.
+                None => {
+                    tokio::time::sleep_until(bounds.request).await;
+                    Attempt::TimedOut
+                }
+            }
         }
         async fn renew(&self, _: &mut ()) -> Result<(), String> {
             *self.renewals.lock().unwrap() += 1;
+            if self.renew_hangs {
+                std::future::pending::<()>().await;
+            }
             if self.renew_fails {
                 Err("token endpoint down".into())
             } else {
@@ -390,6 +444,54 @@ mod tests {
         assert_eq!(deliver(&t, msg(400, false)).await, PushResult::Failed);
         let n = t.attempts();
         assert!(n > 1 && n < 1000, "{n} attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_provider_ends_by_the_expiry_plus_one_request_timeout() {
+        // Attempts that never answer end at their bound (1 s); retries pause by backoff;
+        // the whole delivery ends by the 2.5 s expiry plus one request timeout.
+        let t = Scripted::new(vec![]);
+        let started = Instant::now();
+        assert_eq!(deliver(&t, msg(2_500, false)).await, PushResult::Failed);
+        let took = started.elapsed();
+        assert!(t.attempts() >= 2, "{} attempts", t.attempts());
+        assert!(took <= Duration::from_millis(3_600), "took {took:?}");
+        // A late withdrawal gets one attempt, bounded by one request timeout.
+        let t = Scripted::new(vec![]);
+        let started = Instant::now();
+        assert_eq!(deliver(&t, msg(-1_000, true)).await, PushResult::Failed);
+        assert_eq!(t.attempts(), 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_is_cut_at_the_horizon() {
+        let mut t = Scripted::new(vec![Attempt::AuthExpired]);
+        t.renew_hangs = true;
+        let started = Instant::now();
+        assert_eq!(deliver(&t, msg(2_000, false)).await, PushResult::Failed);
+        assert_eq!((t.attempts(), t.renewals()), (1, 1));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(2_900) && took <= Duration::from_millis(3_100),
+            "took {took:?}"
+        );
+    }
+
+    #[test]
+    fn an_attempt_never_outlives_the_horizon() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let horizon = Instant::now() + Duration::from_millis(300);
+            let b = Bounds::starting_now(Duration::from_secs(1), horizon);
+            assert_eq!((b.request, b.horizon), (horizon, horizon));
+            let b = Bounds::starting_now(Duration::from_millis(100), horizon);
+            assert_eq!(b.request, Instant::now() + Duration::from_millis(100));
+        });
     }
 
     #[tokio::test]

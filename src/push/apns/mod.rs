@@ -21,7 +21,7 @@ pub use classify::classify;
 use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
 use crate::config::{ApnsConfig, ApnsSettings};
-use crate::push::delivery::{self, Attempt, Transport, Unsendable};
+use crate::push::delivery::{self, Attempt, Bounds, Transport, Unsendable};
 use crate::push::{BoxFuture, PushMessage, PushProvider};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -161,7 +161,7 @@ impl ApnsProvider {
 }
 
 impl Inner {
-    /// One request, bounded by the request timeout (waiting for a stream included).
+    /// One request; the attempt bounds it, waiting for a stream included.
     async fn request(
         &self,
         req: &payload::ApnsRequest,
@@ -230,11 +230,11 @@ impl Transport for ApnsProvider {
         }
     }
 
-    async fn attempt(&self, _msg: &PushMessage, push: &mut ApnsPush) -> Attempt {
+    async fn attempt(&self, _msg: &PushMessage, push: &mut ApnsPush, bounds: Bounds) -> Attempt {
         let (bearer, header) = self.inner.token.bearer_and_header();
         push.bearer = Some(bearer);
         let request = self.inner.request(&push.req, &self.topic, header);
-        match tokio::time::timeout(self.inner.timeout, request).await {
+        match tokio::time::timeout_at(bounds.request, request).await {
             Ok(Ok((status, reason))) => {
                 if status == 403 && reason.as_deref() == Some(classify::EXPIRED_PROVIDER_TOKEN) {
                     return Attempt::AuthExpired;

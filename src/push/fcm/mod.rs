@@ -18,7 +18,7 @@ use crate::challenge::model::Platform;
 use crate::clock::now_ms;
 use crate::config::{FcmConfig, FcmSettings};
 use crate::push::bearer::BearerPush;
-use crate::push::delivery::{self, Attempt, Transport, Unsendable};
+use crate::push::delivery::{self, Attempt, Bounds, Transport, Unsendable};
 use crate::push::{BoxFuture, Classification, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};
@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// FCM's answers are small JSON documents; more than this is not read.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -115,9 +116,9 @@ impl FcmProvider {
 pub type FcmPush = BearerPush<AccessToken>;
 
 impl Inner {
-    /// One `messages:send` exchange with `token`, request and answer bounded by the
-    /// request timeout.
-    async fn request(&self, msg: &PushMessage, token: &AccessToken) -> Attempt {
+    /// One `messages:send` exchange with `token`, request and answer ended by `by` (the
+    /// attempt's [`Bounds::request`]).
+    async fn request(&self, msg: &PushMessage, token: &AccessToken, by: Instant) -> Attempt {
         let work = async {
             let body = message::build_body(msg, now_ms());
             let req = match Request::builder()
@@ -163,7 +164,7 @@ impl Inner {
                 detail,
             }
         };
-        tokio::time::timeout(self.timeout, work)
+        tokio::time::timeout_at(by, work)
             .await
             .unwrap_or(Attempt::TimedOut)
     }
@@ -184,18 +185,16 @@ impl Transport for Inner {
         Ok(FcmPush::default())
     }
 
-    /// Minting a token has its own timeout; waiting for a concurrency permit is not bounded
-    /// by the request timeout (a busy provider is not a slow FCM) but by the delivery's
-    /// horizon.
-    async fn attempt(&self, msg: &PushMessage, push: &mut FcmPush) -> Attempt {
-        let token = match push.token(|| self.auth.token()).await {
-            Ok(t) => t,
-            Err(e) => return Attempt::Unreachable(e.to_string()),
+    /// Minting a token has its own timeout; it and the wait for a concurrency permit are
+    /// not bounded by the request timeout (a busy provider is not a slow FCM) but by the
+    /// delivery's horizon.
+    async fn attempt(&self, msg: &PushMessage, push: &mut FcmPush, bounds: Bounds) -> Attempt {
+        let admitted = push.admit(|| self.auth.token(), &self.permits, bounds.horizon);
+        let (token, _permit) = match admitted.await {
+            Ok(a) => a,
+            Err(a) => return a,
         };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return Attempt::Unreachable("provider is shutting down".into());
-        };
-        self.request(msg, &token).await
+        self.request(msg, &token, bounds.request).await
     }
 
     /// Renews the refused token unless another push already replaced it.

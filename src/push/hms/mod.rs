@@ -23,7 +23,7 @@ use crate::challenge::machine::PushResult;
 use crate::challenge::model::Platform;
 use crate::clock::now_ms;
 use crate::push::bearer::BearerPush;
-use crate::push::delivery::{self, Attempt, Transport, Unsendable};
+use crate::push::delivery::{self, Attempt, Bounds, Transport, Unsendable};
 use crate::push::{BoxFuture, PushMessage, PushProvider};
 use crate::tls::JsonClient;
 use auth::{AccessToken, AppSecret, AuthError, TokenSource};
@@ -36,6 +36,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// Push Kit's answers are small JSON documents; more than this is not read.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -146,9 +147,9 @@ fn to_attempt(class: Class, status: u16, body: Bytes) -> Attempt {
 }
 
 impl HmsProvider {
-    /// One `messages:send` exchange with `token`, request and answer bounded by the
-    /// request timeout.
-    async fn request(&self, msg: &PushMessage, token: &AccessToken) -> Attempt {
+    /// One `messages:send` exchange with `token`, request and answer ended by `by` (the
+    /// attempt's [`Bounds::request`]).
+    async fn request(&self, msg: &PushMessage, token: &AccessToken, by: Instant) -> Attempt {
         let work = async {
             let req = match Request::builder()
                 .method(Method::POST)
@@ -179,7 +180,7 @@ impl HmsProvider {
             };
             to_attempt(classify::classify(status, &body, retry_after), status, body)
         };
-        tokio::time::timeout(self.timeout, work)
+        tokio::time::timeout_at(by, work)
             .await
             .unwrap_or(Attempt::TimedOut)
     }
@@ -202,17 +203,15 @@ impl Transport for HmsProvider {
 
     /// Taking a token has its own timeout (a token that cannot be had is
     /// [`Attempt::Unreachable`]: nothing was sent, and the token source logs the failed
-    /// request once per hold period, not once per push); waiting for a concurrency permit
-    /// is bounded by the delivery's horizon, not by the request timeout.
-    async fn attempt(&self, msg: &PushMessage, push: &mut HmsPush) -> Attempt {
-        let token = match push.token(|| self.auth.token()).await {
-            Ok(t) => t,
-            Err(e) => return Attempt::Unreachable(e.to_string()),
+    /// request once per hold period, not once per push); it and the wait for a
+    /// concurrency permit are bounded by the delivery's horizon, not by the request timeout.
+    async fn attempt(&self, msg: &PushMessage, push: &mut HmsPush, bounds: Bounds) -> Attempt {
+        let admitted = push.admit(|| self.auth.token(), &self.permits, bounds.horizon);
+        let (token, _permit) = match admitted.await {
+            Ok(a) => a,
+            Err(a) => return a,
         };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return Attempt::Unreachable("provider is shutting down".into());
-        };
-        self.request(msg, &token).await
+        self.request(msg, &token, bounds.request).await
     }
 
     /// Renews the refused token unless another push already replaced it.

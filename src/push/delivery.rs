@@ -140,8 +140,9 @@ pub use crate::clock::now_ms;
 /// challenge's life ran out while retrying — never later than `expires_at_ms` plus one
 /// request timeout (one request timeout from now for a late withdrawal). Every wait in
 /// it ends by that horizon: an attempt by its [`Bounds`], a renewal by the horizon
-/// itself, a retry's pause by the expiry and the horizon. One timer per attempt, armed only while the
-/// request is outstanding: the horizon is not a timer of its own around the whole.
+/// itself, a retry's pause by the expiry and the horizon. One timer per attempt, armed
+/// only while the request is outstanding: the horizon is not a timer of its own around
+/// the whole.
 pub async fn deliver<T: Transport>(t: &T, msg: PushMessage) -> PushResult {
     let remaining = msg.remaining(now_ms());
     if remaining.is_zero() && !msg.is_withdraw() {
@@ -478,20 +479,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_attempt_never_outlives_the_horizon() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let horizon = Instant::now() + Duration::from_millis(300);
-            let b = Bounds::starting_now(Duration::from_secs(1), horizon);
-            assert_eq!((b.request, b.horizon), (horizon, horizon));
-            let b = Bounds::starting_now(Duration::from_millis(100), horizon);
-            assert_eq!(b.request, Instant::now() + Duration::from_millis(100));
-        });
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_never_outlives_the_horizon() {
+        let horizon = Instant::now() + Duration::from_millis(300);
+        let b = Bounds::starting_now(Duration::from_secs(1), horizon);
+        assert_eq!((b.request, b.horizon), (horizon, horizon));
+        let b = Bounds::starting_now(Duration::from_millis(100), horizon);
+        assert_eq!(b.request, Instant::now() + Duration::from_millis(100));
     }
 
     #[tokio::test]

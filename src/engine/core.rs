@@ -314,6 +314,7 @@ const EFFECTS_PER_CALL: usize = 8;
 
 impl<A> Core<A> {
     pub fn new(cfg: &Config, settings: Settings, entropy: Box<dyn Entropy>) -> Core<A> {
+        let pending_index = PendingIndex::new(settings.one_pending_per_user);
         Core {
             settings,
             table: DashMap::new(),
@@ -328,7 +329,7 @@ impl<A> Core<A> {
             },
             entropy,
             fatigue: Fatigue::new(cfg),
-            pending_index: PendingIndex::default(),
+            pending_index,
         }
     }
 

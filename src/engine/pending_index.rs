@@ -5,6 +5,10 @@
 //! entry lock; readers copy the ids out and release the index before touching the table
 //! (lock order: table entry, then index, never the reverse).
 //!
+//! The user index is kept only where `limits.one_pending_per_user` reads it: without
+//! that limit nothing asks for a user's pending challenges, and each challenge would pay
+//! an insert and a removal (a key copied, a list allocated, two hashes) for nothing.
+//!
 //! Bounded: each key keeps at most [`MAX_PER_KEY`] ids (the newest; an older one left
 //! out is still pending, only no longer listed), and keys exist only for pending
 //! challenges, so the index holds at most `pending × (devices + 1)` ids.
@@ -17,11 +21,11 @@ use std::sync::Arc;
 /// Ids kept per device and per user.
 pub const MAX_PER_KEY: usize = 16;
 
-/// Keyed by device id (the spec's own `Arc`, shared, not copied) and by user id.
-#[derive(Default)]
+/// Keyed by device id (the spec's own `Arc`, shared, not copied) and, where kept, by
+/// user id.
 pub struct PendingIndex {
     by_device: DashMap<Arc<str>, Vec<Arc<str>>>,
-    by_user: DashMap<Box<str>, Vec<Arc<str>>>,
+    by_user: Option<DashMap<Box<str>, Vec<Arc<str>>>>,
 }
 
 fn add<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: K, id: &Arc<str>) {
@@ -50,15 +54,27 @@ fn read<K: Eq + Hash + Borrow<str>>(map: &DashMap<K, Vec<Arc<str>>>, key: &str) 
 }
 
 impl PendingIndex {
+    /// An empty index; `by_user` keeps the user index as well.
+    pub fn new(by_user: bool) -> PendingIndex {
+        PendingIndex {
+            by_device: DashMap::new(),
+            by_user: by_user.then(DashMap::new),
+        }
+    }
+
     pub fn add<'a>(&self, id: &Arc<str>, user: &str, devices: impl Iterator<Item = &'a Arc<str>>) {
-        add(&self.by_user, user.into(), id);
+        if let Some(by_user) = &self.by_user {
+            add(by_user, user.into(), id);
+        }
         for d in devices {
             add(&self.by_device, d.clone(), id);
         }
     }
 
     pub fn remove<'a>(&self, id: &str, user: &str, devices: impl Iterator<Item = &'a str>) {
-        remove(&self.by_user, user, id);
+        if let Some(by_user) = &self.by_user {
+            remove(by_user, user, id);
+        }
         for d in devices {
             remove(&self.by_device, d, id);
         }
@@ -69,14 +85,19 @@ impl PendingIndex {
         read(&self.by_device, device_id)
     }
 
-    /// The pending challenges of a user, oldest first.
+    /// The pending challenges of a user, oldest first (none where the user index is not
+    /// kept).
     pub fn for_user(&self, user: &str) -> Vec<Arc<str>> {
-        read(&self.by_user, user)
+        self.by_user
+            .as_ref()
+            .map(|m| read(m, user))
+            .unwrap_or_default()
     }
 
     /// Keys held (devices, users).
     pub fn keys(&self) -> (usize, usize) {
-        (self.by_device.len(), self.by_user.len())
+        let users = self.by_user.as_ref().map_or(0, DashMap::len);
+        (self.by_device.len(), users)
     }
 }
 
@@ -86,7 +107,7 @@ mod tests {
 
     #[test]
     fn ids_come_and_go_and_keys_are_bounded() {
-        let ix = PendingIndex::default();
+        let ix = PendingIndex::new(true);
         let a: Arc<str> = "a".into();
         let (d1, d2): (Arc<str>, Arc<str>) = ("d1".into(), "d2".into());
         ix.add(&a, "u", [&d1, &d2].into_iter());
@@ -103,5 +124,18 @@ mod tests {
         let ids = ix.for_device("d1");
         assert_eq!(ids.len(), MAX_PER_KEY);
         assert_eq!(&*ids[0], "c3", "the oldest fall out first");
+    }
+
+    #[test]
+    fn without_the_user_index_users_are_not_tracked() {
+        let ix = PendingIndex::new(false);
+        let a: Arc<str> = "a".into();
+        let d1: Arc<str> = "d1".into();
+        ix.add(&a, "u", [&d1].into_iter());
+        assert!(ix.for_user("u").is_empty());
+        assert_eq!(ix.for_device("d1"), vec![a.clone()]);
+        assert_eq!(ix.keys(), (1, 0));
+        ix.remove("a", "u", ["d1"].into_iter());
+        assert_eq!(ix.keys(), (0, 0));
     }
 }

@@ -99,23 +99,6 @@ fn err(status: u16, error: &str, message: &str) -> Response<Body> {
 }
 
 /// Constant-time comparison so a token cannot be guessed byte by byte from timings.
-/// Path segments read without an allocation: every route has fewer.
-const INLINE_SEGMENTS: usize = 8;
-
-/// The path's segments in `buf`, or `None` when there are more than it holds (the
-/// caller then collects them, so a longer path is answered exactly as before).
-fn segments<'a, 'b>(
-    path: &'a str,
-    buf: &'b mut [&'a str; INLINE_SEGMENTS],
-) -> Option<&'b [&'a str]> {
-    let mut n = 0;
-    for seg in path.trim_matches('/').split('/') {
-        *buf.get_mut(n)? = seg;
-        n += 1;
-    }
-    Some(&buf[..n])
-}
-
 fn token_ok(tokens: &[String], req: &Request<Incoming>) -> bool {
     use subtle::ConstantTimeEq;
     if tokens.is_empty() {
@@ -183,16 +166,8 @@ impl Api {
         method: &Method,
         path: &str,
     ) -> (&'static str, Response<Body>) {
-        let mut inline = [""; INLINE_SEGMENTS];
-        let spilled: Vec<&str>;
-        let segs = match segments(path, &mut inline) {
-            Some(segs) => segs,
-            None => {
-                spilled = path.trim_matches('/').split('/').collect();
-                &spilled[..]
-            }
-        };
-        match (method, segs) {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segs.as_slice()) {
             (&Method::GET, ["healthz"]) => {
                 ("healthz", json_response(200, &json!({"status": "ok"})))
             }
@@ -465,27 +440,4 @@ pub fn parse_wait(query: &str, max: Duration) -> Result<Duration, String> {
         }
     }
     Ok(wait)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segments_match_a_split_and_longer_paths_spill() {
-        for path in [
-            "/",
-            "",
-            "/healthz",
-            "/v1/challenges/c-1/decision",
-            "//v1//challenges/",
-            "/a/b/c/d/e/f/g/h",
-        ] {
-            let mut buf = [""; INLINE_SEGMENTS];
-            let want: Vec<&str> = path.trim_matches('/').split('/').collect();
-            assert_eq!(segments(path, &mut buf), Some(&want[..]), "{path}");
-        }
-        let mut buf = [""; INLINE_SEGMENTS];
-        assert_eq!(segments("/a/b/c/d/e/f/g/h/i", &mut buf), None);
-    }
 }

@@ -211,12 +211,11 @@ pub fn record_push(
     result: &'static str,
     took: Duration,
 ) {
-    handles::push_counter(provider, app.shared(), result).increment(1);
-    handles::histogram(PUSH_DURATION, &["provider"], &[provider]).record(took.as_secs_f64());
+    handles::push(provider, app.shared(), result, took.as_secs_f64());
 }
 
 pub fn record_rate_limited(limit: &'static str) {
-    handles::counter(RATE_LIMITED, &["limit"], &[limit]).increment(1);
+    handles::count(RATE_LIMITED, &["limit"], &[limit], 1);
 }
 
 /// lapin logs every message the broker returns (unroutable) at WARN with its whole body,

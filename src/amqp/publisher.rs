@@ -31,7 +31,7 @@ use lapin::{BasicProperties, Channel};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore, TryAcquireError};
 
 /// Attempts for one reply before it is dropped.
 const REPLY_ATTEMPTS: u32 = 4;
@@ -196,7 +196,18 @@ impl Inner {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<Sent, String> {
-        let ch = {
+        // The usual case first: the channel is up, so nothing is waited for (no
+        // subscription, no select over two watches).
+        let current = self
+            .channel
+            .borrow()
+            .as_ref()
+            .map(|c| c.for_kind(kind))
+            .filter(|c| c.status().connected())
+            .cloned();
+        let ch = if let Some(ch) = current {
+            ch
+        } else {
             let mut rx = self.channel.subscribe();
             let mut stop = self.stop.clone();
             tokio::select! {
@@ -243,8 +254,15 @@ impl Inner {
             let sent = if kind.uses_window() {
                 // The window bounds publishes awaiting a confirm, not retries waiting out
                 // their backoff: the permit is held for one attempt only.
-                let Ok(_permit) = self.window.acquire().await else {
-                    return false;
+                // A free permit is taken without the wait's future (permits go to queued
+                // waiters first, so this never jumps the queue).
+                let _permit = match self.window.try_acquire() {
+                    Ok(p) => p,
+                    Err(TryAcquireError::Closed) => return false,
+                    Err(TryAcquireError::NoPermits) => match self.window.acquire().await {
+                        Ok(p) => p,
+                        Err(_) => return false,
+                    },
                 };
                 self.once(kind, exchange, rk, body, props.clone()).await
             } else {

@@ -673,39 +673,33 @@ impl Engine {
 /// The metric behind a core [`Metric`], through handles registered once
 /// ([`t::handles`]).
 fn count(m: Metric) {
-    use t::handles::{counter, gauge, histogram};
+    use t::handles::{count, gauge_add, record};
     match m {
-        Metric::Received { kind } => {
-            counter(t::CHALLENGES_RECEIVED, &["kind"], &[kind]).increment(1)
-        }
-        Metric::Rejected { reason } => {
-            counter(t::CHALLENGES_REJECTED, &["reason"], &[reason]).increment(1)
-        }
+        Metric::Received { kind } => count(t::CHALLENGES_RECEIVED, &["kind"], &[kind], 1),
+        Metric::Rejected { reason } => count(t::CHALLENGES_REJECTED, &["reason"], &[reason], 1),
         Metric::Outcome {
             kind,
             outcome,
             channel,
             latency_s,
         } => {
-            counter(
+            count(
                 t::OUTCOMES,
                 &["kind", "outcome", "channel"],
                 &[kind, outcome, channel],
-            )
-            .increment(1);
+                1,
+            );
             if let Some(secs) = latency_s {
-                histogram(t::DECISION_LATENCY, &["channel"], &[channel]).record(secs);
+                record(t::DECISION_LATENCY, &["channel"], &[channel], secs);
             }
         }
-        Metric::InFlight(true) => gauge(t::IN_FLIGHT, &[], &[]).increment(1.0),
-        Metric::InFlight(false) => gauge(t::IN_FLIGHT, &[], &[]).decrement(1.0),
+        Metric::InFlight(true) => gauge_add(t::IN_FLIGHT, &[], &[], 1.0),
+        Metric::InFlight(false) => gauge_add(t::IN_FLIGHT, &[], &[], -1.0),
         Metric::RateLimited(limit) => t::record_rate_limited(limit),
-        Metric::Otp(result) => counter(t::OTP_VERIFICATIONS, &["result"], &[result]).increment(1),
-        Metric::Sms(result) => counter(t::SMS, &["result"], &[result]).increment(1),
-        Metric::Offline(result) => {
-            counter(t::OFFLINE_VERIFICATIONS, &["result"], &[result]).increment(1)
-        }
-        Metric::FraudReported => counter(t::FRAUD_REPORTS, &[], &[]).increment(1),
+        Metric::Otp(result) => count(t::OTP_VERIFICATIONS, &["result"], &[result], 1),
+        Metric::Sms(result) => count(t::SMS, &["result"], &[result], 1),
+        Metric::Offline(result) => count(t::OFFLINE_VERIFICATIONS, &["result"], &[result], 1),
+        Metric::FraudReported => count(t::FRAUD_REPORTS, &[], &[], 1),
     }
 }
 

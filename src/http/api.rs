@@ -152,8 +152,7 @@ impl Api {
         let (route, resp) = self.route(req, &method, &path).await;
         let status = resp.status().as_u16();
         match status_label(status) {
-            Some(code) => t::handles::counter(t::HTTP_REQUESTS, &["route", "status"], &[route, code])
-                .increment(1),
+            Some(code) => t::handles::count(t::HTTP_REQUESTS, &["route", "status"], &[route, code], 1),
             None => metrics::counter!(t::HTTP_REQUESTS, "route" => route, "status" => status.to_string())
                 .increment(1),
         }

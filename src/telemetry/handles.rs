@@ -2,7 +2,7 @@
 //! label set. `metrics::counter!(name, "label" => value)` builds a key (a vector of
 //! labels) and looks it up in the recorder's registry on every call; here the handle is
 //! looked up in a small thread-local map by the addresses of the name and of the
-//! `&'static str` label values, so a challenge's counters cost a hash of a few words.
+//! `&'static str` label values, so a challenge's counters cost a hash of one word.
 //! That hash is foldhash's fixed-seed one rather than the std SipHash: the keys are
 //! addresses of static strings and app names of the configuration, never input, so a
 //! keyed hash buys nothing there (measured with `scripts/callgrind-live.sh`: the
@@ -19,30 +19,43 @@ use foldhash::fast::FixedState;
 use metrics::{Counter, Gauge, Histogram, Label};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-/// A metric name and up to three label values, by address.
-type Id = (usize, [usize; 3]);
+/// A metric name and up to three label values, by address (and length).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Id([usize; 4]);
 
-fn id(name: &'static str, values: &[&'static str]) -> Id {
-    let mut v = [0usize; 3];
-    for (slot, value) in v.iter_mut().zip(values) {
-        *slot = value.as_ptr() as usize ^ (value.len() << 48);
+impl Id {
+    fn new(name: &'static str, values: &[&'static str]) -> Self {
+        let mut w = [name.as_ptr() as usize, 0, 0, 0];
+        for (slot, value) in w[1..].iter_mut().zip(values) {
+            *slot = value.as_ptr() as usize ^ (value.len() << 48);
+        }
+        Id(w)
     }
-    (name.as_ptr() as usize, v)
+}
+
+/// One word into the hasher, not four with a length prefix: the words are addresses,
+/// distinct by construction, and a collision costs only a comparison.
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c, d] = self.0.map(|w| w as u64);
+        state.write_u64(a ^ b.rotate_left(16) ^ c.rotate_left(32) ^ d.rotate_left(48));
+    }
 }
 
 /// A map of this module's, hashed by [`FixedState`].
 type Map<K, V> = HashMap<K, V, FixedState>;
 
-/// Cached handles: the simple ones, and the push counter whose `app` label is an
-/// app name of the configuration.
+/// Cached handles: the simple ones, and a push's counter and duration histogram, whose
+/// `app` label is an app name of the configuration.
 #[derive(Default)]
 struct Handles {
     counters: Map<Id, Counter>,
     histograms: Map<Id, Histogram>,
     gauges: Map<Id, Gauge>,
-    push: Map<(Id, Option<Arc<str>>), Counter>,
+    push: Map<(Id, Option<Arc<str>>), (Counter, Histogram)>,
 }
 
 thread_local! {
@@ -57,60 +70,61 @@ fn labels(names: &[&'static str], values: &[&'static str]) -> Vec<Label> {
         .collect()
 }
 
-/// The handle under `key` in the map `pick` chooses, made by `make` on first use (or
-/// every time, before the recorder is installed).
-fn cached<H: Clone, K: std::hash::Hash + Eq>(
+/// Runs `use_` on the handle under `key` in the map `pick` chooses, made by `make` on
+/// first use (or every time, before the recorder is installed). The handle is used in
+/// place, not cloned: no reference count goes up and down per use.
+fn with_cached<H, K: std::hash::Hash + Eq>(
     pick: impl FnOnce(&mut Handles) -> &mut Map<K, H>,
     key: K,
     make: impl FnOnce() -> H,
-) -> H {
+    use_: impl FnOnce(&H),
+) {
     if !super::recorder_installed() {
-        return make();
+        return use_(&make());
     }
-    HANDLES.with(|h| {
-        pick(&mut h.borrow_mut())
-            .entry(key)
-            .or_insert_with(make)
-            .clone()
-    })
+    HANDLES.with(|h| use_(pick(&mut h.borrow_mut()).entry(key).or_insert_with(make)))
 }
 
-/// The counter `name{names[i]=values[i]}` (at most three labels).
-pub fn counter(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Counter {
-    cached(
+/// Adds `n` to the counter `name{names[i]=values[i]}` (at most three labels).
+pub fn count(name: &'static str, names: &[&'static str], values: &[&'static str], n: u64) {
+    with_cached(
         |h| &mut h.counters,
-        id(name, values),
+        Id::new(name, values),
         || metrics::counter!(name, labels(names, values)),
+        |c| c.increment(n),
     )
 }
 
-/// The histogram `name{names[i]=values[i]}` (at most three labels).
-pub fn histogram(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Histogram {
-    cached(
+/// Records `v` in the histogram `name{names[i]=values[i]}` (at most three labels).
+pub fn record(name: &'static str, names: &[&'static str], values: &[&'static str], v: f64) {
+    with_cached(
         |h| &mut h.histograms,
-        id(name, values),
+        Id::new(name, values),
         || metrics::histogram!(name, labels(names, values)),
+        |hist| hist.record(v),
     )
 }
 
-/// The gauge `name{names[i]=values[i]}` (at most three labels).
-pub fn gauge(name: &'static str, names: &[&'static str], values: &[&'static str]) -> Gauge {
-    cached(
+/// Adds `delta` (negative to lower it) to the gauge `name{names[i]=values[i]}` (at most
+/// three labels).
+pub fn gauge_add(name: &'static str, names: &[&'static str], values: &[&'static str], delta: f64) {
+    with_cached(
         |h| &mut h.gauges,
-        id(name, values),
+        Id::new(name, values),
         || metrics::gauge!(name, labels(names, values)),
+        |g| g.increment(delta),
     )
 }
 
-/// `sca_push_requests_total{provider, app, result}`; `app` is `None` for the default
-/// app.
-pub fn push_counter(
-    provider: &'static str,
-    app: Option<&Arc<str>>,
-    result: &'static str,
-) -> Counter {
-    let key = (id(super::PUSH_REQUESTS, &[provider, result]), app.cloned());
-    cached(
+/// One push request: `sca_push_requests_total{provider, app, result}` counted and its
+/// duration recorded in `sca_push_request_duration_seconds{provider}`, both found by one
+/// lookup. `app` is `None` for the default app.
+pub fn push(provider: &'static str, app: Option<&Arc<str>>, result: &'static str, took_s: f64) {
+    let key = (
+        Id::new(super::PUSH_REQUESTS, &[provider, result]),
+        app.cloned(),
+    );
+    with_cached(
         |h| &mut h.push,
         key,
         || {
@@ -118,7 +132,14 @@ pub fn push_counter(
                 Some(name) => name.clone().into(),
                 None => crate::challenge::model::AppName::DEFAULT.into(),
             };
-            metrics::counter!(super::PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result)
+            (
+                metrics::counter!(super::PUSH_REQUESTS, "provider" => provider, "app" => app, "result" => result),
+                metrics::histogram!(super::PUSH_DURATION, "provider" => provider),
+            )
+        },
+        |(counter, duration)| {
+            counter.increment(1);
+            duration.record(took_s);
         },
     )
 }
@@ -131,19 +152,19 @@ mod tests {
     fn a_cached_handle_counts_into_the_same_series() {
         let prom = super::super::prometheus();
         for _ in 0..3 {
-            counter(
+            count(
                 "sca_handles_test_total",
                 &["kind", "outcome"],
                 &["login", "approved"],
-            )
-            .increment(1);
+                1,
+            );
         }
-        counter(
+        count(
             "sca_handles_test_total",
             &["kind", "outcome"],
             &["login", "denied"],
-        )
-        .increment(1);
+            1,
+        );
         let text = prom.render();
         assert!(
             text.contains(r#"sca_handles_test_total{kind="login",outcome="approved"} 3"#),
@@ -156,8 +177,9 @@ mod tests {
     fn push_counters_keep_apps_apart() {
         let prom = super::super::prometheus();
         let app: Arc<str> = "wallet".into();
-        push_counter("handles-test", Some(&app), "delivered").increment(2);
-        push_counter("handles-test", None, "delivered").increment(1);
+        push("handles-test", Some(&app), "delivered", 0.5);
+        push("handles-test", Some(&app), "delivered", 0.5);
+        push("handles-test", None, "delivered", 0.25);
         let text = prom.render();
         assert!(
             text.contains(r#"sca_push_requests_total{provider="handles-test",app="wallet",result="delivered"} 2"#),
@@ -166,5 +188,9 @@ mod tests {
         assert!(text.contains(
             r#"sca_push_requests_total{provider="handles-test",app="default",result="delivered"} 1"#
         ));
+        assert!(
+            text.contains(r#"sca_push_request_duration_seconds_count{provider="handles-test"} 3"#),
+            "{text}"
+        );
     }
 }

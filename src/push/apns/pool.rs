@@ -171,27 +171,20 @@ impl Pool {
     /// stream (round robin), else waits on one. The caller bounds the wait with its
     /// request timeout.
     pub async fn checkout(&self) -> Lease {
-        let shared = &self.shared;
-        let n = shared.slots.len();
         loop {
-            let notified = shared.ready.notified();
+            // The usual case first, without registering for `ready`: a free stream now.
+            if let Ok(lease) = self.scan() {
+                return lease;
+            }
+            // Registered before looking again, so that a connection coming up in between
+            // is not missed.
+            let notified = self.shared.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let start = shared.rr.fetch_add(1, Ordering::Relaxed);
-            let mut fallback: Option<Arc<Conn>> = None;
-            for i in 0..n {
-                let conn = match lock(&shared.slots[(start + i) % n]).as_ref() {
-                    Some(c) if !c.sender.is_closed() => c.clone(),
-                    _ => continue,
-                };
-                if let Ok(permit) = conn.streams.clone().try_acquire_owned() {
-                    return Lease {
-                        sender: conn.sender.clone(),
-                        _permit: permit,
-                    };
-                }
-                fallback.get_or_insert(conn);
-            }
+            let fallback = match self.scan() {
+                Ok(lease) => return lease,
+                Err(fallback) => fallback,
+            };
             match fallback {
                 // Every live connection is at its stream limit: queue on one, unless
                 // another connection comes up meanwhile.
@@ -213,6 +206,29 @@ impl Pool {
                 None => notified.await,
             }
         }
+    }
+
+    /// One round-robin pass over the connections: a lease on the first live one with a
+    /// free stream, else a live one to queue on (if any).
+    fn scan(&self) -> Result<Lease, Option<Arc<Conn>>> {
+        let shared = &self.shared;
+        let n = shared.slots.len();
+        let start = shared.rr.fetch_add(1, Ordering::Relaxed);
+        let mut fallback: Option<Arc<Conn>> = None;
+        for i in 0..n {
+            let conn = match lock(&shared.slots[(start + i) % n]).as_ref() {
+                Some(c) if !c.sender.is_closed() => c.clone(),
+                _ => continue,
+            };
+            if let Ok(permit) = conn.streams.clone().try_acquire_owned() {
+                return Ok(Lease {
+                    sender: conn.sender.clone(),
+                    _permit: permit,
+                });
+            }
+            fallback.get_or_insert(conn);
+        }
+        Err(fallback)
     }
 }
 

@@ -48,6 +48,9 @@ impl Hash for Id {
 /// A map of this module's, hashed by [`FixedState`].
 type Map<K, V> = HashMap<K, V, FixedState>;
 
+/// A push's provider and result (as an [`Id`]) and its app (`None`: the default app).
+type PushKey = (Id, Option<Arc<str>>);
+
 /// Cached handles: the simple ones, and a push's counter and duration histogram, whose
 /// `app` label is an app name of the configuration.
 #[derive(Default)]
@@ -55,7 +58,7 @@ struct Handles {
     counters: Map<Id, Counter>,
     histograms: Map<Id, Histogram>,
     gauges: Map<Id, Gauge>,
-    push: Map<(Id, Option<Arc<str>>), (Counter, Histogram)>,
+    push: Map<PushKey, (Counter, Histogram)>,
 }
 
 thread_local! {

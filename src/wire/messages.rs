@@ -25,7 +25,14 @@ pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 /// The routing key of an outcome on `sca.outcomes`.
 pub fn routing_key(kind: Option<Kind>, outcome: OutcomeKind) -> String {
     let kind = kind.map(Kind::as_str).unwrap_or("unknown");
-    format!("outcome.{kind}.{}", outcome.as_str())
+    let outcome = outcome.as_str();
+    // Pieces pushed, not `format!`: one of these per challenge.
+    let mut key = String::with_capacity("outcome..".len() + kind.len() + outcome.len());
+    key.push_str("outcome.");
+    key.push_str(kind);
+    key.push('.');
+    key.push_str(outcome);
+    key
 }
 
 /// The outcome event (CONTRACT §4).
@@ -402,4 +409,29 @@ impl PendingChallenge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingList {
     pub challenges: Vec<PendingChallenge>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_routing_keys() {
+        assert_eq!(
+            routing_key(Some(Kind::Login), OutcomeKind::Approved),
+            "outcome.login.approved"
+        );
+        assert_eq!(
+            routing_key(Some(Kind::CredentialRecovery), OutcomeKind::OtpLocked),
+            format!(
+                "outcome.{}.{}",
+                Kind::CredentialRecovery.as_str(),
+                OutcomeKind::OtpLocked.as_str()
+            )
+        );
+        assert_eq!(
+            routing_key(None, OutcomeKind::Rejected),
+            "outcome.unknown.rejected"
+        );
+    }
 }

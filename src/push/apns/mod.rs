@@ -169,7 +169,10 @@ impl Inner {
         bearer: HeaderValue,
     ) -> Result<(u16, Option<String>), String> {
         // Names and fixed values as static headers: nothing parsed or copied for them.
-        let request = http::Request::post(format!("{}{}", self.base, req.path))
+        let mut uri = String::with_capacity(self.base.len() + req.path.len());
+        uri.push_str(&self.base);
+        uri.push_str(&req.path);
+        let request = http::Request::post(uri)
             .header(PUSH_TYPE, HeaderValue::from_static(req.push_type))
             .header(PRIORITY, HeaderValue::from_static(req.priority))
             .header(EXPIRATION, req.expiration.as_str())

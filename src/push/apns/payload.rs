@@ -51,12 +51,17 @@ pub fn token_is_valid(token: &str) -> bool {
         && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The request path's prefix before the device token.
+const DEVICE_PATH: &str = "/3/device/";
+
 /// Builds the request for `msg`, checking Apple's limits first.
 pub fn build(msg: &PushMessage) -> Result<ApnsRequest, PayloadError> {
     if !token_is_valid(&msg.token) {
         return Err(PayloadError::BadToken);
     }
-    let path = format!("/3/device/{}", msg.token);
+    let mut path = String::with_capacity(DEVICE_PATH.len() + msg.token.len());
+    path.push_str(DEVICE_PATH);
+    path.push_str(&msg.token);
     let (push_type, priority, collapse_id, body) = match &msg.content {
         PushContent::Challenge {
             title,

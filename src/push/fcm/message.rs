@@ -24,10 +24,10 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
     }
 }
 
-/// FCM's `google.protobuf.Duration` JSON form: whole seconds with an `s` suffix. Rounded
-/// down so the message never outlives the challenge.
-fn ttl_string(ttl: Duration) -> String {
-    format!("{}s", ttl.as_secs())
+/// The whole seconds of FCM's `google.protobuf.Duration` JSON form (written with an `s`
+/// suffix). Rounded down so the message never outlives the challenge.
+fn ttl_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Serializes the `messages:send` body for `msg` at `now_ms` (the TTL is what is left of
@@ -43,9 +43,9 @@ pub fn build_body(msg: &PushMessage, now_ms: i64) -> Vec<u8> {
     let mut j = Json::with_capacity(crate::push::BODY_CAPACITY);
     j.raw("{\"message\":{\"token\":")
         .str(&msg.token)
-        .raw(",\"android\":{\"priority\":\"HIGH\",\"ttl\":")
-        .str(&ttl_string(ttl))
-        .raw(",\"collapse_key\":")
+        .raw(",\"android\":{\"priority\":\"HIGH\",\"ttl\":\"")
+        .int(ttl_seconds(ttl))
+        .raw("s\",\"collapse_key\":")
         .str(&msg.challenge_id)
         .raw("},\"data\":");
     match &msg.content {
@@ -186,6 +186,6 @@ mod tests {
     fn times() {
         assert_eq!(rfc3339_ms(1_795_462_920_000), "2026-11-23T19:42:00Z");
         assert_eq!(rfc3339_ms(1_795_462_920_250), "2026-11-23T19:42:00.250Z");
-        assert_eq!(ttl_string(Duration::from_millis(999)), "0s");
+        assert_eq!(ttl_seconds(Duration::from_millis(999)), 0);
     }
 }

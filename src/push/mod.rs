@@ -24,6 +24,24 @@ use std::time::Duration;
 /// Kept for callers that name it here; it is `futures_util`'s.
 pub use futures_util::future::BoxFuture;
 
+/// A POST of `body` to `uri` with `headers`, names and values already typed. Built in
+/// place: `http::request::Builder` moves the whole request through a `Result` at each
+/// `header` call, and a push request has up to seven.
+pub(crate) fn post<B, const N: usize>(
+    uri: http::Uri,
+    body: B,
+    headers: [(http::HeaderName, http::HeaderValue); N],
+) -> http::Request<B> {
+    let mut req = http::Request::new(body);
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    let map = req.headers_mut();
+    for (name, value) in headers {
+        map.insert(name, value);
+    }
+    req
+}
+
 /// What goes to one device.
 #[derive(Debug, Clone)]
 pub enum PushContent {

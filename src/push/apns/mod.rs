@@ -172,20 +172,25 @@ impl Inner {
         let mut uri = String::with_capacity(self.base.len() + req.path.len());
         uri.push_str(&self.base);
         uri.push_str(&req.path);
-        let request = http::Request::post(uri)
-            .header(PUSH_TYPE, HeaderValue::from_static(req.push_type))
-            .header(PRIORITY, HeaderValue::from_static(req.priority))
-            .header(EXPIRATION, req.expiration.as_str())
-            .header(TOPIC, topic.clone())
-            .header(AUTHORIZATION, bearer)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let request = match &req.collapse_id {
-            Some(id) => request.header(COLLAPSE_ID, id.as_str()),
-            None => request,
-        };
-        let request = request
-            .body(Full::new(req.body.clone()))
-            .map_err(|e| format!("building the request: {e}"))?;
+        let building = |e: &dyn std::fmt::Display| format!("building the request: {e}");
+        let uri = http::Uri::try_from(uri).map_err(|e| building(&e))?;
+        let expiration = HeaderValue::from_str(&req.expiration).map_err(|e| building(&e))?;
+        let mut request = crate::push::post(
+            uri,
+            Full::new(req.body.clone()),
+            [
+                (PUSH_TYPE, HeaderValue::from_static(req.push_type)),
+                (PRIORITY, HeaderValue::from_static(req.priority)),
+                (EXPIRATION, expiration),
+                (TOPIC, topic.clone()),
+                (AUTHORIZATION, bearer),
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            ],
+        );
+        if let Some(id) = &req.collapse_id {
+            let id = HeaderValue::from_str(id).map_err(|e| building(&e))?;
+            request.headers_mut().insert(COLLAPSE_ID, id);
+        }
         let mut lease = self.pool.checkout().await;
         let resp = lease
             .sender

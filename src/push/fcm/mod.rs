@@ -24,7 +24,7 @@ use crate::tls::JsonClient;
 use auth::{AccessToken, AuthError, ServiceAccount, TokenSource};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use http::{Method, Request, Uri};
+use http::Uri;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,19 +121,17 @@ impl Inner {
     async fn request(&self, msg: &PushMessage, token: &AccessToken, by: Instant) -> Attempt {
         let work = async {
             let body = message::build_body(msg, now_ms());
-            let req = match Request::builder()
-                .method(Method::POST)
-                .uri(self.send_uri.clone())
-                .header(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=UTF-8"),
-                )
-                .header(AUTHORIZATION, token.header.clone())
-                .body(Full::new(Bytes::from(body)))
-            {
-                Ok(r) => r,
-                Err(e) => return Attempt::Unreachable(e.to_string()),
-            };
+            let req = crate::push::post(
+                self.send_uri.clone(),
+                Full::new(Bytes::from(body)),
+                [
+                    (
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/json; charset=UTF-8"),
+                    ),
+                    (AUTHORIZATION, token.header.clone()),
+                ],
+            );
             let resp = match self.client.request(req).await {
                 Ok(r) => r,
                 Err(e) => return Attempt::Unreachable(format!("request failed: {e}")),

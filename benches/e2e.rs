@@ -1731,6 +1731,9 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         },
         "http_decision_completed_ratio": (http_decision.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_relay_completed_ratio": (http_decision.completed / http_relay.completed * 100.0).round() / 100.0,
+        // The relay's own decisions against the bare handler: what the same I/O (a
+        // withdrawal push beside the confirmed outcome) leaves of the handler's rate.
+        "http_relay_completed_ratio": (http_relay.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_single_device_completed_ratio": (http_single.completed / http_baseline.completed * 100.0).round() / 100.0,
         "http_decision_single_device_acking_completed_ratio": (http_single.completed / http_acking.completed * 100.0).round() / 100.0,
         "http_decision_relay_devices_completed_ratio": (http_same.completed / http_baseline.completed * 100.0).round() / 100.0,
@@ -1783,6 +1786,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
          | HTTP decisions completed (answered, outcome read, withdrawal received) vs bare hyper handler publishing with a confirm | {:.0} vs {:.0} req/s ({:.2}×) | ≥ 0.8× |\n\
          | the same, as answered | {:.0} vs {:.0} req/s ({:.2}×) | |\n\
          | HTTP decisions completed vs the relay's (same I/O: withdrawal push + confirmed outcome); as answered | {:.0} vs {:.0} req/s ({:.2}×); {:.0} vs {:.0} ({:.2}×) | |\n\
+         | the relay's own decisions completed vs the bare handler publishing with a confirm (what the same I/O leaves of its rate) | {:.2}× | |\n\
          | bare hyper handler, empty | {:.0} req/s | |\n\
          | same requests again (409: API layer without the decision's work) | {:.0} req/s ({:.2}×) | |\n\
          | decisions on one-device challenges (no withdrawal push), completed: vs bare handler; vs bare handler also acking one of as many held deliveries alone (the same broker work) | {:.0} req/s ({:.2}×; {:.2}× of {:.0}) | |\n\
@@ -1809,6 +1813,7 @@ async fn bench(footprint: sca_dispatch::engine::footprint::Footprint) -> anyhow:
         http_decision_per_s, http_baseline_per_s, http_decision_per_s / http_baseline_per_s,
         http_decision.completed, http_relay.completed, http_decision.completed / http_relay.completed,
         http_decision_per_s, http_relay_per_s, http_decision_per_s / http_relay_per_s,
+        http_relay.completed / http_baseline.completed,
         http_empty_per_s,
         http_repeat_per_s, http_repeat_per_s / http_baseline_per_s,
         http_single.completed, http_single.completed / http_baseline.completed,
